@@ -1,0 +1,37 @@
+# Every target creates .venv on first use; `make test` works from a fresh clone.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# torch/torchvision first, pinned to the builds this workplace keeps on local disk
+# (pip's find-links / extra index); a newer range would pull several GB of CUDA wheels.
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+export HF_HUB_OFFLINE := 1
+export NO_ALBUMENTATIONS_UPDATE := 1
+export PYTHONHASHSEED := 0
+
+.PHONY: demo test test-all bench lint clean-venv
+
+$(BIN)/.installed: setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH_PINS)
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+demo: $(BIN)/.installed
+	$(BIN)/python -m dualstage.demo
+
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest -q
+
+test-all: $(BIN)/.installed
+	$(BIN)/python -m pytest -q -m "slow or not slow"
+
+bench: $(BIN)/.installed
+	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check dualstage tests benchmarks
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,1 @@
+"""Data: readers, prepare, splits, phantoms, datasets."""

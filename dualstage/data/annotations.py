@@ -1,0 +1,129 @@
+"""Annotation tables of the challenge: RLE CSVs and the Kaggle PNG conversion's index.
+
+The RLE CSVs come in several shapes, all handled here: a header ``ImageId,EncodedPixels``
+or ``ImageId, EncodedPixels`` (leading space) or no header at all, a UTF-8 BOM, CRLF line
+ends, ``-1`` or `` -1`` for empty, several rows per image (one per lesion, may overlap),
+optionally gzip-compressed.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+from pathlib import Path
+
+import pandas as pd
+
+from dualstage import rle
+
+__all__ = ["read_rle_csv", "looks_like_rle_csv", "read_png_index", "masks_from_rows"]
+
+RLE_COLUMNS = ("image_id", "rle", "row")
+
+
+def _open_text(path: Path) -> io.TextIOBase:
+    raw = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+    # utf-8-sig drops a BOM; newline="" lets csv handle CRLF
+    return io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
+
+
+def _is_header(fields: list[str]) -> bool:
+    return len(fields) >= 1 and fields[0].strip().lower() in ("imageid", "image_id", "image id")
+
+
+def read_rle_csv(path: str | Path) -> pd.DataFrame:
+    """Read a challenge RLE CSV into a frame with columns image_id, rle, row.
+
+    ``row`` is the 1-based line number in the file (the header, when present, is
+    line 1), for error messages. Strings are stripped; they are not decoded here
+    (that needs each image's size). Raises ``ValueError`` naming the file and line for a
+    row without exactly two fields or with an empty ImageId.
+    """
+    path = Path(path)
+    records = []
+    with _open_text(path) as fh:
+        for line_no, fields in enumerate(csv.reader(fh), start=1):
+            if not fields or all(not f.strip() for f in fields):
+                continue
+            if line_no == 1 and _is_header(fields):
+                continue
+            if len(fields) != 2:
+                raise ValueError(
+                    f"{path}: line {line_no}: expected 2 fields (ImageId, EncodedPixels), got {len(fields)}"
+                )
+            image_id, encoded = fields[0].strip(), fields[1].strip()
+            if not image_id:
+                raise ValueError(f"{path}: line {line_no}: empty ImageId")
+            records.append((image_id, encoded, line_no))
+    return pd.DataFrame.from_records(records, columns=list(RLE_COLUMNS))
+
+
+def looks_like_rle_csv(path: str | Path) -> bool:
+    """True when the file's first non-empty line is an RLE header or an (id, rle) row."""
+    try:
+        with _open_text(Path(path)) as fh:
+            for fields in csv.reader(fh):
+                if not fields:
+                    continue
+                if _is_header(fields):
+                    return len(fields) == 2 and "encodedpixels" in fields[1].strip().lower()
+                if len(fields) != 2:
+                    return False
+                token = fields[1].strip().split(" ")[0] if fields[1].strip() else ""
+                return token.lstrip("-").isdigit()
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return False
+    return False
+
+
+def masks_from_rows(rows: pd.DataFrame, height: int, width: int, source: str = "") -> tuple:
+    """Decode all RLE rows of one image; returns ``(mask bool (H, W), n_lesions)``.
+
+    ``rows`` holds the image's rows of :func:`read_rle_csv`. A malformed string raises
+    ``ValueError`` naming the file, line and ImageId.
+    """
+    strings = []
+    for image_id, encoded, line_no in rows[list(RLE_COLUMNS)].itertuples(index=False):
+        try:
+            rle.parse_runs(encoded, height * width)
+        except ValueError as exc:
+            raise ValueError(
+                f"{source}: line {line_no}: ImageId {image_id}: bad RLE for a {height}x{width} image: {exc}"
+            ) from None
+        strings.append(encoded)
+    n_lesions = sum(1 for s in strings if s.strip() not in ("", rle.EMPTY))
+    return rle.decode(strings, height, width), n_lesions
+
+
+def read_png_index(path: str | Path) -> pd.DataFrame:
+    """Read the Kaggle PNG conversion's ``stage_1_train_images.csv``.
+
+    Returns columns new_filename, image_id, has_pneumo (int). Column names are matched
+    after stripping spaces; a missing column raises ``ValueError`` naming the file.
+    """
+    path = Path(path)
+    with _open_text(path) as fh:
+        df = pd.read_csv(fh, dtype=str, keep_default_na=False)
+    df.columns = [c.strip() for c in df.columns]
+    need = {"new_filename", "ImageId", "has_pneumo"}
+    missing = need - set(df.columns)
+    if missing:
+        raise ValueError(
+            f"{path}: missing column(s) {sorted(missing)}; expected {sorted(need)}, got {list(df.columns)}"
+        )
+    out = pd.DataFrame(
+        {
+            "new_filename": df["new_filename"].str.strip(),
+            "image_id": df["ImageId"].str.strip(),
+            "has_pneumo": pd.to_numeric(df["has_pneumo"].str.strip(), errors="coerce"),
+        }
+    )
+    bad = out["has_pneumo"].isna() | ~out["has_pneumo"].isin([0, 1])
+    if bad.any():
+        first = int(bad.to_numpy().nonzero()[0][0])
+        raise ValueError(
+            f"{path}: line {first + 2}: has_pneumo must be 0 or 1, got {df['has_pneumo'].iloc[first]!r}"
+        )
+    out["has_pneumo"] = out["has_pneumo"].astype(int)
+    return out

@@ -1,0 +1,271 @@
+"""``segment prepare``: one manifest, rejections, splits and a decoded cache per size.
+
+Output folder::
+
+    manifest.csv   one row per usable image (ids, source, size, presence, area, patient tags)
+    rejected.csv   item, reason: everything that was not used, and why
+    splits.csv     image_id, group (patient), has_pneumothorax, split, fold
+    stats.json     dataset pixel mean / std over the train split (for normalisation)
+    cache/<size>/images/<image_id>.png   uint8 grayscale, resized to size x size
+    cache/<size>/masks/<image_id>.png    uint8 0/255 union of lesions, same grid
+
+Idempotent: images whose manifest row and cache files exist are not decoded again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from joblib import Parallel, delayed
+from PIL import Image
+from tqdm.auto import tqdm
+
+from dualstage import rle
+from dualstage.data.annotations import masks_from_rows
+from dualstage.data.dicom import read_dicom_pixels
+from dualstage.data.layouts import Item, scan
+from dualstage.data.splits import make_splits
+from dualstage.io import atomic_write_text, write_csv_atomic
+
+__all__ = [
+    "prepare",
+    "PrepareError",
+    "process_item",
+    "cache_paths",
+    "load_cached",
+    "read_image_file",
+    "MANIFEST_COLUMNS",
+]
+
+MANIFEST_COLUMNS = [
+    "image_id",
+    "image_path",
+    "layout",
+    "height",
+    "width",
+    "has_pneumothorax",
+    "mask_area_px",
+    "mask_area_1024",
+    "n_lesions",
+    "patient_id",
+    "sex",
+    "age",
+    "view_position",
+    "photometric",
+    "transfer_syntax",
+    "pixel_mean",
+    "pixel_sq_mean",
+    "source_bytes",
+]
+
+
+class PrepareError(RuntimeError):
+    """A bad item under ``--strict``."""
+
+
+def cache_paths(out: str | Path, size: int, image_id: str) -> tuple[Path, Path]:
+    """(image PNG, mask PNG) of one image in the prepared cache at one size."""
+    base = Path(out) / "cache" / str(size)
+    return base / "images" / f"{image_id}.png", base / "masks" / f"{image_id}.png"
+
+
+def load_cached(out: str | Path, size: int, image_id: str) -> tuple[np.ndarray, np.ndarray]:
+    """Cached (image uint8 (S, S), mask bool (S, S)) of one image."""
+    img_path, mask_path = cache_paths(out, size, image_id)
+    return np.asarray(Image.open(img_path)), np.asarray(Image.open(mask_path)) > 127
+
+
+def read_image_file(path: str | Path) -> tuple[np.ndarray, dict]:
+    """Read a DICOM or PNG/JPEG radiograph as uint8 (H, W) grayscale plus header fields."""
+    path = Path(path)
+    if path.suffix.lower() in (".dcm", ".dicom"):
+        return read_dicom_pixels(path)
+    try:
+        with Image.open(path) as im:
+            if im.mode in ("I;16", "I;16B", "I", "F"):
+                arr = np.asarray(im, dtype=np.float64)
+                lo, hi = arr.min(), arr.max()
+                img = np.zeros(arr.shape, np.uint8) if hi <= lo else np.rint((arr - lo) / (hi - lo) * 255)
+                img = img.astype(np.uint8)
+            else:
+                img = np.asarray(im.convert("L"))
+    except Exception as exc:
+        raise ValueError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from exc
+    return img, {"height": img.shape[0], "width": img.shape[1]}
+
+
+def _read_mask_file(path: str, shape: tuple[int, int]) -> np.ndarray:
+    try:
+        with Image.open(path) as im:
+            mask = np.asarray(im.convert("L")) > 127
+    except Exception as exc:
+        raise ValueError(f"{path}: cannot read mask ({type(exc).__name__}: {exc})") from exc
+    if mask.shape != shape:
+        raise ValueError(f"{path}: mask is {mask.shape[0]}x{mask.shape[1]}, image is {shape[0]}x{shape[1]}")
+    return mask
+
+
+def _save_png(array: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    Image.fromarray(array).save(tmp, format="PNG", compress_level=1)
+    os.replace(tmp, path)
+
+
+def _resize(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    if image.shape == (size, size):
+        return image, (mask * 255).astype(np.uint8)
+    img = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR, reducing_gap=2.0))
+    m = Image.fromarray(mask.astype(np.float32)).resize((size, size), Image.BILINEAR)
+    return img, np.where(np.asarray(m) >= 0.5, 255, 0).astype(np.uint8)
+
+
+def process_item(item: Item, out: str, sizes: list[int]) -> dict:
+    """Decode one image and its mask, write the cache, return its manifest row.
+
+    Returns ``{"row": {...}}`` or ``{"rejected": {"item", "reason"}}``; never raises for bad data.
+    """
+    try:
+        image, header = read_image_file(item.image_path)
+        shape = image.shape
+        if item.rle_rows:
+            rows = pd.DataFrame(
+                [(item.image_id, s, line) for s, line in item.rle_rows], columns=["image_id", "rle", "row"]
+            )
+            mask, n_lesions = masks_from_rows(rows, shape[0], shape[1], source=item.rle_source)
+            mask = np.ascontiguousarray(mask)
+        else:
+            mask = _read_mask_file(item.mask_path, shape)
+            n_lesions = int(mask.any())
+        area = int(np.count_nonzero(mask))
+        if item.has_pneumo is not None and item.has_pneumo != int(area > 0):
+            raise ValueError(
+                f"{item.mask_path}: index says has_pneumo={item.has_pneumo} but the mask has {area} pixels"
+            )
+        for size in sizes:
+            img_path, mask_path = cache_paths(out, size, item.image_id)
+            small_img, small_mask = _resize(image, mask, size)
+            _save_png(small_mask, mask_path)
+            _save_png(small_img, img_path)  # image last: its presence marks the entry complete
+    except ValueError as exc:
+        return {"rejected": {"item": item.image_path, "reason": str(exc)}}
+    pixels = image.astype(np.float64) / 255.0
+    row = {
+        "image_id": item.image_id,
+        "image_path": item.image_path,
+        "layout": item.layout,
+        "height": shape[0],
+        "width": shape[1],
+        "has_pneumothorax": int(area > 0),
+        "mask_area_px": area,
+        "mask_area_1024": area * (1024 * 1024) / (shape[0] * shape[1]),
+        "n_lesions": n_lesions,
+        "pixel_mean": float(pixels.mean()),
+        "pixel_sq_mean": float((pixels**2).mean()),
+        "source_bytes": os.path.getsize(item.image_path),
+    }
+    for key in ("patient_id", "sex", "age", "view_position", "photometric", "transfer_syntax"):
+        row[key] = header.get(key, "")
+    return {"row": row}
+
+
+def _reusable(previous: pd.DataFrame, items: list[Item], out: Path, sizes: list[int]) -> dict[str, dict]:
+    """Manifest rows of a previous run that are still valid (same file, cache complete)."""
+    if previous.empty:
+        return {}
+    prev = previous.set_index("image_id")
+    keep = {}
+    for item in items:
+        if item.image_id not in prev.index:
+            continue
+        row = prev.loc[item.image_id]
+        if row["image_path"] != item.image_path or int(row["source_bytes"]) != os.path.getsize(
+            item.image_path
+        ):
+            continue
+        if all(cache_paths(out, s, item.image_id)[0].exists() for s in sizes):
+            keep[item.image_id] = {"image_id": item.image_id, **row.to_dict()}
+    return keep
+
+
+def prepare(
+    data: str | Path,
+    out: str | Path,
+    sizes: tuple[int, ...] = (256, 512, 1024),
+    layout: str = "auto",
+    annotations: str | Path | None = None,
+    strict: bool = False,
+    workers: int = 2,
+    n_folds: int = 10,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
+    """Prepare a dataset folder for training (see the module docstring for the outputs).
+
+    Returns a summary dict (layout, counts, seconds, throughput). Under ``strict`` the
+    first bad item raises :class:`PrepareError` naming it and the reason.
+    """
+    t0 = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    sizes = sorted({int(s) for s in sizes})
+    layout, items, rejected = scan(data, layout, annotations)
+    if strict and rejected:
+        raise PrepareError(f"{rejected[0]['item']}: {rejected[0]['reason']}")
+    manifest_path = out / "manifest.csv"
+    previous = (
+        pd.read_csv(manifest_path, dtype={"image_id": str, "patient_id": str})
+        if manifest_path.exists()
+        else pd.DataFrame()
+    )
+    rows = _reusable(previous, items, out, sizes)
+    todo = [it for it in items if it.image_id not in rows]
+    jobs = (delayed(process_item)(it, str(out), sizes) for it in todo)
+    runner = Parallel(n_jobs=max(1, workers) if len(todo) > 8 else 1, return_as="generator_unordered")
+    t_decode = time.perf_counter()
+    for result in tqdm(
+        runner(jobs), total=len(todo), desc=f"prepare {layout}", unit="img", disable=not progress
+    ):
+        if "rejected" in result:
+            if strict:
+                bad = result["rejected"]
+                raise PrepareError(f"{bad['item']}: {bad['reason']}")
+            rejected.append(result["rejected"])
+        else:
+            rows[result["row"]["image_id"]] = result["row"]
+    decode_seconds = time.perf_counter() - t_decode
+    if not rows:
+        raise PrepareError(
+            f"--data {data}: no usable image ({len(rejected)} rejected; see {out / 'rejected.csv'})"
+        )
+    manifest = (
+        pd.DataFrame(list(rows.values()))[MANIFEST_COLUMNS].sort_values("image_id").reset_index(drop=True)
+    )
+    splits = make_splits(manifest, n_folds=n_folds, seed=seed)
+    write_csv_atomic(manifest, manifest_path)
+    write_csv_atomic(pd.DataFrame(rejected, columns=["item", "reason"]), out / "rejected.csv")
+    write_csv_atomic(splits, out / "splits.csv")
+    train = manifest[manifest["image_id"].isin(splits.loc[splits["split"] == "train", "image_id"])]
+    mean = float(train["pixel_mean"].mean())
+    std = float(np.sqrt(max(train["pixel_sq_mean"].mean() - mean**2, 0.0)))
+    stats = {"mean": mean, "std": std, "n_images": int(len(train)), "from": "train split, pixels / 255"}
+    atomic_write_text(out / "stats.json", json.dumps(stats, indent=2))
+    summary = {
+        "layout": layout,
+        "images": int(len(manifest)),
+        "positive": int(manifest["has_pneumothorax"].sum()),
+        "rejected": len(rejected),
+        "decoded_now": len(todo),
+        "reused": len(items) - len(todo),
+        "sizes": sizes,
+        "split_counts": splits["split"].value_counts().to_dict(),
+        "seconds": round(time.perf_counter() - t0, 2),
+        "images_per_second": round(len(todo) / decode_seconds, 1) if todo and decode_seconds > 0 else None,
+    }
+    atomic_write_text(out / "prepare.json", json.dumps(summary, indent=2))
+    return summary

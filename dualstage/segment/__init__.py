@@ -1,0 +1,1 @@
+"""Stage one: U-Net segmenters (prepare, train, predict, sweep, evaluate)."""
