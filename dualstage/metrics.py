@@ -71,7 +71,7 @@ def _counts(pred: Masks, true: Masks) -> tuple[np.ndarray, np.ndarray, np.ndarra
     if len(pred) != len(true):
         raise ValueError(f"pred and true hold different numbers of masks: {len(pred)} vs {len(true)}")
     out = np.zeros((4, len(pred)), dtype=np.int64)
-    for k, (p, t) in enumerate(zip(pred, true)):  # one iteration per image (sizes may differ)
+    for k, (p, t) in enumerate(zip(pred, true, strict=True)):  # one iteration per image (sizes may differ)
         p, t = np.asarray(p), np.asarray(t)
         if p.shape != t.shape or p.ndim != 2:
             raise ValueError(f"mask pair at index {k}: pred {p.shape} vs true {t.shape} "

@@ -25,7 +25,6 @@ from joblib import Parallel, delayed
 from PIL import Image
 from tqdm.auto import tqdm
 
-from dualstage import rle
 from dualstage.data.annotations import masks_from_rows
 from dualstage.data.dicom import read_dicom_pixels
 from dualstage.data.layouts import Item, scan

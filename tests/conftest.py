@@ -1,0 +1,22 @@
+"""Shared fixtures: the real challenge files (skipped with a reason when absent), offline env."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+SIIM = Path(os.environ.get("DUALSTAGE_SIIM_DIR", ROOT.parent / "shared" / "data" / "siim"))
+
+
+@pytest.fixture(scope="session")
+def siim() -> Path:
+    """../shared/data/siim, the real challenge sample files."""
+    if not (SIIM / "README.md").exists():
+        pytest.skip(f"real SIIM-ACR sample files not found at {SIIM} (set DUALSTAGE_SIIM_DIR)")
+    return SIIM
