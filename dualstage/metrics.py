@@ -23,8 +23,15 @@ import numpy as np
 from sklearn import metrics as skm
 
 __all__ = [
-    "dice_from_counts", "image_dice", "image_iou", "iou_from_counts", "mask_counts",
-    "presence_report", "roc_auc", "summarize", "summarize_counts",
+    "dice_from_counts",
+    "image_dice",
+    "image_iou",
+    "iou_from_counts",
+    "mask_counts",
+    "presence_report",
+    "roc_auc",
+    "summarize",
+    "summarize_counts",
 ]
 
 Masks = np.ndarray | Sequence[np.ndarray]
@@ -66,16 +73,21 @@ def _counts(pred: Masks, true: Masks) -> tuple[np.ndarray, np.ndarray, np.ndarra
             raise ValueError(f"masks must be (H, W) or (N, H, W), got shape {pred.shape}")
         a, b = pred > 0, true > 0
         n_pix = np.full(a.shape[0], a.shape[1] * a.shape[2], dtype=np.int64)
-        return (np.count_nonzero(a & b, axis=(1, 2)), np.count_nonzero(a, axis=(1, 2)),
-                np.count_nonzero(b, axis=(1, 2)), n_pix)
+        return (
+            np.count_nonzero(a & b, axis=(1, 2)),
+            np.count_nonzero(a, axis=(1, 2)),
+            np.count_nonzero(b, axis=(1, 2)),
+            n_pix,
+        )
     if len(pred) != len(true):
         raise ValueError(f"pred and true hold different numbers of masks: {len(pred)} vs {len(true)}")
     out = np.zeros((4, len(pred)), dtype=np.int64)
     for k, (p, t) in enumerate(zip(pred, true, strict=True)):  # one iteration per image (sizes may differ)
         p, t = np.asarray(p), np.asarray(t)
         if p.shape != t.shape or p.ndim != 2:
-            raise ValueError(f"mask pair at index {k}: pred {p.shape} vs true {t.shape} "
-                             "(need equal 2-D shapes)")
+            raise ValueError(
+                f"mask pair at index {k}: pred {p.shape} vs true {t.shape} (need equal 2-D shapes)"
+            )
         a, b = p > 0, t > 0
         out[:, k] = np.count_nonzero(a & b), np.count_nonzero(a), np.count_nonzero(b), a.size
     return out[0], out[1], out[2], out[3]
@@ -143,8 +155,9 @@ def summarize_counts(inter, pred_area, true_area, n_pixels) -> dict:
         "neg_accuracy": _py(_masked_mean((p == 0).astype(np.float64), neg)),
         "iou": _py(_masked_mean(iou, everything)),
         "iou_pos": _py(_masked_mean(iou, pos)),
-        "pixel_accuracy": _py(np.divide(total - wrong, total, out=np.full(np.shape(total), np.nan),
-                                        where=total > 0)),
+        "pixel_accuracy": _py(
+            np.divide(total - wrong, total, out=np.full(np.shape(total), np.nan), where=total > 0)
+        ),
     }
 
 
@@ -173,12 +186,17 @@ def presence_report(pred_present, true_present) -> dict:
     if y_pred.shape != y_true.shape:
         raise ValueError(f"pred_present and true_present lengths differ: {y_pred.shape} vs {y_true.shape}")
     prec, rec, f1, sup = skm.precision_recall_fscore_support(y_true, y_pred, labels=[0, 1], zero_division=0)
-    mp, mr, mf, _ = skm.precision_recall_fscore_support(y_true, y_pred, labels=[0, 1], average="macro",
-                                                    zero_division=0)
+    mp, mr, mf, _ = skm.precision_recall_fscore_support(
+        y_true, y_pred, labels=[0, 1], average="macro", zero_division=0
+    )
     tn, fp, fn, tp = skm.confusion_matrix(y_true, y_pred, labels=[0, 1]).ravel()
     per_class = {
-        name: {"precision": float(prec[k]), "recall": float(rec[k]), "f1": float(f1[k]),
-               "support": int(sup[k])}
+        name: {
+            "precision": float(prec[k]),
+            "recall": float(rec[k]),
+            "f1": float(f1[k]),
+            "support": int(sup[k]),
+        }
         for k, name in enumerate(("absent", "present"))
     }
     return {
@@ -187,7 +205,11 @@ def presence_report(pred_present, true_present) -> dict:
         "sensitivity": float(rec[1]),
         "specificity": float(rec[0]),
         "accuracy": float(skm.accuracy_score(y_true, y_pred)),
-        "n": int(y_true.size), "tn": int(tn), "fp": int(fp), "fn": int(fn), "tp": int(tp),
+        "n": int(y_true.size),
+        "tn": int(tn),
+        "fp": int(fp),
+        "fn": int(fn),
+        "tp": int(tp),
     }
 
 

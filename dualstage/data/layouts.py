@@ -19,6 +19,7 @@ decode pixels.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,10 +45,19 @@ class Item:
     has_pneumo: int | None = None  # the PNG index's label, cross-checked against the mask
 
 
+def _walk(root: Path) -> list[Path]:
+    """Every file below ``root``, following symlinked folders (data trees are often linked)."""
+    found = []
+    for folder, dirs, names in os.walk(root, followlinks=True):
+        dirs.sort()
+        found.extend(Path(folder) / n for n in sorted(names))
+    return found
+
+
 def _image_files(root: Path, skip_mask_dirs: bool = True) -> list[Path]:
     files = []
-    for path in sorted(root.rglob("*")):
-        if path.suffix.lower() not in IMAGE_EXTS or not path.is_file():
+    for path in _walk(root):
+        if path.suffix.lower() not in IMAGE_EXTS:
             continue
         rel_parts = [p.lower() for p in path.relative_to(root).parts[:-1]]
         if skip_mask_dirs and any("mask" in p for p in rel_parts):
@@ -57,18 +67,20 @@ def _image_files(root: Path, skip_mask_dirs: bool = True) -> list[Path]:
 
 
 def _find_rle_csv(root: Path) -> Path | None:
+    files = [p for p in _walk(root) if p.name.endswith((".csv", ".csv.gz"))]
     for name in RLE_CSV_PREFERENCE:
-        hits = sorted(root.rglob(name))
+        hits = [p for p in files if p.name == name]
         if hits:
             return hits[0]
-    for path in sorted(list(root.rglob("*.csv")) + list(root.rglob("*.csv.gz"))):
+    for path in files:
         if looks_like_rle_csv(path):
             return path
     return None
 
 
 def _folder_pair(root: Path) -> tuple[Path, Path] | None:
-    for images in sorted(p for p in root.rglob("*") if p.is_dir()):
+    folders = sorted({p.parent for p in _walk(root)} | {root})
+    for images in folders:
         name = images.name
         if name.lower().endswith("images"):
             masks = images.with_name(
@@ -84,7 +96,7 @@ def detect_layout(root: str | Path) -> str:
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"--data {root}: not a folder")
-    if (root / "png_images").is_dir() and any(root.rglob("stage_1_train_images.csv")):
+    if (root / "png_images").is_dir() and (root / "stage_1_train_images.csv").is_file():
         return "png"
     if _find_rle_csv(root) is not None:
         return "siim"
@@ -134,7 +146,7 @@ def _scan_siim(root: Path, annotations: Path | None, rejected: list[dict]) -> li
 
 
 def _scan_png(root: Path, rejected: list[dict]) -> list[Item]:
-    index_path = sorted(root.rglob("stage_1_train_images.csv"))[0]
+    index_path = root / "stage_1_train_images.csv"
     index = read_png_index(index_path)
     image_dir, mask_dir = root / "png_images", root / "png_masks"
     on_disk = {p.name for p in image_dir.iterdir() if p.is_file()}

@@ -239,6 +239,7 @@ def prepare(
             rows[result["row"]["image_id"]] = result["row"]
     decode_seconds = time.perf_counter() - t_decode
     if not rows:
+        write_csv_atomic(pd.DataFrame(rejected, columns=["item", "reason"]), out / "rejected.csv")
         raise PrepareError(
             f"--data {data}: no usable image ({len(rejected)} rejected; see {out / 'rejected.csv'})"
         )

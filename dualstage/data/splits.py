@@ -21,7 +21,8 @@ PAPER_VAL_FRACTION = 964 / 10675
 
 def _group_keys(manifest: pd.DataFrame) -> pd.Series:
     """Patient id where known, else the image id (each image its own group)."""
-    pid = manifest.get("patient_id", pd.Series("", index=manifest.index)).fillna("").astype(str).str.strip()
+    pid = manifest.get("patient_id", pd.Series("", index=manifest.index))
+    pid = pid.astype("string").fillna("").str.strip().astype(object)
     return pid.where(pid != "", "image:" + manifest["image_id"].astype(str))
 
 
