@@ -13,7 +13,10 @@ from typing import Any
 
 import yaml
 
-__all__ = ["DataConfig", "Experiment", "load_experiment", "from_dict"]
+__all__ = [
+    "DataConfig", "ModelConfig", "AugmentConfig", "PhaseConfig", "TrainConfig", "Experiment",
+    "load_experiment", "from_dict", "to_dict",
+]
 
 
 @dataclass(frozen=True)
@@ -34,11 +37,79 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class ModelConfig:
+    """The segmenter: a U-Net over a registry encoder (dualstage.segment.models.ENCODERS)."""
+
+    encoder: str = "resnet34"
+    weights: str = "imagenet"  # imagenet | none | path to a local .pth/.safetensors file
+    normalization: str = "dataset"  # dataset (prepare's stats.json) | encoder (ImageNet mean/std)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """albumentations policy of the progressive paper: moderate geometry, rare intensity changes."""
+
+    shift_limit: float = 0.0625
+    scale_limit: float = 0.1
+    rotate_limit: float = 10.0
+    p_shift_scale_rotate: float = 0.5
+    contrast_limit: float = 0.2
+    p_contrast: float = 0.1
+    gamma_limit: tuple[float, float] = (80.0, 120.0)
+    p_gamma: float = 0.1
+    brightness_limit: float = 0.2
+    p_brightness: float = 0.1
+    horizontal_flip: bool = False  # the paper avoids it (left-right asymmetry is meaningful)
+
+
+@dataclass(frozen=True)
+class PhaseConfig:
+    """One mini-stage of the curriculum (one row of the progressive paper's Table 1)."""
+
+    name: str = ""
+    resolution: int = 512
+    unfreeze: str = "all"  # decoder | block4 | block3 | block2 | block1 | all
+    loss: Any = "soft_dice"  # a name or a dict spec for dualstage.segment.losses.build_loss
+    epochs: int = 1
+    schedule: str = "cyclic"  # cyclic (triangular) | plateau | constant
+    base_lr: float = 1e-4  # cyclic: lower bound; plateau / constant: the starting LR
+    max_lr: float = 1e-3  # cyclic only
+    cycle_epochs: float | None = None  # cyclic: epochs per full triangle; None = one triangle per phase
+    plateau_factor: float = 0.5
+    plateau_patience: int = 3
+    early_stopping: int | None = None  # patience in epochs on validation loss; None = off
+    batch_size: int | None = None  # None: TrainConfig.batch_size for this resolution
+    positive_share: float | None = None  # share of positive images per epoch; None = natural share
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How the segmenter is trained: optimiser, batches, precision, phases."""
+
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    batch_size: dict = field(default_factory=lambda: {512: 14, 1024: 3})  # per resolution
+    accumulation: int = 1  # gradient accumulation steps per optimizer step
+    workers: int = 4
+    amp: str = "auto"  # auto (CUDA: bf16/fp16; CPU: fp32) | bf16 | fp16 | off
+    channels_last: bool = True
+    seed: int = 0
+    val_threshold: float = 0.5  # default operating point for the "best" checkpoint's mean Dice
+    max_train_images: int | None = None  # subsample train (demos / smoke tests)
+    max_val_images: int | None = None
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    phases: tuple = ()
+
+
+@dataclass(frozen=True)
 class Experiment:
     """One experiment = one YAML file = one folder ``models/<name>/``."""
 
     name: str
+    description: str = ""
     data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     output_root: str = "models"
 
     @property
@@ -57,11 +128,24 @@ def from_dict(cls: type, values: dict[str, Any], where: str) -> Any:
         factory = fields[key].default_factory
         if isinstance(factory, type) and dataclasses.is_dataclass(factory):
             kwargs[key] = from_dict(factory, value or {}, f"{where}.{key}")
+        elif key == "phases":
+            kwargs[key] = tuple(from_dict(PhaseConfig, v, f"{where}.phases[{i}]") for i, v in enumerate(value or []))
         elif isinstance(value, list) and "tuple" in str(fields[key].type):
             kwargs[key] = tuple(value)
         else:
             kwargs[key] = value
     return cls(**kwargs)
+
+
+def to_dict(obj: Any) -> Any:
+    """A config dataclass as plain YAML/JSON-able values (the resolved config written beside runs)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, tuple | list):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
 
 
 def _merge(base: dict, override: dict) -> dict:

@@ -59,6 +59,8 @@ def test_siim_dicom_tree(siim_tree, tmp_path):
     img_b, mask_b = load_cached(out, 64, "mono1")
     assert img_a.shape == (64, 64) and np.abs(img_a.astype(int) + img_b.astype(int) - 255).max() <= 1
     assert mask_b.sum() > 0
+    truth = pd.read_csv(out / "masks.csv").set_index("ImageId")["EncodedPixels"]
+    assert rle.area(rle.decode(truth["mono1"], 1024, 1024)) == 6000 and truth[REAL] == "-1"
     for name in ("splits.csv", "stats.json", "prepare.json"):
         assert (out / name).exists()
 

@@ -3,6 +3,8 @@
 Output folder::
 
     manifest.csv   one row per usable image (ids, source, size, presence, area, patient tags)
+    masks.csv      ImageId, EncodedPixels: each image's true mask (union) in the challenge's
+                   format on its own pixel grid (the exact truth for evaluation at full size)
     rejected.csv   item, reason: everything that was not used, and why
     splits.csv     image_id, group (patient), has_pneumothorax, split, fold
     stats.json     dataset pixel mean / std over the train split (for normalisation)
@@ -25,7 +27,8 @@ from joblib import Parallel, delayed
 from PIL import Image
 from tqdm.auto import tqdm
 
-from dualstage.data.annotations import masks_from_rows
+from dualstage import rle
+from dualstage.data.annotations import masks_from_rows, read_rle_csv
 from dualstage.data.dicom import read_dicom_pixels
 from dualstage.data.layouts import Item, scan
 from dualstage.data.splits import make_splits
@@ -166,6 +169,7 @@ def process_item(item: Item, out: str, sizes: list[int]) -> dict:
         "n_lesions": n_lesions,
         "pixel_mean": float(pixels.mean()),
         "pixel_sq_mean": float((pixels**2).mean()),
+        "rle": rle.encode(mask),
         "source_bytes": os.path.getsize(item.image_path),
     }
     for key in ("patient_id", "sex", "age", "view_position", "photometric", "transfer_syntax"):
@@ -217,11 +221,11 @@ def prepare(
     if strict and rejected:
         raise PrepareError(f"{rejected[0]['item']}: {rejected[0]['reason']}")
     manifest_path = out / "manifest.csv"
-    previous = (
-        pd.read_csv(manifest_path, dtype={"image_id": str, "patient_id": str})
-        if manifest_path.exists()
-        else pd.DataFrame()
-    )
+    previous = pd.DataFrame()
+    if manifest_path.exists() and (out / "masks.csv").exists():
+        previous = pd.read_csv(manifest_path, dtype={"image_id": str, "patient_id": str}, keep_default_na=False)
+        truth = read_rle_csv(out / "masks.csv")
+        previous = previous.merge(truth[["image_id", "rle"]], on="image_id", how="inner")
     rows = _reusable(previous, items, out, sizes)
     todo = [it for it in items if it.image_id not in rows]
     jobs = (delayed(process_item)(it, str(out), sizes) for it in todo)
@@ -247,6 +251,8 @@ def prepare(
         pd.DataFrame(list(rows.values()))[MANIFEST_COLUMNS].sort_values("image_id").reset_index(drop=True)
     )
     splits = make_splits(manifest, n_folds=n_folds, seed=seed)
+    truth = pd.DataFrame([(r["image_id"], r["rle"]) for r in rows.values()], columns=["ImageId", "EncodedPixels"])
+    write_csv_atomic(truth.sort_values("ImageId"), out / "masks.csv")
     write_csv_atomic(manifest, manifest_path)
     write_csv_atomic(pd.DataFrame(rejected, columns=["item", "reason"]), out / "rejected.csv")
     write_csv_atomic(splits, out / "splits.csv")
