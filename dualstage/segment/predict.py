@@ -4,7 +4,8 @@ Output folder (one per prediction set: ``oof``, ``val``, ``test``, ``all`` or ne
 
     maps/<image_id>.png    q = round(p * 255), shape (H, W) of the source image
     hists/<image_id>.npy   (2, 256) int64 histogram of q outside / inside the true mask
-    index.csv              image_id, split, fold_model, height, width, has_truth, has_pneumothorax, true_area_px
+    index.csv              image_id, split, fold_model, height, width, has_truth, has_pneumothorax,
+                           true_area_px
     histograms.npz         all hists in one file, for the sweep (dualstage.gating.load_histograms)
     predict.json           models, checkpoints, TTA, timing
 

@@ -143,8 +143,7 @@ def _batch_size(exp: Experiment, phase: PhaseConfig) -> int:
 
 def _make_scheduler(phase: PhaseConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
     if phase.schedule == "cyclic":
-        epochs = phase.cycle_epochs or phase.epochs
-        cycle = max(2, round(epochs * steps_per_epoch))
+        cycle = schedule.cycle_steps_for(steps_per_epoch, phase.cycle_epochs or phase.epochs)
         return schedule.make_cyclic(optimizer, phase.base_lr, phase.max_lr, cycle)
     for group in optimizer.param_groups:
         group["lr"] = phase.base_lr
