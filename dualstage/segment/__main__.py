@@ -70,7 +70,12 @@ def _sweep(args: argparse.Namespace) -> int:
     from dualstage.segment.sweep import run_sweep
 
     out = args.out or str(Path(args.pred).parent)
-    summary = run_sweep(args.pred, out, select_on=args.select_on, lcc=args.lcc)
+    truth = args.truth or Path(args.pred).parent / "prepared" / "masks.csv"
+    if args.lcc and not Path(truth).exists():
+        raise FileNotFoundError(f"--lcc needs the true masks: {truth} not found (pass --truth masks.csv)")
+    summary = run_sweep(
+        args.pred, out, select_on=args.select_on, lcc=args.lcc, truth=truth if args.lcc else None
+    )
     print(json.dumps(summary, indent=2, default=str))
     return 0
 
@@ -139,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--select-on", default="auto", help="auto (oof, else val) | oof | val; never test")
     p.add_argument("--lcc", action="store_true", help="also sweep the largest-connected-component filter")
+    p.add_argument(
+        "--truth", default=None, help="true masks CSV for --lcc (default: <exp>/prepared/masks.csv)"
+    )
     p.set_defaults(func=_sweep)
 
     p = sub.add_parser("evaluate", help="the papers' tables for one or more experiments")

@@ -122,8 +122,8 @@ def _check_phases(exp: Experiment, prepared: Path) -> None:
         where = f"experiment {exp.name}: train.phases[{i}]"
         if ph.schedule not in SCHEDULES:
             raise ValueError(f"{where}: schedule {ph.schedule!r}; valid: {', '.join(SCHEDULES)}")
-        if ph.unfreeze not in models.UNFREEZE_LEVELS:
-            raise ValueError(f"{where}: unfreeze {ph.unfreeze!r}; valid: {', '.join(models.UNFREEZE_LEVELS)}")
+        if ph.unfreeze not in models.UNFREEZE_PHASES:
+            raise ValueError(f"{where}: unfreeze {ph.unfreeze!r}; valid: {', '.join(models.UNFREEZE_PHASES)}")
         if ph.resolution not in sizes:
             raise ValueError(f"{where}: resolution {ph.resolution} is not in the prepared cache {sizes}")
         models.check_size(exp.model.encoder, ph.resolution)
@@ -306,7 +306,9 @@ class _Trainer:
             model = self.model
             if self.rt.distributed:  # re-wrap: DDP registers only the currently trainable parameters
                 ids = [self.rt.device] if self.rt.device.type == "cuda" else None
-                model = DistributedDataParallel(bare, device_ids=ids)
+                # smp's efficientnet keeps a head (_conv_head/_bn1) its forward never uses
+                unused = models.get_spec(self.exp.model.encoder).family == "efficientnet"
+                model = DistributedDataParallel(bare, device_ids=ids, find_unused_parameters=unused)
             loss_fn = losses.build_loss(phase.loss)
             batch = _batch_size(self.exp, phase)
             dataset = CachedDataset(

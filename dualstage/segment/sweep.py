@@ -1,0 +1,329 @@
+"""``segment sweep``: choose operating points on out-of-fold / validation data, tabulate every set.
+
+Reads a predictions folder (``<pred_root>/<set>/maps/*.png``, ``index.csv``, ``histograms.npz``),
+sweeps every rule of :mod:`dualstage.gating` from the histograms (exact, no map in RAM) and writes::
+
+    <out_dir>/sweep/<set>/table3_thresholds.csv     coarse thresholds (paper Table 3)
+    <out_dir>/sweep/<set>/thresholds_fine.csv       fine thresholds
+    <out_dir>/sweep/<set>/table4_threshold_area.csv threshold x min_area, long format (paper Table 4)
+    <out_dir>/sweep/<set>/triplet.csv               top x min_area x bottom (bottom <= top)
+    <out_dir>/sweep/<set>/lcc_thresholds.csv        threshold + largest component (lcc=True only)
+    <out_dir>/sweep/<set>/chosen.csv                the chosen operating points scored on this set
+    <out_dir>/operating_point.json                  chosen on the selection set only
+
+The selection set is ``oof`` (else ``val``); ``test`` is never chosen on, only reported.
+Ties in mean Dice (within 1e-12) go to the simpler setting: smaller min_area, then smaller
+top - bottom gap, then lower threshold; between rules: threshold < threshold_area < triplet < lcc.
+"""
+
+from __future__ import annotations
+
+import time
+import zipfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from tqdm.auto import tqdm
+
+from dualstage import gating
+from dualstage.io import write_csv_atomic, write_json_atomic
+from dualstage.metrics import summarize_counts
+
+__all__ = ["run_sweep", "find_sets", "selection_set", "lcc_sweep", "truth_from_rle_csv", "COARSE", "FINE"]
+
+COARSE = np.round(np.arange(1, 10) / 10, 2)
+FINE = np.round(np.arange(1, 100) / 100, 2)
+MIN_AREAS = np.arange(0, 5001, 100)
+TOPS = np.round(np.arange(30, 91, 5) / 100, 2)
+BOTTOMS = np.round(np.arange(10, 91, 5) / 100, 2)
+LCC_THRESHOLDS = np.round(np.arange(5, 96, 5) / 100, 2)
+RULE_ORDER = ("threshold", "threshold_area", "triplet", "lcc")
+TruthFn = Callable[[str, int, int], np.ndarray]
+
+
+def find_sets(pred_root: str | Path) -> dict[str, int]:
+    """{set name: number of images with truth} for every prediction set folder under ``pred_root``."""
+    root = Path(pred_root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: predictions folder not found")
+    sets = {}
+    for d in sorted(p for p in root.iterdir() if p.is_dir()):
+        if (d / "histograms.npz").is_file():
+            try:
+                with np.load(d / "histograms.npz", allow_pickle=False) as z:
+                    sets[d.name] = int(z["image_id"].shape[0]) if "image_id" in z.files else 0
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+                raise ValueError(f"{d / 'histograms.npz'}: unreadable histograms file: {exc}") from None
+        elif (d / "index.csv").is_file() or (d / "maps").is_dir():
+            sets[d.name] = 0
+    return sets
+
+
+def selection_set(pred_root: str | Path, select_on: str = "auto") -> str:
+    """The set to choose operating points on: ``oof`` if it has truth, else ``val``; never ``test``."""
+    if select_on == "test":
+        raise ValueError(
+            "refusing to choose operating points on the test set: choose on oof or val, report on test"
+        )
+    sets = find_sets(pred_root)
+    found = ", ".join(f"{k} ({v} with truth)" for k, v in sets.items()) or "no prediction sets"
+    if select_on == "auto":
+        for name in ("oof", "val"):
+            if sets.get(name, 0) > 0:
+                return name
+        raise ValueError(f"{pred_root}: need oof/ or val/ with histograms.npz to choose on; found {found}")
+    if sets.get(select_on, 0) == 0:
+        raise ValueError(f"{pred_root}: selection set {select_on!r} has no images with truth; found {found}")
+    return select_on
+
+
+def _check_index(set_dir: Path, hist: gating.Histograms, selecting: bool) -> None:
+    """index.csv (when present) must list exactly the histogram images as has_truth, and no test rows."""
+    path = set_dir / "index.csv"
+    if not path.is_file():
+        return
+    index = pd.read_csv(path, dtype={"image_id": str}, keep_default_na=False)
+    if selecting and "split" in index and (index["split"].astype(str) == "test").any():
+        raise ValueError(f"{path}: selection set holds test-split images; refusing to choose on test data")
+    if "has_truth" in index:
+        truth_ids = set(index.loc[index["has_truth"].astype(int) == 1, "image_id"])
+        if truth_ids != set(hist.image_id.tolist()):
+            raise ValueError(
+                f"{path}: has_truth images differ from {set_dir / 'histograms.npz'} (stale files?)"
+            )
+
+
+def truth_from_rle_csv(path: str | Path) -> TruthFn:
+    """Truth loader ``(image_id, height, width) -> bool mask`` from an RLE CSV (prepare's masks.csv)."""
+    from dualstage.data.annotations import masks_from_rows, read_rle_csv
+
+    groups = dict(tuple(read_rle_csv(path).groupby("image_id")))
+
+    def load(image_id: str, height: int, width: int) -> np.ndarray:
+        if image_id not in groups:
+            raise ValueError(f"{path}: no row for image {image_id}")
+        return masks_from_rows(groups[image_id], height, width, source=str(path))[0]
+
+    return load
+
+
+def lcc_sweep(
+    set_dir: str | Path, hist: gating.Histograms, thresholds, truth: TruthFn, progress: bool = True
+):
+    """Threshold + largest-component metrics (T,), streaming one map at a time from ``maps/``."""
+    lv = gating.levels(np.atleast_1d(thresholds))
+    order = np.argsort(lv, kind="stable")
+    inter = np.zeros((lv.size, len(hist.image_id)), dtype=np.int64)
+    area = np.zeros_like(inter)
+    for i, image_id in enumerate(tqdm(hist.image_id, desc=f"lcc {Path(set_dir).name}", disable=not progress)):
+        path = Path(set_dir) / "maps" / f"{image_id}.png"
+        with Image.open(path) as im:
+            q = np.asarray(im)
+        true = np.asarray(truth(image_id, int(hist.height[i]), int(hist.width[i]))) > 0
+        if q.shape != true.shape or q.shape != (hist.height[i], hist.width[i]) or q.dtype != np.uint8:
+            raise ValueError(
+                f"{path}: {q.dtype} {q.shape} map, expected uint8 {(hist.height[i], hist.width[i])}"
+            )
+        if np.count_nonzero(true) != hist.hist[i, 1].sum():
+            raise ValueError(f"{path}: truth area disagrees with histograms.npz for {image_id}")
+        live = q >= lv.min()
+        rows, cols = np.flatnonzero(live.any(axis=1)), np.flatnonzero(live.any(axis=0))
+        if rows.size == 0:
+            continue
+        crop = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))  # components never leave it
+        qc, tc = q[crop], true[crop]
+        for j in order:
+            mask = qc >= lv[j]
+            if not mask.any():
+                break  # higher levels are empty too
+            comp = gating.largest_component(mask)
+            inter[j, i], area[j, i] = np.count_nonzero(comp & tc), np.count_nonzero(comp)
+    return summarize_counts(inter, area, hist.hist[:, 1].sum(axis=1), hist.height * hist.width)
+
+
+def _frame(params: dict, res: dict) -> pd.DataFrame:
+    return pd.DataFrame({**params, **{k: np.ravel(v) for k, v in res.items()}})
+
+
+def _best(table: pd.DataFrame, keys: list[str], ascending: list[bool]) -> pd.Series:
+    """Row with the highest mean Dice; ties (1e-12) broken by ``keys`` in order."""
+    top = table[table["mean_dice"] >= table["mean_dice"].max() - 1e-12]
+    return top.sort_values(keys, ascending=ascending, kind="mergesort").iloc[0]
+
+
+def _clean(value):
+    """JSON-friendly scalar: NaN -> None, floats rounded to 1e-10, numpy ints -> int."""
+    if isinstance(value, float | np.floating):
+        return None if np.isnan(value) else round(float(value), 10)
+    return int(value) if isinstance(value, np.integer) else value
+
+
+def _area(row) -> int | float:
+    a = float(row["min_area"])
+    return int(a) if a.is_integer() else a
+
+
+def _metrics(row, names) -> dict:
+    return {k: _clean(row[k]) for k in names}
+
+
+def _describe(values) -> dict:
+    v = np.asarray(values, dtype=np.float64)
+    d = np.diff(v)
+    if v.size >= 3 and np.allclose(d, d[0]):
+        return {
+            "start": _clean(v[0]),
+            "stop": _clean(v[-1]),
+            "step": round(float(d[0]), 10),
+            "n": int(v.size),
+        }
+    return {"values": [_clean(x) for x in v]}
+
+
+def _sweep_set(
+    set_dir: Path, out: Path, grids: dict, lcc_truth: TruthFn | None, progress: bool, selecting: bool
+):
+    """Write one set's tables; returns (histograms, {table name: frame})."""
+    hist = gating.load_histograms(set_dir)
+    _check_index(set_dir, hist, selecting)
+    h, H, W = hist.hist, hist.height, hist.width
+    tables = {
+        "table3_thresholds": _frame(
+            {"threshold": grids["coarse"]}, gating.sweep_threshold(h, grids["coarse"])
+        ),
+        "thresholds_fine": _frame({"threshold": grids["fine"]}, gating.sweep_threshold(h, grids["fine"])),
+    }
+    t, a = np.meshgrid(grids["fine"], grids["min_areas"], indexing="ij")
+    res = gating.sweep_threshold_area(h, H, W, grids["fine"], grids["min_areas"])
+    tables["table4_threshold_area"] = _frame({"threshold": t.ravel(), "min_area": a.ravel()}, res)
+    tables["triplet"] = gating.sweep_triplet(h, H, W, grids["tops"], grids["min_areas"], grids["bottoms"])
+    if lcc_truth is not None:
+        res = lcc_sweep(set_dir, hist, grids["lcc"], lcc_truth, progress)
+        tables["lcc_thresholds"] = _frame({"threshold": grids["lcc"]}, res)
+    for name, frame in tables.items():
+        write_csv_atomic(frame, out / f"{name}.csv")
+    return hist, tables
+
+
+def _choose(tables: dict) -> dict:
+    """Best operating point per rule (no metrics) on the selection set's tables."""
+    chosen = {}
+    r = _best(tables["thresholds_fine"], ["threshold"], [True])
+    chosen["threshold"] = {"rule": "threshold", "threshold": _clean(r["threshold"])}
+    r = _best(tables["table4_threshold_area"], ["min_area", "threshold"], [True, True])
+    chosen["threshold_area"] = {
+        "rule": "threshold_area",
+        "threshold": _clean(r["threshold"]),
+        "min_area": _area(r),
+    }
+    trip = tables["triplet"].assign(gap=lambda f: (f["top"] - f["bottom"]).round(9))
+    r = _best(trip, ["min_area", "gap", "top"], [True, True, True])
+    chosen["triplet"] = {
+        "rule": "triplet",
+        "top": _clean(r["top"]),
+        "min_area": _area(r),
+        "bottom": _clean(r["bottom"]),
+    }
+    if "lcc_thresholds" in tables:
+        r = _best(tables["lcc_thresholds"], ["threshold"], [True])
+        chosen["lcc"] = {"rule": "threshold", "threshold": _clean(r["threshold"]), "lcc": True}
+    return chosen
+
+
+def _score(rule: dict, hist: gating.Histograms, tables: dict) -> dict:
+    """Metrics of one chosen rule on one set (histograms; lcc: looked up in that set's lcc table)."""
+    if rule.get("lcc"):
+        lcc = tables["lcc_thresholds"]
+        row = lcc[np.isclose(lcc["threshold"], rule["threshold"])].iloc[0]
+        return {k: row[k] for k in lcc.columns if k != "threshold"}
+    return summarize_counts(*gating.rule_counts(hist.hist, hist.height, hist.width, rule))
+
+
+def run_sweep(
+    pred_root: str | Path,
+    out_dir: str | Path,
+    select_on: str = "auto",
+    report_on: Sequence[str] = ("test",),
+    thresholds_coarse: Sequence[float] = COARSE,
+    thresholds_fine: Sequence[float] = FINE,
+    min_areas: Sequence[float] = MIN_AREAS,
+    tops: Sequence[float] = TOPS,
+    bottoms: Sequence[float] = BOTTOMS,
+    lcc: bool = False,
+    lcc_thresholds: Sequence[float] = LCC_THRESHOLDS,
+    truth: str | Path | TruthFn | None = None,
+    progress: bool = True,
+) -> dict:
+    """Sweep the selection set and the report sets, write tables + ``operating_point.json``.
+
+    ``truth`` (needed by ``lcc=True`` only): prepare's ``masks.csv`` (challenge RLE on each image's
+    grid) or a callable ``(image_id, height, width) -> mask``. Report sets that are missing or have
+    no truth are skipped (listed under ``skipped``). Returns a summary dict.
+    """
+    start = time.perf_counter()
+    root, out = Path(pred_root), Path(out_dir)
+    chosen_set = selection_set(root, select_on)
+    available = find_sets(root)
+    report = [s for s in dict.fromkeys(report_on) if s != chosen_set and available.get(s, 0) > 0]
+    skipped = [s for s in dict.fromkeys(report_on) if s != chosen_set and s not in report]
+    if lcc and truth is None:
+        raise ValueError("lcc=True needs truth masks: pass truth=<prepared>/masks.csv or a loader function")
+    truth_fn = (truth if callable(truth) else truth_from_rle_csv(truth)) if lcc else None
+    grids = {
+        "coarse": np.asarray(thresholds_coarse, dtype=np.float64),
+        "fine": np.asarray(thresholds_fine, dtype=np.float64),
+        "min_areas": np.asarray(min_areas, dtype=np.float64),
+        "tops": np.asarray(tops, dtype=np.float64),
+        "bottoms": np.asarray(bottoms, dtype=np.float64),
+        "lcc": np.asarray(lcc_thresholds, dtype=np.float64),
+    }
+    op, summary = None, {"chosen_on": chosen_set, "report": {}, "skipped": skipped}
+    for name in tqdm([chosen_set, *report], desc="sweep sets", disable=not progress):
+        hist, tables = _sweep_set(
+            root / name, out / "sweep" / name, grids, truth_fn, progress, name == chosen_set
+        )
+        if op is None:  # the selection set comes first
+            metric_names = [c for c in tables["thresholds_fine"].columns if c != "threshold"]
+            rules = {"default": {"rule": "threshold", "threshold": 0.5}, **_choose(tables)}
+        scored = {
+            k: {**r, "metrics": _metrics(_score(r, hist, tables), metric_names)} for k, r in rules.items()
+        }
+        rows = [
+            {"name": k, **{p: v for p, v in r.items() if p != "metrics"}, **r["metrics"]}
+            for k, r in scored.items()
+        ]
+        columns = ["name", "rule", "threshold", "min_area", "top", "bottom", "lcc", *metric_names]
+        write_csv_atomic(pd.DataFrame(rows).reindex(columns=columns), out / "sweep" / name / "chosen.csv")
+        if op is None:
+            dice = {k: scored[k]["metrics"]["mean_dice"] for k in RULE_ORDER if k in scored}
+            best = next(k for k, v in dice.items() if v >= max(dice.values()) - 1e-12)
+            op = {"chosen_on": name, "n_images": len(hist.image_id), **scored, "best_rule": best}
+        summary["report"][name] = {k: r["metrics"]["mean_dice"] for k, r in scored.items()}
+    op["grid"] = {
+        "thresholds_coarse": _describe(grids["coarse"]),
+        "thresholds_fine": _describe(grids["fine"]),
+        "min_areas": _describe(grids["min_areas"]),
+        "triplet": {
+            "tops": _describe(grids["tops"]),
+            "bottoms": _describe(grids["bottoms"]),
+            "keep": "bottom <= top",
+        },
+        **({"lcc_thresholds": _describe(grids["lcc"])} if lcc else {}),
+        "pixel_rule": "positive iff q >= floor(t * 255) + 1, q = round(p * 255)",
+        "min_area_unit": "pixels at 1024x1024: area * 1024^2 / (H * W)",
+        "tie_break": "smaller min_area, then smaller top - bottom, then lower threshold; rules in order "
+        + " < ".join(RULE_ORDER),
+    }
+    write_json_atomic(out / "operating_point.json", op)
+    summary.update(
+        n_images=op["n_images"],
+        best_rule=op["best_rule"],
+        operating_points={
+            k: {p: v for p, v in r.items() if p != "metrics"} for k, r in op.items() if k in rules
+        },
+        seconds=round(time.perf_counter() - start, 3),
+    )
+    return summary
