@@ -14,8 +14,15 @@ from typing import Any
 import yaml
 
 __all__ = [
-    "DataConfig", "ModelConfig", "AugmentConfig", "PhaseConfig", "TrainConfig", "Experiment",
-    "load_experiment", "from_dict", "to_dict",
+    "DataConfig",
+    "ModelConfig",
+    "AugmentConfig",
+    "PhaseConfig",
+    "TrainConfig",
+    "Experiment",
+    "load_experiment",
+    "from_dict",
+    "to_dict",
 ]
 
 
@@ -43,6 +50,7 @@ class ModelConfig:
     encoder: str = "resnet34"
     weights: str = "imagenet"  # imagenet | none | path to a local .pth/.safetensors file
     normalization: str = "dataset"  # dataset (prepare's stats.json) | encoder (ImageNet mean/std)
+    decoder_channels: tuple[int, ...] | None = None  # None: smp's (256, 128, 64, 32, 16)
 
 
 @dataclass(frozen=True)
@@ -129,7 +137,9 @@ def from_dict(cls: type, values: dict[str, Any], where: str) -> Any:
         if isinstance(factory, type) and dataclasses.is_dataclass(factory):
             kwargs[key] = from_dict(factory, value or {}, f"{where}.{key}")
         elif key == "phases":
-            kwargs[key] = tuple(from_dict(PhaseConfig, v, f"{where}.phases[{i}]") for i, v in enumerate(value or []))
+            kwargs[key] = tuple(
+                from_dict(PhaseConfig, v, f"{where}.phases[{i}]") for i, v in enumerate(value or [])
+            )
         elif isinstance(value, list) and "tuple" in str(fields[key].type):
             kwargs[key] = tuple(value)
         else:
@@ -151,7 +161,9 @@ def to_dict(obj: Any) -> Any:
 def _merge(base: dict, override: dict) -> dict:
     out = dict(base)
     for key, value in override.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        out[key] = (
+            _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        )
     return out
 
 

@@ -44,11 +44,18 @@ def prepare_step(exp: Experiment, data: Path) -> dict:
     d = exp.data
     out = exp.folder / "prepared"
     summary = prepare(
-        data, out, sizes=d.sizes, layout=d.layout, annotations=d.annotations, workers=d.workers,
-        n_folds=d.n_folds, seed=d.split_seed,
+        data,
+        out,
+        sizes=d.sizes,
+        layout=d.layout,
+        annotations=d.annotations,
+        workers=d.workers,
+        n_folds=d.n_folds,
+        seed=d.split_seed,
     )
     print(
-        f"[prepare] {summary['images']} images ({summary['positive']} positive, {summary['rejected']} rejected), "
+        f"[prepare] {summary['images']} images ({summary['positive']} positive, "
+        f"{summary['rejected']} rejected), "
         f"splits {summary['split_counts']}, {summary['decoded_now']} decoded now "
         f"({summary['images_per_second']} img/s) -> {out}"
     )

@@ -70,8 +70,9 @@ def sample_presence(rng: np.random.Generator, n: int | None = None) -> bool | np
     return bool(u < POSITIVE_SHARE) if n is None else u < POSITIVE_SHARE
 
 
-def sample_lesion_area(rng: np.random.Generator, size: int = 1024,
-                       n: int | None = None) -> float | np.ndarray:
+def sample_lesion_area(
+    rng: np.random.Generator, size: int = 1024, n: int | None = None
+) -> float | np.ndarray:
     """Draw the per-image union lesion area(s) in pixels at ``size`` px; shape () or (n,).
 
     Lognormal(log 8600, 1.14) at 1024 px, clipped to [55, 161421], times (size / 1024)^2.
@@ -247,14 +248,49 @@ class _Lung:
 
 # lung outlines (body coords, chest half-width 0.44, apex at y 0.17); the costophrenic corner is
 # repeated so that corner-cutting keeps it sharp
-_RIGHT_LUNG = [(0.29, 0.165), (0.35, 0.18), (0.405, 0.23), (0.425, 0.32), (0.43, 0.45), (0.425, 0.56),
-               (0.415, 0.64), (0.37, 0.645), (0.30, 0.625), (0.22, 0.64), (0.15, 0.69), (0.095, 0.755),
-               (0.095, 0.755), (0.095, 0.755), (0.085, 0.62), (0.09, 0.48), (0.11, 0.34), (0.15, 0.25),
-               (0.21, 0.19)]
-_LEFT_LUNG = [(0.71, 0.17), (0.65, 0.185), (0.595, 0.23), (0.57, 0.31), (0.565, 0.36), (0.58, 0.44),
-              (0.62, 0.50), (0.665, 0.57), (0.705, 0.655), (0.75, 0.67), (0.80, 0.665), (0.86, 0.70),
-              (0.905, 0.77), (0.905, 0.77), (0.905, 0.77), (0.915, 0.63), (0.91, 0.48), (0.89, 0.34),
-              (0.85, 0.25), (0.79, 0.19)]
+_RIGHT_LUNG = [
+    (0.29, 0.165),
+    (0.35, 0.18),
+    (0.405, 0.23),
+    (0.425, 0.32),
+    (0.43, 0.45),
+    (0.425, 0.56),
+    (0.415, 0.64),
+    (0.37, 0.645),
+    (0.30, 0.625),
+    (0.22, 0.64),
+    (0.15, 0.69),
+    (0.095, 0.755),
+    (0.095, 0.755),
+    (0.095, 0.755),
+    (0.085, 0.62),
+    (0.09, 0.48),
+    (0.11, 0.34),
+    (0.15, 0.25),
+    (0.21, 0.19),
+]
+_LEFT_LUNG = [
+    (0.71, 0.17),
+    (0.65, 0.185),
+    (0.595, 0.23),
+    (0.57, 0.31),
+    (0.565, 0.36),
+    (0.58, 0.44),
+    (0.62, 0.50),
+    (0.665, 0.57),
+    (0.705, 0.655),
+    (0.75, 0.67),
+    (0.80, 0.665),
+    (0.86, 0.70),
+    (0.905, 0.77),
+    (0.905, 0.77),
+    (0.905, 0.77),
+    (0.915, 0.63),
+    (0.91, 0.48),
+    (0.89, 0.34),
+    (0.85, 0.25),
+    (0.79, 0.19),
+]
 
 
 def _chaikin(p: np.ndarray, iterations: int) -> np.ndarray:
@@ -336,8 +372,9 @@ def _body_coords(pose: _Pose, size: int, rows: slice, cols: slice) -> tuple[np.n
     return bx.astype(np.float32), by.astype(np.float32)
 
 
-def _place_lesions(spec: CaseSpec, lungs: list[_Lung], rng: np.random.Generator, pose: _Pose,
-                   size: int) -> tuple[list[_Lesion], list[np.ndarray]]:
+def _place_lesions(
+    spec: CaseSpec, lungs: list[_Lung], rng: np.random.Generator, pose: _Pose, size: int
+) -> tuple[list[_Lesion], list[np.ndarray]]:
     """Shape one crescent per target area and fit its depth so the mask at ``size`` px has that area.
 
     Returns the lesions and their bool masks of shape (size, size).
@@ -358,8 +395,16 @@ def _place_lesions(spec: CaseSpec, lungs: list[_Lung], rng: np.random.Generator,
             center = rng.uniform(-1.45, 0.1)
         skew = rng.uniform(-0.3, 0.3)
         hilum = lung.about(lung.cx - lung.out * 0.5 * lung.ax, lung.cy + 0.08 * lung.ay)
-        les = _Lesion(lung, hilum, center, h * (1 + skew), h * (1 - skew), rng.uniform(0.5, 0.9),
-                      float(round(rng.uniform(4, 9))), rng.uniform(0, _TWO_PI))
+        les = _Lesion(
+            lung,
+            hilum,
+            center,
+            h * (1 + skew),
+            h * (1 - skew),
+            rng.uniform(0.5, 0.9),
+            float(round(rng.uniform(4, 9))),
+            rng.uniform(0, _TWO_PI),
+        )
         rows, cols = _pixel_block(pose, lung, size)
         bx, by = _body_coords(pose, size, rows, cols)
         rho, _, r = lung.polar(bx, by)
@@ -434,8 +479,17 @@ def _grow_vessels(canvas: _Canvas, lung: _Lung, rng: np.random.Generator, gens: 
     hx, hy = -0.7 * lung.ax, 0.05 * lung.ay  # lateral-positive frame relative to the centre
     trunks = np.linspace(-1.5, 1.25, 10) + rng.normal(0, 0.08, 10)
     u = iter(rng.random(20_000).tolist())  # pre-drawn uniforms: far faster than per-call draws
-    stack = [(hx - 0.1 * lung.ax * math.cos(a), hy + 0.22 * lung.ay * math.sin(a), a,
-              0.05 * (0.8 + 0.4 * next(u)), 0.009, 0) for a in trunks.tolist()]
+    stack = [
+        (
+            hx - 0.1 * lung.ax * math.cos(a),
+            hy + 0.22 * lung.ay * math.sin(a),
+            a,
+            0.05 * (0.8 + 0.4 * next(u)),
+            0.009,
+            0,
+        )
+        for a in trunks.tolist()
+    ]
     # pose as plain floats: body (x, y) -> canvas px
     pose, f = canvas.pose, canvas.res * canvas.ss
     c, sn, sc = math.cos(pose.rot), math.sin(pose.rot), pose.scale * f
@@ -521,8 +575,10 @@ def render_case(spec: CaseSpec, size: int = 1024) -> tuple[np.ndarray, list[np.n
     for lung in lungs:
         _grow_vessels(vessels, lung, rng, gens=8)
     haze = 0.08 + 0.02 * _smooth_noise(rng, res, 10) + 0.012 * _smooth_noise(rng, res, max(8, res // 6))
-    hilum = sum(np.exp(-(((bx - lung.cx + lung.out * 0.7 * lung.ax) / 0.05) ** 2
-                          + ((by - lung.cy) / 0.08) ** 2)) for lung in lungs)
+    hilum = sum(
+        np.exp(-(((bx - lung.cx + lung.out * 0.7 * lung.ax) / 0.05) ** 2 + ((by - lung.cy) / 0.08) ** 2))
+        for lung in lungs
+    )
     paren = haze + 0.08 * hilum + rng.uniform(0.13, 0.17) * vessels.array(blur=1.0)
 
     # pneumothorax: no parenchyma inside the crescent, bright visceral pleural line at its inner edge
@@ -611,8 +667,9 @@ def _rib_profile(phase: np.ndarray, width: float, edge: float, count: int) -> np
     return lut[idx]
 
 
-def _skin_fold(rng: np.random.Generator, lung: _Lung, bx: np.ndarray, by: np.ndarray,
-               px: float) -> np.ndarray:
+def _skin_fold(
+    rng: np.random.Generator, lung: _Lung, bx: np.ndarray, by: np.ndarray, px: float
+) -> np.ndarray:
     """A skin fold over the lateral lung: density ramps up towards a curved edge, then drops
     sharply; a PTX look-alike without the avascular region. Density increment like bx."""
     y0, y1 = lung.cy - lung.ay * rng.uniform(0.3, 0.9), lung.cy + lung.ay * rng.uniform(0.3, 1.0)
@@ -626,25 +683,36 @@ def _skin_fold(rng: np.random.Generator, lung: _Lung, bx: np.ndarray, by: np.nda
     return (rng.uniform(0.08, 0.12) * ramp + 0.04 * np.exp(-((s / 1.0) ** 2))) * along
 
 
-def _draw_devices(canvas: _Canvas, spec: CaseSpec, lungs: list[_Lung], rng: np.random.Generator,
-                  w: float) -> None:
+def _draw_devices(
+    canvas: _Canvas, spec: CaseSpec, lungs: list[_Lung], rng: np.random.Generator, w: float
+) -> None:
     """Tubes, lines, ECG leads and a side marker, in body coordinates."""
     ap = spec.view == "AP"
     if rng.random() < 0.2:  # chest tube from the lower lateral wall towards the apex
         lung = lungs[int(rng.random() < 0.5)]
-        p = np.array([
-            [0.5 + lung.out * (w + 0.08), lung.cy + lung.ay * rng.uniform(0.4, 0.8)],
-            [lung.cx + lung.out * lung.ax * 0.9, lung.cy + lung.ay * 0.3],
-            [lung.cx + lung.out * lung.ax * rng.uniform(0.2, 0.7),
-             lung.cy - lung.ay * rng.uniform(0.5, 0.85)],
-        ])
+        p = np.array(
+            [
+                [0.5 + lung.out * (w + 0.08), lung.cy + lung.ay * rng.uniform(0.4, 0.8)],
+                [lung.cx + lung.out * lung.ax * 0.9, lung.cy + lung.ay * 0.3],
+                [
+                    lung.cx + lung.out * lung.ax * rng.uniform(0.2, 0.7),
+                    lung.cy - lung.ay * rng.uniform(0.5, 0.85),
+                ],
+            ]
+        )
         pts = _bezier(p)
         canvas.line(pts, 0.011, 90)
         canvas.line(pts + [0.0035, 0.0], 0.0025, 230)
     if rng.random() < (0.45 if ap else 0.15):  # central venous line
         side = 1.0 if rng.random() < 0.5 else -1.0
-        p = np.array([[0.5 + side * 0.25, 0.02], [0.5 + side * 0.12, 0.14], [0.5 + side * 0.03, 0.2],
-                      [0.5 + side * 0.02, 0.36 + rng.uniform(-0.04, 0.04)]])
+        p = np.array(
+            [
+                [0.5 + side * 0.25, 0.02],
+                [0.5 + side * 0.12, 0.14],
+                [0.5 + side * 0.03, 0.2],
+                [0.5 + side * 0.02, 0.36 + rng.uniform(-0.04, 0.04)],
+            ]
+        )
         canvas.line(_bezier(p), 0.003, 220)
     if rng.random() < (0.4 if ap else 0.15):  # nasogastric / endotracheal tube
         p = np.array([[0.5, -0.02], [0.5 + rng.normal(0, 0.01), 0.4], [0.54, 0.8]])
@@ -778,9 +846,17 @@ def _make_one(spec: CaseSpec, out_dir: Path, size: int, layout: str) -> dict:
     return row
 
 
-def generate(out_dir: str | os.PathLike, n: int, size: int = 1024, layout: str = "siim", seed: int = 0,
-             jpeg_share: float = 0.3, preview: str | os.PathLike | None = None, workers: int = 1,
-             progress: bool = True) -> pd.DataFrame:
+def generate(
+    out_dir: str | os.PathLike,
+    n: int,
+    size: int = 1024,
+    layout: str = "siim",
+    seed: int = 0,
+    jpeg_share: float = 0.3,
+    preview: str | os.PathLike | None = None,
+    workers: int = 1,
+    progress: bool = True,
+) -> pd.DataFrame:
     """Write ``n`` phantoms in the ``siim`` or ``png`` layout under ``out_dir``; return the index.
 
     Columns: image_id, patient_id, has_pneumothorax, n_lesions, area_px (union at ``size``),
@@ -802,7 +878,8 @@ def generate(out_dir: str | os.PathLike, n: int, size: int = 1024, layout: str =
         from joblib import Parallel, delayed
 
         jobs = Parallel(n_jobs=workers, return_as="generator", batch_size=4)(
-            delayed(_make_one)(s, out, size, layout) for s in specs)
+            delayed(_make_one)(s, out, size, layout) for s in specs
+        )
     else:
         jobs = (_make_one(s, out, size, layout) for s in specs)
     rows = []
@@ -817,11 +894,13 @@ def generate(out_dir: str | os.PathLike, n: int, size: int = 1024, layout: str =
         text = "ImageId, EncodedPixels\n" + "".join(f"{i}, {rle}\n" for i, rle in rles)
         _atomic_write(out / "train-rle.csv", text.encode())
     else:
-        png = pd.DataFrame({
-            "new_filename": table["path"].str.slice(len("png_images/")),
-            "ImageId": table["image_id"],
-            "has_pneumo": table["has_pneumothorax"].astype(int),
-        })
+        png = pd.DataFrame(
+            {
+                "new_filename": table["path"].str.slice(len("png_images/")),
+                "ImageId": table["image_id"],
+                "has_pneumo": table["has_pneumothorax"].astype(int),
+            }
+        )
         _atomic_write(out / "stage_1_train_images.csv", png.to_csv(index=False).encode())
     _atomic_write(out / "phantom_index.csv", table.to_csv(index=False).encode())
     if preview is not None:
@@ -843,8 +922,14 @@ def _read_back(out_dir: Path, row: pd.Series, layout: str, rle_rows: dict[str, l
     return image, mask
 
 
-def write_preview(out_dir: str | os.PathLike, table: pd.DataFrame, path: str | os.PathLike,
-                  layout: str = "siim", k: int = 16, tile_px: int = 180) -> None:
+def write_preview(
+    out_dir: str | os.PathLike,
+    table: pd.DataFrame,
+    path: str | os.PathLike,
+    layout: str = "siim",
+    k: int = 16,
+    tile_px: int = 180,
+) -> None:
     """Contact sheet of the first ``k`` images (read back from disk) with red mask outlines."""
     import matplotlib
 
@@ -861,8 +946,9 @@ def write_preview(out_dir: str | os.PathLike, table: pd.DataFrame, path: str | o
     ncol = min(4, len(rows))
     nrow = math.ceil(len(rows) / ncol)
     dpi = 100
-    fig, axes = plt.subplots(nrow, ncol, figsize=(ncol * tile_px / dpi, nrow * (tile_px + 16) / dpi), dpi=dpi,
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        nrow, ncol, figsize=(ncol * tile_px / dpi, nrow * (tile_px + 16) / dpi), dpi=dpi, squeeze=False
+    )
     for ax in axes.ravel():
         ax.axis("off")
     for ax, (_, row) in zip(axes.ravel()[: len(rows)], rows.iterrows(), strict=True):
@@ -890,17 +976,29 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--size", type=int, default=1024, help="image side in px")
     ap.add_argument("--layout", choices=("siim", "png"), default="siim")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--jpeg-share", type=float, default=0.3,
-                    help="share of JPEG Baseline DICOMs (siim layout)")
+    ap.add_argument(
+        "--jpeg-share", type=float, default=0.3, help="share of JPEG Baseline DICOMs (siim layout)"
+    )
     ap.add_argument("--preview", default=None, help="write a contact sheet PNG here")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     a = ap.parse_args(argv)
-    table = generate(a.out, a.n, size=a.size, layout=a.layout, seed=a.seed, jpeg_share=a.jpeg_share,
-                     preview=a.preview, workers=a.workers, progress=not a.quiet)
+    table = generate(
+        a.out,
+        a.n,
+        size=a.size,
+        layout=a.layout,
+        seed=a.seed,
+        jpeg_share=a.jpeg_share,
+        preview=a.preview,
+        workers=a.workers,
+        progress=not a.quiet,
+    )
     pos = table["has_pneumothorax"]
-    print(f"wrote {len(table)} images ({int(pos.sum())} positive, {table['patient_id'].nunique()} patients) "
-          f"to {a.out}")
+    print(
+        f"wrote {len(table)} images ({int(pos.sum())} positive, {table['patient_id'].nunique()} patients) "
+        f"to {a.out}"
+    )
 
 
 if __name__ == "__main__":

@@ -223,7 +223,9 @@ def prepare(
     manifest_path = out / "manifest.csv"
     previous = pd.DataFrame()
     if manifest_path.exists() and (out / "masks.csv").exists():
-        previous = pd.read_csv(manifest_path, dtype={"image_id": str, "patient_id": str}, keep_default_na=False)
+        previous = pd.read_csv(
+            manifest_path, dtype={"image_id": str, "patient_id": str}, keep_default_na=False
+        )
         truth = read_rle_csv(out / "masks.csv")
         previous = previous.merge(truth[["image_id", "rle"]], on="image_id", how="inner")
     rows = _reusable(previous, items, out, sizes)
@@ -251,7 +253,9 @@ def prepare(
         pd.DataFrame(list(rows.values()))[MANIFEST_COLUMNS].sort_values("image_id").reset_index(drop=True)
     )
     splits = make_splits(manifest, n_folds=n_folds, seed=seed)
-    truth = pd.DataFrame([(r["image_id"], r["rle"]) for r in rows.values()], columns=["ImageId", "EncodedPixels"])
+    truth = pd.DataFrame(
+        [(r["image_id"], r["rle"]) for r in rows.values()], columns=["ImageId", "EncodedPixels"]
+    )
     write_csv_atomic(truth.sort_values("ImageId"), out / "masks.csv")
     write_csv_atomic(manifest, manifest_path)
     write_csv_atomic(pd.DataFrame(rejected, columns=["item", "reason"]), out / "rejected.csv")

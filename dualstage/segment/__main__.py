@@ -132,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder, e.g. models/<exp>/predictions/test")
     p.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
     p.add_argument("--checkpoint", default="best", choices=["best", "last", "both"])
+    p.add_argument("--folds", nargs="+", default=None, help="only these models (main, fold_K); default: all")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", default="auto")

@@ -262,8 +262,16 @@ def encoder_group(spec: str | EncoderSpec, name: str) -> str:
 # --------------------------------------------------------------------------- building and weights
 
 
-def build_model(encoder: str, weights: str | None = "none", classes: int = 1) -> nn.Module:
+def build_model(
+    encoder: str,
+    weights: str | None = "none",
+    classes: int = 1,
+    decoder_channels: Sequence[int] | None = None,
+) -> nn.Module:
     """smp.Unet over a registry encoder; logits out (N, classes, H, W) for input (N, 3, H, W).
+
+    ``decoder_channels``: smp's five decoder widths (default (256, 128, 64, 32, 16)); halving
+    them trains about 2x faster on CPU (demos).
 
     weights: ``"imagenet"`` (smp's hub download or its local Hugging Face cache; RuntimeError when
     unavailable, never a silent fallback), ``"none"`` (random init) or a local ``.pth``/``.pt``/
@@ -274,6 +282,8 @@ def build_model(encoder: str, weights: str | None = "none", classes: int = 1) ->
     spec = get_spec(encoder)
     choice = "none" if weights is None else str(weights)
     kwargs = dict(encoder_name=spec.smp_name, in_channels=3, classes=classes, activation=None)
+    if decoder_channels:
+        kwargs["decoder_channels"] = tuple(int(c) for c in decoder_channels)
     if choice.lower() == "none":
         return smp.Unet(encoder_weights=None, **kwargs)
     if choice.lower() == "imagenet":

@@ -84,7 +84,7 @@ def _load(fold_dir: Path, checkpoint: str, device: torch.device) -> list[LoadedM
     for name in names:
         path = fold_dir / name if (fold_dir / name).exists() else fold_dir / "last.pt"
         ckpt = load_checkpoint(path, map_location=device)
-        net = models.build_model(ckpt["encoder"], "none")
+        net = models.build_model(ckpt["encoder"], "none", decoder_channels=ckpt.get("decoder_channels"))
         net.load_state_dict(ckpt["model"])
         net.to(device).eval()
         norm = ckpt["normalization"]
@@ -94,8 +94,8 @@ def _load(fold_dir: Path, checkpoint: str, device: torch.device) -> list[LoadedM
                 name=f"{fold_dir.name}/{path.stem}",
                 net=net,
                 resolution=int(phases[-1]["resolution"]),
-                mean=torch.tensor(norm["mean"], device=device).view(1, 3, 1, 1),
-                std=torch.tensor(norm["std"], device=device).view(1, 3, 1, 1),
+                mean=torch.tensor(norm["mean"], device=device),
+                std=torch.tensor(norm["std"], device=device),
             )
         )
     return out
@@ -201,13 +201,22 @@ def predict(
     workers: int = 2,
     device: str = "auto",
     progress: bool = True,
+    only: list[str] | None = None,
 ) -> dict:
-    """Predict a split of the experiment's prepared data, or a folder of new images."""
+    """Predict a split of the experiment's prepared data, or a folder of new images.
+
+    ``only`` restricts the models used (e.g. ``["fold_3"]`` for that fold's own test score).
+    """
     if (split is None) == (input_dir is None):
         raise ValueError("give exactly one of --split and --input")
     t0 = time.perf_counter()
     dev = pick_device(device)
     exp_dir, folds = find_models(model_dir)
+    if only:
+        unknown = sorted(set(only) - set(folds))
+        if unknown:
+            raise ValueError(f"--folds {unknown}: not trained; available: {sorted(folds)}")
+        folds = {k: v for k, v in folds.items() if k in only}
     config = json.loads((next(iter(folds.values())) / "config.json").read_text())
     amp_dtype = autocast_dtype(config["train"]["amp"], dev)
 

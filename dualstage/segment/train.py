@@ -98,9 +98,9 @@ def fold_ids(table: pd.DataFrame, name: str) -> tuple[list[str], list[str]]:
     return dev.loc[dev.fold != k, "image_id"].tolist(), dev.loc[dev.fold == k, "image_id"].tolist()
 
 
-def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+def autocast_dtype(amp: str | bool | None, device: torch.device) -> torch.dtype | None:
     """Mixed precision policy: ``auto`` is bf16/fp16 on CUDA and fp32 (None) on CPU."""
-    if amp == "off":
+    if amp in ("off", False, None):  # YAML reads a bare `off` as False
         return None
     if amp == "auto":
         if device.type != "cuda":
@@ -177,9 +177,11 @@ class _Trainer:
 
             stats = json.loads((prepared / "stats.json").read_text())
         mean, std = models.normalization(exp.model.normalization, stats)
-        self.mean = torch.tensor(mean, device=runtime.device).view(1, 3, 1, 1)
-        self.std = torch.tensor(std, device=runtime.device).view(1, 3, 1, 1)
-        self.model = models.build_model(exp.model.encoder, exp.model.weights).to(runtime.device)
+        self.mean = torch.tensor(mean, device=runtime.device)
+        self.std = torch.tensor(std, device=runtime.device)
+        self.model = models.build_model(
+            exp.model.encoder, exp.model.weights, decoder_channels=exp.model.decoder_channels
+        ).to(runtime.device)
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.model = self.model.to(memory_format=self.memory_format)
         self.optimizer = torch.optim.Adam(
@@ -211,6 +213,7 @@ class _Trainer:
             "experiment": to_dict(self.exp),
             "fold": self.fold,
             "encoder": self.exp.model.encoder,
+            "decoder_channels": self.exp.model.decoder_channels,
             "normalization": {"mean": self.mean.flatten().tolist(), "std": self.std.flatten().tolist()},
         }
 
@@ -379,7 +382,7 @@ class _Trainer:
                 "epoch_in_phase": self.state["epoch_in_phase"],
                 "resolution": phase.resolution,
                 "unfreeze": phase.unfreeze,
-                "loss": str(phase.loss),
+                "loss": losses.build_loss(phase.loss).describe(),
                 "lr": self.optimizer.param_groups[0]["lr"],
                 "train_loss": train_loss,
                 "val_loss": val["loss"],

@@ -1,0 +1,229 @@
+"""``segment evaluate``: the papers' stage-one tables from finished experiment folders.
+
+Every number is computed on the held-out ``test`` predictions (``predictions/test``); choices
+(thresholds, minimum areas) come from ``operating_point.json`` or the selection set's sweep,
+never from test. A table whose inputs are missing says so instead of disappearing.
+
+- progressive paper Table 2: mean / positive / negative Dice, positive accuracy per backbone
+  (default operating point 0.5, and the chosen operating point);
+- Table 3: metrics per confidence threshold 0.1..0.9 (test), chosen threshold marked;
+- Table 4: per minimum-pixel value, the threshold chosen on validation/OOF, its test metrics;
+- 10-fold CV: mean +- std over fold models of mean Dice on their validation fold (OOF maps)
+  and on test (``predictions/test_fold_K`` from ``predict --split test --folds fold_K``);
+- dual-stage paper Table 1: validation loss (best epoch), IoU and pixel accuracy per backbone.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from dualstage import gating
+from dualstage.io import atomic_write_text, write_csv_atomic, write_json_atomic
+from dualstage.metrics import summarize_counts
+
+__all__ = ["evaluate", "TABLE4_AREAS"]
+
+TABLE4_AREAS = (0, 250, 500, 1000, 1500, 2000, 2500, 3000, 4000, 5000)
+KEYS = ["mean_dice", "pos_dice", "neg_dice", "pos_accuracy"]
+
+
+def _scores(hist: gating.Histograms, rule: dict) -> dict:
+    counts = gating.rule_counts(hist.hist, hist.height, hist.width, rule)
+    return {
+        k: (int(v) if k in ("n", "n_pos", "n_neg") else float(v))
+        for k, v in summarize_counts(*counts).items()
+    }
+
+
+def _encoder(exp: Path) -> str:
+    for cfg in sorted((exp / "segmenter").glob("*/config.json")):
+        return json.loads(cfg.read_text())["model"]["encoder"]
+    return "?"
+
+
+def _load(set_dir: Path) -> gating.Histograms | None:
+    return gating.load_histograms(set_dir) if (set_dir / "histograms.npz").exists() else None
+
+
+def _best_loss(exp: Path) -> float:
+    logs = [pd.read_csv(p) for p in sorted((exp / "segmenter").glob("*/log.csv"))]
+    if not logs:
+        return float("nan")
+    # the epoch each fold keeps ("best": highest val mean Dice); its validation loss
+    return float(np.mean([log.loc[log["val_mean_dice"].idxmax(), "val_loss"] for log in logs]))
+
+
+def _backbone_rows(exp: Path, notes: list[str]) -> tuple[dict | None, dict | None]:
+    test = _load(exp / "predictions" / "test")
+    if test is None:
+        notes.append(f"{exp.name}: no predictions/test/histograms.npz (run segment predict --split test)")
+        return None, None
+    default = _scores(test, {"rule": "threshold", "threshold": 0.5})
+    row2 = {
+        "experiment": exp.name,
+        "backbone": _encoder(exp),
+        "operating_point": "threshold 0.5",
+        "n": default["n"],
+    }
+    row2.update({k: default[k] for k in KEYS})
+    op_path = exp / "operating_point.json"
+    if op_path.exists():
+        op = json.loads(op_path.read_text())
+        chosen = op[op["best_rule"]]
+        scored = _scores(test, chosen)
+        row2.update({f"chosen_{k}": scored[k] for k in KEYS})
+        row2["chosen_rule"] = json.dumps({k: v for k, v in chosen.items() if k != "metrics"})
+    row1 = {
+        "experiment": exp.name,
+        "backbone": _encoder(exp),
+        "val_loss_best_epoch": _best_loss(exp),
+        "iou": default["iou"],
+        "iou_pos": default["iou_pos"],
+        "pixel_accuracy": default["pixel_accuracy"],
+        "mean_dice": default["mean_dice"],
+    }
+    return row2, row1
+
+
+def _table3(exp: Path, notes: list[str]) -> pd.DataFrame | None:
+    path = exp / "sweep" / "test" / "table3_thresholds.csv"
+    if not path.exists():
+        notes.append(f"{exp.name}: Table 3 not available ({path} missing: run segment sweep)")
+        return None
+    table = pd.read_csv(path)
+    op_path = exp / "operating_point.json"
+    if op_path.exists():
+        chosen = json.loads(op_path.read_text())["threshold"]["threshold"]
+        table["chosen_on_selection_set"] = np.isclose(table["threshold"], chosen)
+    return table[["threshold", *KEYS, *[c for c in table.columns if c == "chosen_on_selection_set"]]]
+
+
+def _table4(exp: Path, notes: list[str]) -> pd.DataFrame | None:
+    op_path = exp / "operating_point.json"
+    test = _load(exp / "predictions" / "test")
+    if not op_path.exists() or test is None:
+        notes.append(f"{exp.name}: Table 4 not available (needs operating_point.json and test predictions)")
+        return None
+    chosen_on = json.loads(op_path.read_text())["chosen_on"]
+    sel = pd.read_csv(exp / "sweep" / chosen_on / "table4_threshold_area.csv")
+    rows = []
+    for area in TABLE4_AREAS:
+        part = sel[np.isclose(sel["min_area"], area)]
+        if part.empty:
+            continue
+        best = part.sort_values(["mean_dice", "threshold"], ascending=[False, True]).iloc[0]
+        scored = _scores(
+            test, {"rule": "threshold_area", "threshold": float(best["threshold"]), "min_area": area}
+        )
+        rows.append(
+            {
+                "threshold": float(best["threshold"]),
+                "min_area_1024": area,
+                **{k: scored[k] for k in KEYS},
+                "threshold_chosen_on": chosen_on,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _cv_summary(exp: Path, notes: list[str]) -> pd.DataFrame | None:
+    folds = sorted(p.name for p in (exp / "segmenter").glob("fold_*") if (p / "last.pt").exists())
+    if not folds:
+        notes.append(f"{exp.name}: no fold models: the k-fold summary needs segment train --fold all")
+        return None
+    oof_dir = exp / "predictions" / "oof"
+    oof = _load(oof_dir)
+    index = pd.read_csv(oof_dir / "index.csv", dtype={"image_id": str}) if oof is not None else None
+    rows = []
+    for fold in folds:
+        row = {"fold": fold, "val_mean_dice": np.nan, "test_mean_dice": np.nan}
+        if oof is not None:
+            ids = set(index.loc[index["fold_model"] == fold, "image_id"])
+            keep = np.isin(oof.image_id, list(ids))
+            if keep.any():
+                part = gating.Histograms(
+                    oof.image_id[keep], oof.hist[keep], oof.height[keep], oof.width[keep]
+                )
+                row["val_mean_dice"] = _scores(part, {"rule": "threshold", "threshold": 0.5})["mean_dice"]
+        test = _load(exp / "predictions" / f"test_{fold}")
+        if test is not None:
+            row["test_mean_dice"] = _scores(test, {"rule": "threshold", "threshold": 0.5})["mean_dice"]
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    if table["test_mean_dice"].isna().all():
+        notes.append(
+            f"{exp.name}: per-fold test Dice not run (segment predict --split test --folds fold_K "
+            f"--out {exp}/predictions/test_fold_K)"
+        )
+    return table
+
+
+def _markdown(frame: pd.DataFrame | None, title: str) -> str:
+    if frame is None or frame.empty:
+        return f"### {title}\n\n_not available: see the notes below_\n"
+
+    def cell(v) -> str:
+        return f"{v:.4f}" if isinstance(v, float | np.floating) else str(v)
+
+    head = "| " + " | ".join(map(str, frame.columns)) + " |\n|" + " --- |" * len(frame.columns) + "\n"
+    body = "".join("| " + " | ".join(cell(v) for v in row) + " |\n" for row in frame.itertuples(index=False))
+    return f"### {title}\n\n{head}{body}"
+
+
+def evaluate(exp_dirs: list[str | Path], out: str | Path | None = None) -> dict:
+    """Write the papers' stage-one tables for one or more experiment folders; returns them."""
+    exps = [Path(e) for e in exp_dirs]
+    for e in exps:
+        if not (e / "segmenter").is_dir():
+            raise FileNotFoundError(f"{e}: not a trained experiment folder (no segmenter/)")
+    out = Path(out) if out else exps[0] / "evaluation"
+    notes: list[str] = []
+    table2, dual1, sections = [], [], []
+    for exp in exps:
+        r2, r1 = _backbone_rows(exp, notes)
+        if r2:
+            table2.append(r2)
+            dual1.append(r1)
+    tables = {
+        "progressive_table2": pd.DataFrame(table2) if table2 else None,
+        "dualstage_table1": pd.DataFrame(dual1) if dual1 else None,
+    }
+    for exp in exps:
+        tables[f"{exp.name}_table3"] = _table3(exp, notes)
+        tables[f"{exp.name}_table4"] = _table4(exp, notes)
+        tables[f"{exp.name}_cv"] = cv = _cv_summary(exp, notes)
+        if cv is not None:
+            summary = {
+                c: (float(cv[c].mean()), float(cv[c].std(ddof=1)) if len(cv) > 1 else float("nan"))
+                for c in ("val_mean_dice", "test_mean_dice")
+            }
+            tables[f"{exp.name}_cv_summary"] = pd.DataFrame(
+                [{"set": k, "mean": m, "std": s, "folds": len(cv)} for k, (m, s) in summary.items()]
+            )
+    titles = {
+        "progressive_table2": "Progressive paper, Table 2: backbones (test split)",
+        "dualstage_table1": "Dual-stage paper, Table 1: loss, IoU, pixel accuracy (test split; loss = "
+        "validation loss of the kept epoch)",
+    }
+    for name, frame in tables.items():
+        if frame is not None:
+            write_csv_atomic(frame, out / f"{name}.csv")
+        title = titles.get(name, name.replace("_", " "))
+        sections.append(_markdown(frame, title))
+    text = "\n".join(sections) + (
+        "\n**Notes**\n\n" + "\n".join(f"- {n}" for n in notes) + "\n" if notes else ""
+    )
+    atomic_write_text(out / "tables.md", text)
+    write_json_atomic(
+        out / "evaluation.json",
+        {
+            "experiments": [str(e) for e in exps],
+            "notes": notes,
+            "tables": sorted(k for k, v in tables.items() if v is not None),
+        },
+    )
+    return {"text": text, "tables": tables, "notes": notes, "out": str(out)}
