@@ -97,8 +97,17 @@ def test_inconsistent_counts_raise():
 BATCH_PRED = np.stack([A, EMPTY, ONE, EMPTY])
 BATCH_TRUE = np.stack([B, B, EMPTY, EMPTY])
 BATCH_EXPECTED = {
-    "n": 4, "n_pos": 2, "n_neg": 2, "mean_dice": 0.35, "pos_dice": 0.2, "neg_dice": 0.5,
-    "pos_accuracy": 0.5, "neg_accuracy": 0.5, "iou": 0.3125, "iou_pos": 0.125, "pixel_accuracy": 0.75,
+    "n": 4,
+    "n_pos": 2,
+    "n_neg": 2,
+    "mean_dice": 0.35,
+    "pos_dice": 0.2,
+    "neg_dice": 0.5,
+    "pos_accuracy": 0.5,
+    "neg_accuracy": 0.5,
+    "iou": 0.3125,
+    "iou_pos": 0.125,
+    "pixel_accuracy": 0.75,
 }
 
 
@@ -142,8 +151,9 @@ def test_sequence_of_different_sizes():
     assert image_iou([A, big_p], [B, big_t]).tolist() == pytest.approx([0.25, 1 / 3])
     # wrong pixels 3 + 4 = 7 of 6 + 20 = 26
     assert summarize([A, big_p], [B, big_t])["pixel_accuracy"] == pytest.approx(19 / 26)
-    np.testing.assert_array_equal(image_dice(list(BATCH_PRED), list(BATCH_TRUE)),
-                                  image_dice(BATCH_PRED, BATCH_TRUE))
+    np.testing.assert_array_equal(
+        image_dice(list(BATCH_PRED), list(BATCH_TRUE)), image_dice(BATCH_PRED, BATCH_TRUE)
+    )
 
 
 def test_shape_errors_name_shapes_and_index():

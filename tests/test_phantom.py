@@ -114,8 +114,10 @@ def test_same_seed_same_bytes_other_seed_other_images(tmp_path: Path) -> None:
     for x, y in zip(_pixels(tmp_path / "a", a), _pixels(tmp_path / "b", b), strict=True):
         np.testing.assert_array_equal(x, y)
     assert not set(a["image_id"]) & set(c["image_id"])
-    assert any((x != y).mean() > 0.5 for x, y in zip(_pixels(tmp_path / "a", a), _pixels(tmp_path / "c", c),
-                                                      strict=True))
+    assert any(
+        (x != y).mean() > 0.5
+        for x, y in zip(_pixels(tmp_path / "a", a), _pixels(tmp_path / "c", c), strict=True)
+    )
     # re-running into the same folder rewrites identical files
     before = {p: p.read_bytes() for p in (tmp_path / "a").rglob("*") if p.is_file()}
     phantom.generate(tmp_path / "a", 8, size=SIZE, seed=11, progress=False)
@@ -211,8 +213,22 @@ def test_png_layout(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- CLI
 def test_cli_writes_dataset_and_preview(tmp_path: Path) -> None:
     preview = tmp_path / "sheet.png"
-    cmd = [sys.executable, "-m", "dualstage.data.phantom", "--out", str(tmp_path / "ds"), "--n", "6",
-           "--size", str(SIZE), "--seed", "4", "--preview", str(preview), "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "dualstage.data.phantom",
+        "--out",
+        str(tmp_path / "ds"),
+        "--n",
+        "6",
+        "--size",
+        str(SIZE),
+        "--seed",
+        "4",
+        "--preview",
+        str(preview),
+        "--quiet",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "wrote 6 images" in done.stdout

@@ -1,0 +1,232 @@
+"""End to end on tiny phantoms through the public commands: prepare -> train (kill/resume,
+folds, 2-process gloo) -> predict (oof, val, test, new images) -> sweep -> evaluate."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from dualstage import gating
+
+PHASES = [
+    {
+        "name": "decoder",
+        "resolution": 64,
+        "unfreeze": "decoder",
+        "loss": {"name": "weighted_bce", "pos_weight": 5.0},
+        "epochs": 1,
+        "base_lr": 1e-4,
+        "max_lr": 1e-3,
+    },
+    {
+        "name": "block4",
+        "resolution": 64,
+        "unfreeze": "block4",
+        "loss": "soft_dice",
+        "epochs": 1,
+        "base_lr": 1e-4,
+        "max_lr": 1e-3,
+        "positive_share": 0.5,
+    },
+    {
+        "name": "all",
+        "resolution": 64,
+        "unfreeze": "all",
+        "loss": "symmetric_lovasz",
+        "epochs": 2,
+        "base_lr": 1e-5,
+        "max_lr": 1e-4,
+    },
+]
+
+
+def _run(*args: str, expect: int = 0, env: dict | None = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, env={**os.environ, **(env or {})}
+    )
+    assert proc.returncode == expect, (
+        f"{args}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+    )
+    return proc
+
+
+def _cli(*args: str, expect: int = 0) -> subprocess.CompletedProcess:
+    """``python -m dualstage.segment ARGS`` in this process (the same entry point, no interpreter start-up)."""
+    from dualstage.segment.__main__ import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    assert code == expect, f"{args}\nstdout:\n{out.getvalue()[-3000:]}\nstderr:\n{err.getvalue()[-3000:]}"
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
+def _experiment(tmp: Path, root: Path, name: str = "tiny") -> Path:
+    cfg = {
+        "name": name,
+        "output_root": str(root),
+        "data": {
+            "source": "phantom",
+            "phantom_n": 36,
+            "phantom_size": 128,
+            "sizes": [64],
+            "n_folds": 3,
+            "workers": 1,
+        },
+        "model": {"encoder": "resnet18", "weights": "none", "decoder_channels": [32, 16, 16, 8, 8]},
+        "train": {"batch_size": {64: 8}, "workers": 0, "amp": "off", "phases": PHASES},
+    }
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("e2e")
+    cfg = _experiment(tmp, tmp / "models")
+    _run("-m", "dualstage.demo", "--exp", str(cfg))  # phantoms -> prepare
+    return cfg, tmp / "models" / "tiny"
+
+
+def _weights(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)["model"]
+
+
+def test_kill_and_resume_is_exact(tiny, tmp_path):
+    cfg, exp = tiny
+    _run("-m", "dualstage.segment", "train", "--config", str(cfg), "--stop-after", "2", "--no-progress")
+    log = pd.read_csv(exp / "segmenter" / "main" / "log.csv")
+    assert len(log) == 2 and not (exp / "segmenter" / "main" / "done.json").exists()
+    again = _cli("train", "--config", str(cfg), "--no-progress", expect=2)
+    assert "--resume" in again.stderr
+    _run("-m", "dualstage.segment", "train", "--config", str(cfg), "--resume", "--no-progress")
+    resumed = pd.read_csv(exp / "segmenter" / "main" / "log.csv")
+    assert resumed["phase"].tolist() == [0, 1, 2, 2]
+    # the same experiment uninterrupted, in another folder (same prepared data via a link)
+    other_root = tmp_path / "models"
+    other = _experiment(tmp_path, other_root)
+    (other_root / "tiny").mkdir(parents=True)
+    os.symlink(exp / "prepared", other_root / "tiny" / "prepared")
+    _cli("train", "--config", str(other), "--no-progress")
+    straight = pd.read_csv(other_root / "tiny" / "segmenter" / "main" / "log.csv")
+    np.testing.assert_allclose(resumed["lr"], straight["lr"], rtol=0, atol=0)
+    np.testing.assert_allclose(resumed["train_loss"], straight["train_loss"], rtol=1e-6)
+    a, b = (
+        _weights(exp / "segmenter" / "main" / "last.pt"),
+        _weights(other_root / "tiny" / "segmenter" / "main" / "last.pt"),
+    )
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    skipped = _cli("train", "--config", str(cfg), "--no-progress")
+    assert "finished already" in skipped.stdout
+
+
+def test_folds_predict_sweep_evaluate(tiny, tmp_path):
+    cfg, exp = tiny
+    if not (exp / "segmenter" / "main" / "done.json").exists():
+        _cli("train", "--config", str(cfg), "--no-progress")
+    _cli("train", "--config", str(cfg), "--fold", "all", "--no-progress")
+    for fold in ("fold_0", "fold_1", "fold_2"):
+        assert (exp / "segmenter" / fold / "best.pt").exists()
+    pred = exp / "predictions"
+    for split in ("oof", "val", "test"):
+        _cli("predict", "--model", str(exp), "--split", split, "--out", str(pred / split), "--workers", "0")
+    splits = pd.read_csv(exp / "prepared" / "splits.csv", dtype={"image_id": str}).set_index("image_id")
+    oof = pd.read_csv(pred / "oof" / "index.csv", dtype={"image_id": str})
+    assert set(oof["image_id"]) == set(splits.index[splits.split != "test"])
+    assert (oof["fold_model"] == "fold_" + oof["image_id"].map(splits["fold"]).astype(str)).all()
+    test = pd.read_csv(pred / "test" / "index.csv", dtype={"image_id": str})
+    assert set(test["fold_model"]) == {"fold_0+fold_1+fold_2+main"}
+    hist = gating.load_histograms(pred / "test")
+    assert (hist.hist.sum(axis=(1, 2)) == hist.height * hist.width).all()
+    one = test["image_id"].iloc[0]
+    q = np.asarray(Image.open(pred / "test" / "maps" / f"{one}.png"))
+    assert q.shape == (128, 128) and q.dtype == np.uint8  # the image's own grid, not the 64 px model grid
+    # resumable: a second run predicts nothing new
+    again = _cli(
+        "predict", "--model", str(exp), "--split", "test", "--out", str(pred / "test"), "--workers", "0"
+    )
+    assert json.loads(again.stdout)["predicted_now"] == 0
+    # new images without annotations, with flip TTA, from one fold folder
+    new = tmp_path / "new"
+    new.mkdir()
+    Image.fromarray(np.full((90, 70), 100, np.uint8)).save(new / "outside.png")
+    _cli(
+        "predict",
+        "--model",
+        str(exp / "segmenter" / "main"),
+        "--input",
+        str(new),
+        "--out",
+        str(tmp_path / "newpred"),
+        "--tta",
+        "--workers",
+        "0",
+    )
+    assert np.asarray(Image.open(tmp_path / "newpred" / "maps" / "outside.png")).shape == (90, 70)
+    # sweep: chosen on oof, test only reported
+    _cli("sweep", "--pred", str(pred), "--lcc")
+    op = json.loads((exp / "operating_point.json").read_text())
+    assert op["chosen_on"] == "oof" and op["best_rule"] in ("threshold", "threshold_area", "triplet", "lcc")
+    assert (exp / "sweep" / "test" / "table4_threshold_area.csv").exists()
+    refused = _cli("sweep", "--pred", str(pred), "--select-on", "test", expect=2)
+    assert "test" in refused.stderr
+    _cli(
+        "predict",
+        "--model",
+        str(exp),
+        "--split",
+        "test",
+        "--folds",
+        "fold_0",
+        "--out",
+        str(pred / "test_fold_0"),
+        "--workers",
+        "0",
+    )
+    out = _cli("evaluate", "--exp", str(exp))
+    assert "Table 2" in out.stdout and "Table 1" in out.stdout
+    cv = pd.read_csv(exp / "evaluation" / "tiny_cv.csv")
+    assert len(cv) == 3 and cv["val_mean_dice"].notna().all() and cv["test_mean_dice"].notna().sum() == 1
+
+
+def test_two_process_gloo_training(tiny, tmp_path):
+    cfg, exp = tiny
+    root = tmp_path / "models"
+    ddp = _experiment(tmp_path, root, name="tinyddp")
+    (root / "tinyddp").mkdir(parents=True)
+    os.symlink(exp / "prepared", root / "tinyddp" / "prepared")
+    proc = _run(
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29517",
+        "-m",
+        "dualstage.segment",
+        "train",
+        "--config",
+        str(ddp),
+        "--no-progress",
+        "--device",
+        "cpu",
+        env={"OMP_NUM_THREADS": "1"},
+    )
+    done = json.loads((root / "tinyddp" / "segmenter" / "main" / "done.json").read_text())
+    assert done["world"] == 2 and done["epochs_run"] == 4
+    log = pd.read_csv(root / "tinyddp" / "segmenter" / "main" / "log.csv")
+    assert len(log) == 4 and log["val_mean_dice"].notna().all()
+    assert proc.stdout.count('"fold": "main"') == 1  # only rank 0 prints and writes
