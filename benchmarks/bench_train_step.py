@@ -16,7 +16,9 @@ import torch
 from dualstage.segment import losses, models
 
 
-def step_seconds(encoder: str, size: int, batch: int, bf16: bool, channels_last: bool, repeats: int = 4) -> float:
+def step_seconds(
+    encoder: str, size: int, batch: int, bf16: bool, channels_last: bool, repeats: int = 4
+) -> float:
     torch.manual_seed(0)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     net = models.build_model(encoder, "none").to(memory_format=fmt).train()
@@ -42,14 +44,18 @@ def main() -> None:
     encoder = sys.argv[1] if len(sys.argv) > 1 else "resnet18"
     size = int(sys.argv[2]) if len(sys.argv) > 2 else 128
     batch = int(sys.argv[3]) if len(sys.argv) > 3 else 16
-    print(f"U-Net {encoder}, {size} px, batch {batch}, {torch.get_num_threads()} threads: median step seconds")
+    print(
+        f"U-Net {encoder}, {size} px, batch {batch}, {torch.get_num_threads()} threads: median step seconds"
+    )
     base = None
     for bf16 in (False, True):
         for cl in (False, True):
             s = step_seconds(encoder, size, batch, bf16, cl)
             base = base or s
-            print(f"  {'bf16' if bf16 else 'fp32'} {'channels_last' if cl else 'contiguous   '}: {s:.3f}s  "
-                  f"speed-up vs fp32 contiguous {base / s:.2f}x  ({batch / s:.1f} images/s)")
+            print(
+                f"  {'bf16' if bf16 else 'fp32'} {'channels_last' if cl else 'contiguous   '}: {s:.3f}s  "
+                f"speed-up vs fp32 contiguous {base / s:.2f}x  ({batch / s:.1f} images/s)"
+            )
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -145,3 +146,55 @@ def test_unknown_layout_lists_what_it_looked_for(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no supported layout"):
         detect_layout(tmp_path / "empty")
+
+
+@pytest.mark.parametrize("layout", ["siim", "png"])
+def test_phantom_to_prepare_through_the_commands(tmp_path, layout):
+    data, out = tmp_path / "data", tmp_path / "prep"
+    gen = [
+        sys.executable,
+        "-m",
+        "dualstage.data.phantom",
+        "--out",
+        str(data),
+        "--n",
+        "24",
+        "--size",
+        "128",
+        "--layout",
+        layout,
+        "--seed",
+        "1",
+        "--quiet",
+    ]
+    subprocess.run(gen, check=True, capture_output=True)
+    prep = [
+        sys.executable,
+        "-m",
+        "dualstage.segment",
+        "prepare",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--sizes",
+        "64",
+        "--folds",
+        "3",
+    ]
+    proc = subprocess.run(prep, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["layout"] == layout and summary["images"] == 24 and summary["rejected"] == 0
+    index = pd.read_csv(data / "phantom_index.csv", dtype={"image_id": str}).set_index("image_id")
+    manifest = pd.read_csv(out / "manifest.csv", dtype={"image_id": str}).set_index("image_id")
+    assert manifest.index.sort_values().tolist() == index.index.sort_values().tolist()
+    assert (manifest["mask_area_px"] == index.loc[manifest.index, "area_px"]).all()
+    if layout == "siim":
+        assert manifest["patient_id"].notna().all() and set(manifest["view_position"]) <= {"PA", "AP"}
+        assert (manifest["transfer_syntax"] == "1.2.840.10008.1.2.4.50").any()
+    splits = pd.read_csv(out / "splits.csv")
+    assert (
+        set(splits["split"]) <= {"train", "val", "test"}
+        and (splits.groupby("group")["split"].nunique() == 1).all()
+    )

@@ -63,7 +63,7 @@ def _run(*args: str, expect: int = 0, env: dict | None = None) -> subprocess.Com
 
 
 def _cli(*args: str, expect: int = 0) -> subprocess.CompletedProcess:
-    """``python -m dualstage.segment ARGS`` in this process (the same entry point, no interpreter start-up)."""
+    """``python -m dualstage.segment ARGS`` run in this process (same entry point, no start-up)."""
     from dualstage.segment.__main__ import main
 
     out, err = io.StringIO(), io.StringIO()
