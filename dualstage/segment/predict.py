@@ -229,9 +229,15 @@ def predict(
         paths = sorted(p for p in Path(input_dir).rglob("*") if p.suffix.lower() in IMAGE_EXTS)
         if not paths:
             raise FileNotFoundError(f"--input {input_dir}: no DICOM/PNG/JPEG images found")
+        stems: dict[str, Path] = {}
+        for p in paths:
+            if p.stem in stems:
+                raise ValueError(f"--input: two images share the id {p.stem!r}: {stems[p.stem]} and {p}")
+            stems[p.stem] = p
         sizes = {p.stem: read_image_file(p)[0].shape for p in paths}
         table = pd.DataFrame(
             {
+                "image_path": [str(p.resolve()) for p in paths],
                 "image_id": [p.stem for p in paths],
                 "split": "input",
                 "height": [sizes[p.stem][0] for p in paths],
@@ -304,6 +310,8 @@ def predict(
         "has_pneumothorax",
         "true_area_px",
     ]
+    if "image_path" in index:  # new images: stage two reads them from their source
+        cols.append("image_path")
     write_csv_atomic(index[cols], out / "index.csv")
     known = index[index.has_truth == 1]
     if len(known):
