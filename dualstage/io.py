@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-__all__ = ["atomic_write", "atomic_write_text", "write_csv_atomic", "write_json_atomic"]
+__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "write_csv_atomic", "write_json_atomic"]
 
 
 def atomic_write(path: str | Path, writer: Callable[[str], None]) -> Path:
@@ -27,6 +27,11 @@ def atomic_write(path: str | Path, writer: Callable[[str], None]) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically."""
+    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFilter
 
+from dualstage.io import atomic_write_bytes
 from dualstage.rle import decode, encode
 
 __all__ = [
@@ -729,18 +730,6 @@ def _draw_devices(
 
 
 # ----------------------------------------------------------------------------- files
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temp name in the same folder, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def _png_bytes(a: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(a, "L").save(buf, format="PNG", compress_level=1)
@@ -835,12 +824,12 @@ def _make_one(spec: CaseSpec, out_dir: Path, size: int, layout: str) -> dict:
     }
     if layout == "siim":
         rel = Path("dicom-images-train", spec.study_uid, spec.series_uid, f"{spec.image_id}.dcm")
-        _atomic_write(out_dir / rel, dicom_bytes(spec, image))
+        atomic_write_bytes(out_dir / rel, dicom_bytes(spec, image))
         row["path"], row["mask_path"] = rel.as_posix(), ""
     else:
         name = f"{spec.index}_train_{int(row['has_pneumothorax'])}_.png"
-        _atomic_write(out_dir / "png_images" / name, _png_bytes(image))
-        _atomic_write(out_dir / "png_masks" / name, _png_bytes(union.astype(np.uint8) * 255))
+        atomic_write_bytes(out_dir / "png_images" / name, _png_bytes(image))
+        atomic_write_bytes(out_dir / "png_masks" / name, _png_bytes(union.astype(np.uint8) * 255))
         row["path"], row["mask_path"] = f"png_images/{name}", f"png_masks/{name}"
     row["rles"] = [encode(m) for m in masks if m.any()] or ["-1"]
     return row
@@ -892,7 +881,7 @@ def generate(
     table = pd.DataFrame(rows)
     if layout == "siim":
         text = "ImageId, EncodedPixels\n" + "".join(f"{i}, {rle}\n" for i, rle in rles)
-        _atomic_write(out / "train-rle.csv", text.encode())
+        atomic_write_bytes(out / "train-rle.csv", text.encode())
     else:
         png = pd.DataFrame(
             {
@@ -901,8 +890,8 @@ def generate(
                 "has_pneumo": table["has_pneumothorax"].astype(int),
             }
         )
-        _atomic_write(out / "stage_1_train_images.csv", png.to_csv(index=False).encode())
-    _atomic_write(out / "phantom_index.csv", table.to_csv(index=False).encode())
+        atomic_write_bytes(out / "stage_1_train_images.csv", png.to_csv(index=False).encode())
+    atomic_write_bytes(out / "phantom_index.csv", table.to_csv(index=False).encode())
     if preview is not None:
         write_preview(out, table, preview, layout)
     return table
@@ -964,7 +953,7 @@ def write_preview(
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
     plt.close(fig)
-    _atomic_write(Path(path), buf.getvalue())
+    atomic_write_bytes(Path(path), buf.getvalue())
 
 
 # ----------------------------------------------------------------------------- CLI
