@@ -230,3 +230,44 @@ def test_two_process_gloo_training(tiny, tmp_path):
     log = pd.read_csv(root / "tinyddp" / "segmenter" / "main" / "log.csv")
     assert len(log) == 4 and log["val_mean_dice"].notna().all()
     assert proc.stdout.count('"fold": "main"') == 1  # only rank 0 prints and writes
+
+
+def test_stage_two_end_to_end(tiny):
+    """features -> tune (few iterations) -> gate fit/apply -> submission round-trips through rle."""
+    from dualstage import rle
+
+    cfg, exp = tiny
+    pred = exp / "predictions"
+    if not (exp / "operating_point.json").exists():
+        pytest.skip("needs test_folds_predict_sweep_evaluate (runs first in this module)")
+    from dualstage.classify.__main__ import main as classify
+
+    def run(*args: str) -> dict:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert classify(list(args)) == 0
+        text = out.getvalue()  # the summary JSON comes last (the search may log lines before it)
+        return json.loads(text[text.index("{") if text.startswith("{") else text.rindex("\n{") + 1 :])
+
+    feats = run("features", "--pred", str(pred), "--weights", "none", "--image-size", "64")
+    assert {"oof", "test"} <= set(feats)
+    data = np.load(exp / "features" / "oof" / "features.npz")
+    assert data["X"].shape == (len(pd.read_csv(pred / "oof" / "index.csv")), 2048 + 11)
+    run("tune", "--exp", str(exp), "--n-iter", "2", "--threads", "1", "--device", "cpu")
+    assert (exp / "classifier" / "model.ubj").exists() and not list((exp / "classifier").glob("*.pkl"))
+    table2 = pd.read_csv(exp / "classifier" / "table2.csv")
+    assert {"default", "tuned"} <= set(table2["model"])
+    gate = run("gate", "fit", "--exp", str(exp), "--mode", "both", "--threads", "1")
+    assert gate["classifier"]["chosen_on"] == "oof"
+    applied = run("gate", "apply", "--exp", str(exp), "--set", "test")
+    final = exp / "final" / "test"
+    sub = pd.read_csv(final / "submission.csv", dtype=str, keep_default_na=False)
+    assert list(sub.columns) == ["ImageId", "EncodedPixels"] and len(sub) == applied["n"]
+    for image_id, encoded in sub.itertuples(index=False):
+        mask = np.asarray(Image.open(final / "masks" / f"{image_id}.png")) > 127
+        np.testing.assert_array_equal(rle.decode(encoded, *mask.shape), mask)
+    decisions = pd.read_csv(final / "decisions.csv", dtype={"image_id": str})
+    assert (
+        sub.set_index("ImageId").loc[decisions.loc[decisions.decision == 0, "image_id"], "EncodedPixels"]
+        == "-1"
+    ).all()

@@ -1,0 +1,1 @@
+"""Stage two: presence classifier (DenseNet features, XGBoost tuning, mask gating)."""

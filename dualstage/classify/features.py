@@ -1,0 +1,343 @@
+"""``classify features``: DenseNet features of each image and of its predicted map, plus map statistics.
+
+Input: one prediction set folder of ``segment predict`` (``maps/<id>.png``, ``index.csv``). Output::
+
+    features.npz          image_id (N,) str, X (N, F) float32, feature_names (F,) str (index order)
+    index.csv             image_id, split, fold_model, has_truth, has_pneumothorax, stat_* columns
+    features.json         weights, image_size, counts, seconds, images/s
+    parts/<image_id>.npy  (F,) float32 row of one image: the resume cache
+
+A row is Phi(I, M) = [phi(I); phi(M)] (the paper's eq. 16) followed by :data:`STAT_NAMES`: phi is one
+shared DenseNet121 ``features`` trunk -> ReLU -> global average pool (1024 values), applied to the
+image (grayscale x 3, ImageNet mean/std) and to the probability map q / 255 (same), both resized to
+``image_size``. Statistics are computed on the full-grid map. ``weights="none"`` is a random init with
+a fixed seed (0), so reruns and resumes agree, but such features are untrained.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+import torchvision
+from PIL import Image
+from scipy import ndimage
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from dualstage.data.prepare import cache_paths, read_image_file
+from dualstage.gating import REF_PIXELS, levels
+from dualstage.io import atomic_write, write_csv_atomic, write_json_atomic
+from dualstage.segment.distributed import pick_device
+from dualstage.segment.models import _DENSENET_LEGACY, IMAGENET_MEAN, IMAGENET_STD, _read_state_dict
+
+__all__ = ["extract_features", "map_statistics", "feature_names", "load_densenet", "embed", "STAT_NAMES"]
+
+N_DENSENET = 1024
+TOPK_1024 = 100  # top-k pixels at the 1024 x 1024 scale, scaled by the map's area
+AREA_THRESHOLDS = (0.3, 0.5, 0.7, 0.9)
+STAT_NAMES: tuple[str, ...] = (
+    "stat_max_prob",
+    "stat_topk_mean_prob",
+    *(f"stat_area_p{round(t * 100)}" for t in AREA_THRESHOLDS),
+    "stat_n_components_p50",
+    "stat_largest_area_p50",
+    "stat_largest_row",
+    "stat_largest_col",
+    "stat_mean_prob",
+)
+INDEX_COLUMNS = ("image_id", "split", "fold_model", "has_truth", "has_pneumothorax")
+_EIGHT = np.ones((3, 3), dtype=bool)
+_FEATURE_VERSION = 1  # bump when a feature's definition changes: old parts are then refused
+
+
+def feature_names() -> list[str]:
+    """Column names of X: ``img_dn0..1023``, ``map_dn0..1023``, then :data:`STAT_NAMES`."""
+    return [f"{p}_dn{i}" for p in ("img", "map") for i in range(N_DENSENET)] + list(STAT_NAMES)
+
+
+def map_statistics(q: np.ndarray) -> dict[str, float]:
+    """Statistics of one uint8 map q (H, W), q = round(p * 255); areas at the 1024 x 1024 scale.
+
+    A pixel is above threshold t iff q >= gating.level(t) (as in the rules). top-k: mean p of the
+    k = max(1, round(100 * H * W / 1024**2)) highest pixels. Components: 8-connected, p > 0.5; the
+    largest one's centroid is (mean row + 0.5) / H, (mean col + 0.5) / W, or -1, -1 when none.
+    """
+    q = np.asarray(q)
+    if q.dtype != np.uint8 or q.ndim != 2 or q.size == 0:
+        raise ValueError(f"map must be a non-empty 2-D uint8 array, got {q.dtype} of shape {q.shape}")
+    h, w = q.shape
+    scale = REF_PIXELS / (h * w)
+    k = min(q.size, max(1, round(TOPK_1024 * q.size / REF_PIXELS)))
+    top = np.partition(q.ravel(), q.size - k)[q.size - k :]
+    stats = {"stat_max_prob": int(q.max()) / 255.0, "stat_topk_mean_prob": float(top.mean()) / 255.0}
+    for t, lv in zip(AREA_THRESHOLDS, levels(AREA_THRESHOLDS), strict=True):
+        stats[f"stat_area_p{round(t * 100)}"] = int(np.count_nonzero(q >= lv)) * scale
+    labels, n = ndimage.label(q >= levels(0.5), structure=_EIGHT)
+    row = col = -1.0
+    largest = 0
+    if n:
+        sizes = np.bincount(labels.ravel())[1:]
+        biggest = 1 + int(np.argmax(sizes))  # ties: first in raster order
+        largest = int(sizes[biggest - 1])
+        rows, cols = np.nonzero(labels == biggest)
+        row, col = (rows.mean() + 0.5) / h, (cols.mean() + 0.5) / w
+    stats["stat_n_components_p50"] = float(n)
+    stats["stat_largest_area_p50"] = largest * scale
+    stats["stat_largest_row"], stats["stat_largest_col"] = float(row), float(col)
+    stats["stat_mean_prob"] = float(q.mean()) / 255.0
+    return {name: float(stats[name]) for name in STAT_NAMES}
+
+
+def _load_file(net: torchvision.models.DenseNet, path: Path) -> None:
+    """Load the ``features.*`` tensors of a densenet121 state dict (any head, or none) strictly."""
+    target = net.features.state_dict()
+    source: dict[str, torch.Tensor] = {}
+    for key, value in _read_state_dict(path).items():
+        for strip in ("module.", "_orig_mod."):
+            key = key.removeprefix(strip)
+        if "features." in key:  # features.x, densenet121.features.x, model.features.x ...
+            key = key[key.index("features.") + len("features.") :]
+        legacy = _DENSENET_LEGACY.match(key)  # old checkpoints: denselayer1.norm.1.weight
+        source[legacy.group(1) + legacy.group(2) if legacy else key] = value
+    needed = [k for k in target if not k.endswith("num_batches_tracked")]
+    matched = [k for k in needed if k in source]
+    if not matched:
+        raise ValueError(
+            f"weights file {path}: no key matches torchvision densenet121 features (file keys e.g. "
+            f"{list(source)[:3]}; expected e.g. features.{needed[0]}): not a DenseNet121 state dict"
+        )
+    missing = [k for k in needed if k not in source]
+    bad = [k for k in matched if source[k].shape != target[k].shape]
+    if missing or bad:
+        raise ValueError(
+            f"weights file {path}: {len(missing)} densenet121 feature tensors missing (e.g. {missing[:3]}), "
+            f"{len(bad)} of the wrong shape (e.g. {bad[:3]}): not a complete DenseNet121 trunk"
+        )
+    net.features.load_state_dict({k: source[k] for k in target if k in source}, strict=False)
+
+
+def describe_weights(weights: str | Path) -> dict:
+    """What features.json records about ``weights`` (compared on resume); a file's path and sha256."""
+    choice = str(weights)
+    if choice.lower() == "imagenet":
+        return {"weights": "imagenet", "pretrained": True, "source": "torchvision DenseNet121 IMAGENET1K_V1"}
+    if choice.lower() == "none":
+        return {"weights": "none", "pretrained": False, "note": "random init, seed 0: untrained features"}
+    path = Path(choice).expanduser().resolve()
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path} (weights: 'imagenet', 'none' or a file)")
+    return {"weights": str(path), "pretrained": True, "weights_sha256": _sha256(path)}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_densenet(weights: str | Path = "imagenet") -> tuple[torchvision.models.DenseNet, dict]:
+    """(torchvision DenseNet121 in eval mode, :func:`describe_weights`).
+
+    ``"imagenet"``: torchvision IMAGENET1K_V1 (local cache $TORCH_HOME/hub/checkpoints, else a download;
+    RuntimeError when neither works). ``"none"``: random init, seed 0. A path: see :func:`_load_file`.
+    """
+    info = describe_weights(weights)
+    if info["weights"] == "imagenet":
+        try:
+            net = torchvision.models.densenet121(weights="IMAGENET1K_V1", progress=False)
+        except Exception as exc:  # offline, HTTP, hash mismatch: all mean "not available"
+            raise RuntimeError(
+                f"could not get torchvision's ImageNet DenseNet121 weights ({type(exc).__name__}: {exc}). "
+                "Without internet, put densenet121-a639ec97.pth in $TORCH_HOME/hub/checkpoints, or use "
+                "`--weights none` (random, untrained features) or `--weights /path/to/densenet121.pth` "
+                "(a local densenet121 state dict, e.g. a chest-X-ray-pretrained DenseNet)."
+            ) from exc
+    elif info["weights"] == "none":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            net = torchvision.models.densenet121(weights=None)
+    else:
+        net = torchvision.models.densenet121(weights=None)
+        _load_file(net, Path(info["weights"]))
+    return net.eval(), info
+
+
+def embed(net: torchvision.models.DenseNet, x: torch.Tensor) -> torch.Tensor:
+    """phi: (N, 1, S, S) in [0, 1] -> (N, 1024): 3 channels, ImageNet norm, trunk, ReLU, average pool."""
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    x = ((x.expand(-1, 3, -1, -1) - mean) / std).contiguous(memory_format=torch.channels_last)
+    return F.adaptive_avg_pool2d(F.relu(net.features(x)), 1).flatten(1)
+
+
+def _tensor(image: np.ndarray, size: int) -> torch.Tensor:
+    """uint8 (H, W) -> float (1, size, size) in [0, 1] (bilinear, as segment predict resizes)."""
+    if image.shape != (size, size):
+        image = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR, reducing_gap=2.0))
+    return torch.from_numpy(image.astype(np.float32) / 255.0)[None]
+
+
+class _Items(Dataset):
+    """(image (1, S, S), map (1, S, S), stats (n_stats,) float64, position) per image id."""
+
+    def __init__(self, maps: Path, ids: list[str], sources: list[Path], size: int):
+        self.maps, self.ids, self.sources, self.size = maps, ids, sources, size
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int):
+        with Image.open(self.maps / f"{self.ids[i]}.png") as im:
+            q = np.asarray(im)
+        stats = map_statistics(q)
+        image, _ = read_image_file(self.sources[i])
+        values = torch.tensor([stats[n] for n in STAT_NAMES], dtype=torch.float64)
+        return _tensor(image, self.size), _tensor(q, self.size), values, i
+
+
+def pick_cache_size(prepared: Path, image_size: int) -> int | None:
+    """Smallest cached size >= image_size, else the largest; None when there is no cache."""
+    root = Path(prepared) / "cache"
+    sizes = sorted(int(p.name) for p in root.iterdir() if p.name.isdigit()) if root.is_dir() else []
+    return next((s for s in sizes if s >= image_size), sizes[-1]) if sizes else None
+
+
+def _sources(index: pd.DataFrame, prepared: Path | None, size: int | None) -> list[Path]:
+    """Image file of each row: the prepared cache, else the index's ``image_path`` column."""
+    out = []
+    for row in index.itertuples(index=False):
+        cached = cache_paths(prepared, size, row.image_id)[0] if size is not None else None
+        if cached is not None and cached.is_file():
+            out.append(cached)
+            continue
+        path = getattr(row, "image_path", None)
+        if not isinstance(path, str) or not Path(path).is_file():
+            raise FileNotFoundError(
+                f"image {row.image_id}: not in the prepared cache ({prepared or 'no prepared folder'})"
+                + (
+                    f" and its image_path {path!r} is not a file"
+                    if "image_path" in index.columns
+                    else " and index.csv has no image_path column (re-run segment predict, which writes it)"
+                )
+            )
+        out.append(Path(path))
+    return out
+
+
+def _check_record(record: Path, parts: Path, setting: dict) -> None:
+    """Refuse to mix rows of another weights / image size (or of an unknown run) into ``parts``."""
+    if record.is_file():
+        old = json.loads(record.read_text())
+        if any(old.get(k) != setting.get(k) for k in ("weights", "weights_sha256", "image_size", "version")):
+            raise ValueError(
+                f"{record.parent} holds features made with weights={old.get('weights')!r}, "
+                f"image_size={old.get('image_size')}; now weights={setting['weights']!r}, "
+                f"image_size={setting['image_size']}. Use another --out, or delete {record.parent}."
+            )
+    elif parts.is_dir() and any(parts.glob("*.npy")):
+        raise ValueError(f"{parts} has rows but {record} is missing: use another --out, or delete it")
+
+
+def extract_features(
+    pred_dir: str | Path,
+    out_dir: str | Path,
+    prepared: str | Path | None = None,
+    weights: str | Path = "imagenet",
+    image_size: int = 224,
+    batch_size: int = 16,
+    workers: int = 0,
+    device: str = "auto",
+    progress: bool = True,
+) -> dict:
+    """Write features.npz / index.csv / features.json for one prediction set; returns the summary.
+
+    Resumable: rows already in ``out_dir/parts`` are reused when ``features.json`` records the same
+    weights and image size; a different setting is refused (ValueError) rather than mixed.
+    """
+    t0 = time.perf_counter()
+    pred_dir, out_dir = Path(pred_dir), Path(out_dir)
+    if not (pred_dir / "index.csv").is_file():
+        raise FileNotFoundError(f"{pred_dir}: no index.csv (not a segment predict output folder)")
+    index = pd.read_csv(pred_dir / "index.csv", dtype={"image_id": str, "image_path": str})
+    lacking = [c for c in INDEX_COLUMNS if c not in index.columns]
+    if lacking or index.empty:
+        raise ValueError(f"{pred_dir / 'index.csv'}: empty or missing columns {lacking}")
+    no_map = [i for i in index["image_id"] if not (pred_dir / "maps" / f"{i}.png").is_file()]
+    if no_map:
+        raise FileNotFoundError(f"{pred_dir / 'maps'}: {len(no_map)} maps missing, e.g. {no_map[:3]}")
+    if prepared is None and (pred_dir.parent.parent / "prepared").is_dir():
+        prepared = pred_dir.parent.parent / "prepared"
+    if prepared is not None and not Path(prepared).is_dir():
+        raise FileNotFoundError(f"prepared folder not found: {prepared}")
+    prepared = Path(prepared).resolve() if prepared is not None else None
+    cache_size = pick_cache_size(prepared, image_size) if prepared is not None else None
+    sources = _sources(index, prepared, cache_size)
+
+    setting = {**describe_weights(weights), "image_size": int(image_size), "version": _FEATURE_VERSION}
+    record, parts = out_dir / "features.json", out_dir / "parts"
+    _check_record(record, parts, setting)
+    ids = index["image_id"].tolist()
+    todo = [k for k, i in enumerate(ids) if not (parts / f"{i}.npy").is_file()]
+    dev = pick_device(device)
+    run_seconds = 0.0
+    if todo:
+        net = load_densenet(weights)[0].to(dev).to(memory_format=torch.channels_last)
+        if not record.is_file():  # written once the net loaded: a failed load leaves no stale record
+            write_json_atomic(record, {**setting, "status": "running"})
+        t_run = time.perf_counter()
+        data = _Items(pred_dir / "maps", [ids[k] for k in todo], [sources[k] for k in todo], image_size)
+        loader = DataLoader(data, batch_size=batch_size, num_workers=workers, shuffle=False)
+        for images, maps, stats, pos in tqdm(loader, desc="features", unit="batch", disable=not progress):
+            with torch.no_grad():
+                phi = embed(net, torch.cat([images, maps]).to(dev)).float().cpu().numpy()
+            n = len(pos)
+            rows = np.concatenate([phi[:n], phi[n:], stats.numpy()], axis=1).astype(np.float32)
+            for row, p in zip(rows, pos.tolist(), strict=True):
+                atomic_write(parts / f"{data.ids[p]}.npy", lambda tmp, r=row: _save_npy(tmp, r))
+        run_seconds = time.perf_counter() - t_run
+
+    names = feature_names()
+    X = np.stack([np.load(parts / f"{i}.npy") for i in ids]).astype(np.float32)
+    if X.shape[1] != len(names):
+        raise ValueError(f"{parts}: rows have {X.shape[1]} values, expected {len(names)}; delete {out_dir}")
+
+    def _write_npz(tmp: str) -> None:
+        with open(tmp, "wb") as fh:  # a file object: np.savez would append ".npz" to a bare name
+            np.savez_compressed(fh, image_id=np.asarray(ids, dtype=str), X=X, feature_names=np.asarray(names))
+
+    atomic_write(out_dir / "features.npz", _write_npz)
+    table = index[list(INDEX_COLUMNS)].copy()
+    table[list(STAT_NAMES)] = X[:, 2 * N_DENSENET :].astype(str).astype(np.float64)  # float32 digits
+    write_csv_atomic(table, out_dir / "index.csv")
+    summary = {
+        **setting,
+        "status": "complete",
+        "pred_dir": str(pred_dir.resolve()),
+        "prepared": str(prepared) if prepared else None,
+        "cache_size": cache_size,
+        "images": len(ids),
+        "extracted_now": len(todo),
+        "reused": len(ids) - len(todo),
+        "n_features": len(names),
+        "device": str(dev),
+        "seconds": round(time.perf_counter() - t0, 2),
+        "images_per_second": round(len(todo) / run_seconds, 2) if todo and run_seconds > 0 else None,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+    }
+    write_json_atomic(record, summary)
+    return summary
+
+
+def _save_npy(path: str, array: np.ndarray) -> None:
+    with open(path, "wb") as fh:  # a file object: np.save would append ".npy" to a bare path
+        np.save(fh, array)
