@@ -19,7 +19,7 @@ $(BIN)/.installed: setup.cfg pyproject.toml
 	touch $@
 
 demo: $(BIN)/.installed
-	$(BIN)/python -m dualstage.demo
+	$(BIN)/python -m dualstage run experiments/demo.yaml
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q

@@ -110,6 +110,29 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class ClassifyConfig:
+    """Stage two: DenseNet features, XGBoost random search, gate."""
+
+    weights: str = "imagenet"  # DenseNet121: imagenet | none | path to a local state dict
+    image_size: int = 224
+    n_iter: int = 20  # random-search candidates
+    scoring: str = "roc_auc"  # roc_auc | f1 | dice
+    max_bin: int = 64
+    threads: int | None = None  # XGBoost threads per fit (None: all cores)
+    batch_size: int = 16
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """What ``python -m dualstage run`` does with this experiment."""
+
+    folds: str = "all"  # main (train/val split only) | all (k fold models) | both
+    tta: bool = False  # horizontal-flip test-time augmentation in predict
+    lcc: bool = False  # also sweep the largest-connected-component filter
+    predict_batch_size: int = 8
+
+
+@dataclass(frozen=True)
 class Experiment:
     """One experiment = one YAML file = one folder ``models/<name>/``."""
 
@@ -118,6 +141,8 @@ class Experiment:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    classify: ClassifyConfig = field(default_factory=ClassifyConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     output_root: str = "models"
 
     @property

@@ -97,7 +97,7 @@ def _experiment(tmp: Path, root: Path, name: str = "tiny") -> Path:
 def tiny(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("e2e")
     cfg = _experiment(tmp, tmp / "models")
-    _run("-m", "dualstage.demo", "--exp", str(cfg))  # phantoms -> prepare
+    _run("-m", "dualstage", "run", str(cfg), "--steps", "data")  # phantoms -> prepare
     return cfg, tmp / "models" / "tiny"
 
 
