@@ -40,6 +40,8 @@ class DataConfig:
     sizes: tuple[int, ...] = (256, 512, 1024)
     n_folds: int = 10
     split_seed: int = 0
+    test_fraction: float = 1068 / 10675  # the progressive paper's split (8643 / 964 / 1068)
+    val_fraction: float = 964 / 10675
     workers: int = 2
 
 

@@ -63,6 +63,8 @@ def prepare_step(exp: Experiment, data: Path) -> dict:
         workers=d.workers,
         n_folds=d.n_folds,
         seed=d.split_seed,
+        test_fraction=d.test_fraction,
+        val_fraction=d.val_fraction,
     )
     print(
         f"[prepare] {summary['images']} images ({summary['positive']} positive, "

@@ -31,7 +31,7 @@ from dualstage import rle
 from dualstage.data.annotations import masks_from_rows, read_rle_csv
 from dualstage.data.dicom import read_dicom_pixels
 from dualstage.data.layouts import Item, scan
-from dualstage.data.splits import make_splits
+from dualstage.data.splits import PAPER_TEST_FRACTION, PAPER_VAL_FRACTION, make_splits
 from dualstage.io import atomic_write_text, write_csv_atomic
 
 __all__ = [
@@ -207,6 +207,8 @@ def prepare(
     n_folds: int = 10,
     seed: int = 0,
     progress: bool = True,
+    test_fraction: float = PAPER_TEST_FRACTION,
+    val_fraction: float = PAPER_VAL_FRACTION,
 ) -> dict:
     """Prepare a dataset folder for training (see the module docstring for the outputs).
 
@@ -252,7 +254,7 @@ def prepare(
     manifest = (
         pd.DataFrame(list(rows.values()))[MANIFEST_COLUMNS].sort_values("image_id").reset_index(drop=True)
     )
-    splits = make_splits(manifest, n_folds=n_folds, seed=seed)
+    splits = make_splits(manifest, test_fraction, val_fraction, n_folds=n_folds, seed=seed)
     truth = pd.DataFrame(
         [(r["image_id"], r["rle"]) for r in rows.values()], columns=["ImageId", "EncodedPixels"]
     )

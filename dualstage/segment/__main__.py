@@ -24,6 +24,8 @@ def _prepare(args: argparse.Namespace) -> int:
         workers=args.workers,
         n_folds=args.folds,
         seed=args.seed,
+        test_fraction=args.test_fraction,
+        val_fraction=args.val_fraction,
     )
     print(json.dumps(summary, indent=2))
     if summary["rejected"]:
@@ -106,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="decoding processes")
     p.add_argument("--folds", type=int, default=10, help="k of the k-fold ids over train+val")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--test-fraction", type=float, default=1068 / 10675, help="default: the paper's 1068 / 10675"
+    )
+    p.add_argument("--val-fraction", type=float, default=964 / 10675, help="default: the paper's 964 / 10675")
     p.set_defaults(func=_prepare)
 
     p = sub.add_parser(
