@@ -37,6 +37,7 @@ class DataConfig:
     phantom_size: int = 1024
     phantom_layout: str = "siim"
     phantom_seed: int = 0
+    phantom_lesion_contrast: float = 1.0  # >1: darker pneumothoraces (learnable in a short CPU demo)
     sizes: tuple[int, ...] = (256, 512, 1024)
     n_folds: int = 10
     split_seed: int = 0

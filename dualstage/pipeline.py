@@ -33,7 +33,13 @@ def phantom_step(exp: Experiment) -> Path:
 
     d = exp.data
     folder = exp.folder / "phantoms"
-    params = {"n": d.phantom_n, "size": d.phantom_size, "layout": d.phantom_layout, "seed": d.phantom_seed}
+    params = {
+        "n": d.phantom_n,
+        "size": d.phantom_size,
+        "layout": d.phantom_layout,
+        "seed": d.phantom_seed,
+        "lesion_contrast": d.phantom_lesion_contrast,
+    }
     marker = folder / "phantom.json"
     if marker.exists() and json.loads(marker.read_text()) == params:
         print(f"[phantoms] done already: {folder}")

@@ -101,6 +101,7 @@ class CaseSpec:
     positive: bool
     lesion_areas_1024: tuple[float, ...]  # target area per lesion at 1024 px (empty if negative)
     jpeg: bool
+    lesion_contrast: float = 1.0  # 1 = the default look; >1 darker pneumothoraces (easier demos)
 
 
 def _uid(seed: int, index: int, kind: str) -> str:
@@ -109,7 +110,9 @@ def _uid(seed: int, index: int, kind: str) -> str:
     return str(generate_uid(UID_PREFIX, entropy_srcs=["dualstage-phantom", str(seed), str(index), kind]))
 
 
-def plan_cases(n: int, seed: int = 0, jpeg_share: float = 0.3) -> list[CaseSpec]:
+def plan_cases(
+    n: int, seed: int = 0, jpeg_share: float = 0.3, lesion_contrast: float = 1.0
+) -> list[CaseSpec]:
     """Decide ids, patients, presence, lesion areas and compression for images 0..n-1.
 
     Prefix-stable: the first k specs do not depend on ``n``. About 12 % of patients get 2-3
@@ -162,6 +165,7 @@ def plan_cases(n: int, seed: int = 0, jpeg_share: float = 0.3) -> list[CaseSpec]
                 positive=positive,
                 lesion_areas_1024=areas,
                 jpeg=bool(u_jpeg < jpeg_share),
+                lesion_contrast=lesion_contrast,
             )
         )
     return specs
@@ -592,7 +596,7 @@ def render_case(spec: CaseSpec, size: int = 1024) -> tuple[np.ndarray, list[np.n
         in_this_lung = _sig((r - rho) * les.lung.radial_px(theta, px) / 0.7)
         dist, s = les.fields(bx[blk], by[blk], px)
         air_soft = _sig(dist / 0.6) * in_this_lung
-        paren[blk] = paren[blk] * (1.0 - air_soft) - 0.045 * air_soft
+        paren[blk] = paren[blk] - spec.lesion_contrast * (paren[blk] + 0.045) * air_soft
         # the visceral pleura is lung tissue: centre the line just on the lung side of the mask edge
         pleura[blk] += np.exp(-(((dist + 0.8 * line_w) / line_w) ** 2)) * np.sqrt(s) * in_this_lung
     D += air * (paren - 0.42) + rng.uniform(0.09, 0.14) * pleura
@@ -845,6 +849,7 @@ def generate(
     preview: str | os.PathLike | None = None,
     workers: int = 1,
     progress: bool = True,
+    lesion_contrast: float = 1.0,
 ) -> pd.DataFrame:
     """Write ``n`` phantoms in the ``siim`` or ``png`` layout under ``out_dir``; return the index.
 
@@ -861,7 +866,9 @@ def generate(
         raise ValueError(f"need n >= 1 and size >= 64, got n={n}, size={size}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    specs = plan_cases(n, seed, jpeg_share)
+    if lesion_contrast <= 0:
+        raise ValueError(f"lesion_contrast must be > 0, got {lesion_contrast}")
+    specs = plan_cases(n, seed, jpeg_share, lesion_contrast)
     bar = tqdm(total=n, desc=f"phantom {layout} {size}px", unit="img", disable=not progress)
     if workers > 1:
         from joblib import Parallel, delayed
@@ -969,6 +976,7 @@ def main(argv: list[str] | None = None) -> None:
         "--jpeg-share", type=float, default=0.3, help="share of JPEG Baseline DICOMs (siim layout)"
     )
     ap.add_argument("--preview", default=None, help="write a contact sheet PNG here")
+    ap.add_argument("--lesion-contrast", type=float, default=1.0, help=">1: darker pneumothoraces (demos)")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     a = ap.parse_args(argv)
@@ -982,6 +990,7 @@ def main(argv: list[str] | None = None) -> None:
         preview=a.preview,
         workers=a.workers,
         progress=not a.quiet,
+        lesion_contrast=a.lesion_contrast,
     )
     pos = table["has_pneumothorax"]
     print(
