@@ -8,6 +8,7 @@
     features  DenseNet features of image + map for every prediction set
     tune      XGBoost random search on the out-of-fold features (Table 2)
     gate      classifier gate fitted on oof, applied to test (classifier, and classifier AND area)
+    report    the comparison of every gate on test with bootstrap intervals (report.md / .html)
 
 One line per step with its time; the whole run's time at the end.
 """
@@ -188,6 +189,14 @@ def _gate(exp: Experiment) -> str:
         exp.folder, "test", mode="classifier_and_area", out=exp.folder / "final" / "test_area", progress=False
     )
     return f"test: {a['n_nonempty']} / {b['n_nonempty']} non-empty masks of {a['n']} (classifier / and area)"
+
+
+def _report(exp: Experiment) -> str:
+    from dualstage.report import build_report
+
+    res = build_report(exp.folder)
+    print(res["summary_markdown"], flush=True)
+    return f"best gate: {res['best']}; report: {res['report_html']}"
 
 
 STEPS: dict[str, Callable[[Experiment], str]] = {

@@ -1,0 +1,242 @@
+"""The comparison report: which gate wins under the challenge metric, by how much, how sure.
+
+``build_report(exp_dir)`` reads a finished experiment folder and writes ``<exp>/report/``::
+
+    report.md        tables in Markdown, figures linked
+    report.html      self-contained (CSS inline, figures as data:image/png;base64 URIs)
+    metrics.json     the comparison with 95 % bootstrap intervals, paired differences, baseline, provenance
+    per_image.csv    per test image: true area, each gate's predicted area, Dice (and classifier decision)
+    figures/*.png    Dice vs threshold, threshold x area heat map, classifier ROC / PR and probabilities,
+                     training curves, gallery of disagreements
+    evaluation/      the papers' stage-one tables, only when <exp>/evaluation/ lacks them
+
+All numbers are on the held-out ``test`` split; the operating points are those chosen on oof / val.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from dualstage.io import atomic_write_text, write_csv_atomic, write_json_atomic
+from dualstage.report import figures as F
+from dualstage.report.compare import BASELINE, compare
+from dualstage.report.document import (
+    Code,
+    Figure,
+    Note,
+    Paragraph,
+    Section,
+    Table,
+    markdown_table,
+    render_markdown,
+)
+from dualstage.report.gallery import gallery as draw_gallery
+from dualstage.report.html import render_html
+from dualstage.report.provenance import provenance
+from dualstage.report.tables import comparison_display, comparison_frame, paper_tables
+
+__all__ = ["build_report", "compare"]
+
+
+def _clean(obj):
+    """JSON-safe copy: NaN / inf -> None, tuples -> lists, frames dropped by the caller."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def _ci(d: dict, signed: bool = False) -> str:
+    f = "{:+.3f}" if signed else "{:.3f}"
+    return f"{f.format(d['value'])} [{f.format(d['lo'])}, {f.format(d['hi'])}]"
+
+
+def _headline(cmp: dict) -> list:
+    """The finding in words: best gate, margin over the next gate and over the all-empty baseline."""
+    g, best = cmp["gates"], cmp["best"]
+    if best is None:
+        return [Note("no gate could be scored")]
+    md = g[best]["metrics"]["mean_dice"]
+    names = ", ".join(f"\u201c{g[k]['name']}\u201d" for k in cmp["tied"])
+    lead = f"the best gates (tied) are {names}" if len(cmp["tied"]) > 1 else f"the best gate is {names}"
+    text = (
+        f"On {cmp['n']} held-out test studies ({cmp['n_pos']} positive), under the challenge metric {lead}: "
+        f"mean Dice {_ci(md)} (95 % bootstrap interval)."
+    )
+    w = cmp["winner"]
+    if w:
+        sure = "clearly ahead" if w["lo"] > 0 else "not clearly ahead: the interval includes 0"
+        text += (
+            f" Margin over the next gate \u201c{g[w['other']]['name']}\u201d: {_ci(w, True)} "
+            f"(paired; ahead in {w['share_above_zero']:.0%} of {cmp['resamples']} resamples, {sure})."
+        )
+    b = cmp["baseline"]
+    base = g[BASELINE[0]]["metrics"]["mean_dice"]
+    clear = "clear of it" if b["lo"] > 0 else "NOT clear of it"
+    text += (
+        f" All-empty baseline (share of negative studies): {_ci(base)}; best gate minus baseline "
+        f"{_ci(b, True)}, {clear}."
+    )
+    return [Paragraph(text, "lead")]
+
+
+def _comparison_section(exp: Path, cmp: dict | None, op: dict, error: str | None) -> Section:
+    sec = Section("Which gate wins (test split)")
+    if cmp is None:
+        sec.blocks.append(Table("comparison", "Gate comparison on the test split", None, error))
+        return sec
+    sec.blocks += _headline(cmp)
+    sec.blocks.append(
+        Paragraph(
+            f"Operating points as chosen on {cmp['chosen_on'] or '?'} ({op.get('n_images', '?')} images, "
+            "operating_point.json); classifier gate thresholds chosen on out-of-fold probabilities "
+            f"(classifier/gate.json). Scored on the test split only ({cmp['n']} studies, "
+            f"{cmp['n_pos']} positive, {cmp['n_neg']} negative), maps from "
+            f"{', '.join(cmp['fold_model']) or '?'}."
+        )
+    )
+    display = comparison_display(cmp)
+    order = list(cmp["gates"])
+    classes = {order.index(cmp["best"]): "best"} if cmp["best"] else {}
+    classes[order.index(BASELINE[0])] = "baseline"
+    ref = cmp["gates"][cmp["reference"]]["name"] if cmp["reference"] else "-"
+    sec.blocks.append(
+        Table(
+            "comparison",
+            f"Gate comparison on the test split: value [95 % bootstrap interval], "
+            f"{cmp['resamples']} resamples, seed {cmp['seed']}",
+            display,
+            None,
+            "Mean Dice: challenge metric (empty vs empty = 1). Positive accuracy: share of positive "
+            "studies with a non-empty mask (= recall). Precision / recall / F1 / specificity: image-level "
+            "presence (non-empty final mask vs true pneumothorax). \u0394: paired bootstrap difference of "
+            f"mean Dice from \u201c{ref}\u201d.",
+            classes,
+        )
+    )
+    sec.blocks += [Note(f"{name}: {why}") for name, why in cmp["skipped"].items()]
+    return sec
+
+
+def _provenance_section(prov: dict) -> Section:
+    n = prov["numbers"]
+    rows = [
+        ("split", n["split"]),
+        ("test images", n["n_images"]),
+        ("model", n["model"]),
+        ("operating points chosen on", n["operating_points_chosen_on"]),
+        ("classifier threshold chosen on", ", ".join(n["classifier_threshold_chosen_on"]) or "-"),
+        ("bootstrap", n["bootstrap"]),
+        *((f"sha256 {k}", v or "missing") for k, v in prov["inputs_sha256"].items()),
+        ("report generated (UTC)", prov["generated"]),
+        *((f"modified (UTC) {k}", v) for k, v in prov["dates"].items()),
+        ("segmenter models", ", ".join(prov["segmenter_models"]) or "-"),
+        ("report libraries", ", ".join(f"{k} {v}" for k, v in prov["report_versions"].items() if v)),
+        (
+            "training libraries",
+            ", ".join(f"{k} {v}" for k, v in (prov["training_versions"] or {}).items()) or "-",
+        ),
+    ]
+    frame = pd.DataFrame(rows, columns=["Item", "Value"]).astype(str)
+    sec = Section("Provenance", [Table("provenance", "Where the numbers come from", frame)])
+    if prov["configs_differ_from_first"]:
+        sec.blocks.append(
+            Note(
+                "resolved configs differ from the first model's in: "
+                + "; ".join(prov["configs_differ_from_first"])
+            )
+        )
+    if prov["config"] is not None:
+        sec.blocks.append(
+            Code("Resolved config (segmenter/*/config.json)", json.dumps(prov["config"], indent=2))
+        )
+    else:
+        sec.blocks.append(Note("not run: no segmenter/*/config.json"))
+    return sec
+
+
+def build_report(
+    exp_dir: str | Path, out: str | Path | None = None, resamples: int = 2000, seed: int = 0, gallery: int = 8
+) -> dict:
+    """Write the report of one experiment folder; returns its paths, the comparison and its text.
+
+    Returns {out, report_md, report_html, metrics_json, per_image_csv, figures (paths), table (numeric
+    DataFrame, one row per gate), markdown (display table), summary_markdown (gate, mean / pos / neg Dice,
+    difference), best (gate name or None), notes (what was not run)}.
+    """
+    exp = Path(exp_dir)
+    if not exp.is_dir():
+        raise FileNotFoundError(f"{exp}: experiment folder not found")
+    out = Path(out) if out else exp / "report"
+    figdir = out / "figures"
+    op_path = exp / "operating_point.json"
+    op = json.loads(op_path.read_text()) if op_path.is_file() else {}
+    cmp, error = None, None
+    try:
+        cmp = compare(exp, resamples, seed)
+    except FileNotFoundError as exc:
+        error = f"not run: {exc}"
+    tables, eval_notes = paper_tables(exp, out, op or None)
+    figs = [
+        F.dice_vs_threshold(exp, op, figdir),
+        F.threshold_area_heatmap(exp, op, figdir),
+        F.classifier_curves(exp, figdir),
+        F.probability_by_class(exp, figdir),
+        F.training_curves(exp, figdir),
+    ]
+    gal = draw_gallery(exp, cmp, figdir, gallery) if cmp else Figure("gallery", "Gallery", None, error)
+    prov = provenance(exp, cmp)
+    sections = [
+        _comparison_section(exp, cmp, op, error),
+        Section("The papers' tables", [*tables, *(Note(n) for n in eval_notes)]),
+        Section("Figures", figs),
+        Section("Gallery: where the gates disagree", [gal]),
+        _provenance_section(prov),
+    ]
+    title = f"dualstage report: {exp.name}"
+    atomic_write_text(out / "report.md", render_markdown(title, sections, out))
+    atomic_write_text(out / "report.html", render_html(title, sections))
+    table = comparison_frame(cmp) if cmp else pd.DataFrame()
+    blocks = [b for s in sections for b in s.blocks]
+    notes = [
+        f"{b.key}: {b.note}" for b in blocks if isinstance(b, Table | Figure) and b.note and "not" in b.note
+    ]
+    notes += [b.text for b in blocks if isinstance(b, Note)]
+    per_image = out / "per_image.csv"
+    if cmp:
+        write_csv_atomic(cmp["per_image"], per_image)
+    summary = {k: v for k, v in (cmp or {}).items() if k != "per_image"}
+    write_json_atomic(
+        out / "metrics.json",
+        _clean(
+            {
+                "comparison": summary or {"error": error},
+                "tables": {
+                    t.key: {"caption": t.caption, "run": t.frame is not None, "note": t.note} for t in tables
+                },
+                "figures": {f.key: str(f.path.relative_to(out)) if f.path else f.note for f in [*figs, gal]},
+                "notes": notes,
+                "provenance": prov,
+            }
+        ),
+    )
+    return {
+        "out": out,
+        "report_md": out / "report.md",
+        "report_html": out / "report.html",
+        "metrics_json": out / "metrics.json",
+        "per_image_csv": per_image if cmp else None,
+        "figures": [f.path for f in [*figs, gal] if f.path],
+        "table": table,
+        "markdown": markdown_table(comparison_display(cmp)) if cmp else error,
+        "summary_markdown": markdown_table(comparison_display(cmp, short=True)) if cmp else error,
+        "best": cmp["gates"][cmp["best"]]["name"] if cmp and cmp["best"] else None,
+        "notes": notes,
+    }

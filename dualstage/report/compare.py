@@ -1,0 +1,306 @@
+"""The gate comparison on the held-out ``test`` split: per-image counts per gate and the bootstrap.
+
+Every gate turns the same test probability maps into final masks with an operating point chosen
+on out-of-fold / validation data (``operating_point.json``, ``classifier/gate.json``); counts come
+from ``predictions/test/histograms.npz`` through :func:`dualstage.gating.rule_counts`, so no map is
+loaded. The classifier gates empty an image's mask where ``final/<set>/decisions.csv`` says 0.
+
+Intervals are 95 % percentile bootstrap intervals over images: one seeded index matrix (B, N) is
+drawn once and shared by every gate, so the difference of two gates' mean Dice is a *paired*
+bootstrap (the difference of a gate with itself is exactly 0 in every resample).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+
+from dualstage import gating
+from dualstage.metrics import dice_from_counts, iou_from_counts, presence_report, summarize_counts
+
+__all__ = [
+    "BASELINE",
+    "GATES",
+    "METRICS",
+    "REFERENCE",
+    "Gate",
+    "bootstrap_indices",
+    "compare",
+    "describe_rule",
+    "interval",
+    "load_gates",
+    "point_metrics",
+    "resampled_metrics",
+]
+
+METRICS = {  # key -> column label
+    "mean_dice": "mean Dice",
+    "pos_dice": "positive-case Dice",
+    "neg_dice": "negative-case Dice",
+    "pos_accuracy": "positive accuracy",
+    "precision": "precision",
+    "recall": "recall",
+    "f1": "F1",
+    "specificity": "specificity",
+    "iou_pos": "IoU (positives)",
+}
+# (key, display name, operating_point.json rule, final/<folder> with decisions.csv or None)
+GATES = (
+    ("default", "no gate (0.5)", None, None),
+    ("threshold", "best threshold", "threshold", None),
+    ("threshold_area", "threshold + min area", "threshold_area", None),
+    ("triplet", "triplet", "triplet", None),
+    ("classifier", "classifier gate", "threshold", "test"),
+    ("classifier_and_area", "classifier AND min area", "threshold_area", "test_area"),
+)
+REFERENCE = "threshold_area"
+BASELINE = ("empty", "all empty (baseline)")
+CONFIDENCE = 0.95
+CHUNK_CELLS = 2_000_000  # resamples x images evaluated at once (bounds memory for large N)
+
+
+class Gate(NamedTuple):
+    """One gate's per-image counts on the test split (arrays (N,), aligned to the histograms)."""
+
+    key: str
+    name: str
+    rule: str  # the operating point in words
+    params: dict | None  # the pixel rule (gating rule dict); None for the all-empty baseline
+    inter: np.ndarray
+    pred_area: np.ndarray
+    decision: np.ndarray | None  # classifier keep (1) / empty (0), or None
+
+
+def describe_rule(rule: Mapping) -> str:
+    """A rule dict in words, e.g. ``threshold 0.55, min area 2000 px`` (areas at 1024 x 1024)."""
+    name = rule.get("rule")
+    if name == "triplet":
+        text = f"triplet top {rule['top']:g}, min area {rule['min_area']:g} px, bottom {rule['bottom']:g}"
+    elif name == "threshold_area":
+        text = f"threshold {rule['threshold']:g}, min area {rule['min_area']:g} px"
+    else:
+        text = f"threshold {rule['threshold']:g}"
+    return text + (" + largest component" if rule.get("lcc") else "")
+
+
+def _decisions(exp: Path, folder: str, ids: np.ndarray, pixel_rule: dict, pred_area: np.ndarray):
+    """(decision (N,) int or None, gate threshold or None, reason when unusable)."""
+    d = exp / "final" / folder
+    path = d / "decisions.csv"
+    if not path.is_file():
+        return None, None, f"not run: {path.relative_to(exp)} missing (classify gate)"
+    summary = json.loads((d / "summary.json").read_text()) if (d / "summary.json").is_file() else {}
+    used = summary.get("pixel_rule")
+    if used is not None and {k: v for k, v in used.items() if k != "metrics"} != pixel_rule:
+        return None, None, f"stale: {path.relative_to(exp)} used {describe_rule(used)}, not the chosen rule"
+    table = pd.read_csv(path, dtype={"image_id": str}).drop_duplicates("image_id").set_index("image_id")
+    rows = table.reindex(ids)
+    if rows["decision"].isna().any():
+        missing = int(rows["decision"].isna().sum())
+        return None, None, f"not run: {path.relative_to(exp)} lacks {missing} of {ids.size} test images"
+    keep = rows["decision"].to_numpy(dtype=np.int64)
+    if "mask_area_px" in rows and not np.array_equal(
+        rows["mask_area_px"].to_numpy(np.int64), pred_area * keep
+    ):
+        return None, None, f"stale: {path.relative_to(exp)} mask areas disagree with predictions/test"
+    return keep, summary.get("threshold"), None
+
+
+def load_gates(exp_dir: str | Path) -> dict:
+    """Per-image counts of every gate on the test split.
+
+    Returns {image_id (N,), true_area (N,), n_pixels (N,), gates: [Gate], skipped: {name: reason},
+    chosen_on, fold_model}. Raises FileNotFoundError without ``predictions/test/histograms.npz``.
+    """
+    exp = Path(exp_dir)
+    hist = gating.load_histograms(exp / "predictions" / "test")
+    h, H, W = hist.hist, hist.height, hist.width
+    op_path = exp / "operating_point.json"
+    op = json.loads(op_path.read_text()) if op_path.is_file() else {}
+    gates: list[Gate] = []
+    skipped: dict[str, str] = {}
+    for key, name, op_key, folder in GATES:
+        if op_key is None:
+            rule = {"rule": "threshold", "threshold": 0.5}
+        elif isinstance(op.get(op_key), dict):
+            rule = {k: v for k, v in op[op_key].items() if k != "metrics"}
+        else:
+            why = "operating_point.json missing" if not op else f"no {op_key!r} rule in operating_point.json"
+            skipped[name] = f"not run: {why} (segment sweep)"
+            continue
+        inter, area, true_area, n_pix = gating.rule_counts(h, H, W, rule)
+        text, decision = describe_rule(rule), None
+        if folder is not None:
+            decision, thr, reason = _decisions(exp, folder, hist.image_id, rule, area)
+            if reason:
+                skipped[name] = reason
+                continue
+            text += f"; classifier p >= {thr:g}" if thr is not None else "; classifier decision"
+            inter, area = inter * decision, area * decision
+        gates.append(Gate(key, name, text, rule, inter, area, decision))
+    zero = np.zeros_like(true_area)
+    gates.append(Gate(*BASELINE, "every mask empty", None, zero, zero, None))
+    index = exp / "predictions" / "test" / "index.csv"
+    frame = pd.read_csv(index) if index.is_file() else pd.DataFrame()
+    fold_model = sorted(frame["fold_model"].astype(str).unique().tolist()) if "fold_model" in frame else []
+    return {
+        "image_id": hist.image_id,
+        "true_area": np.asarray(true_area),
+        "n_pixels": np.asarray(n_pix),
+        "gates": gates,
+        "skipped": skipped,
+        "chosen_on": op.get("chosen_on"),
+        "fold_model": fold_model,
+    }
+
+
+def point_metrics(inter, pred_area, true_area, n_pixels) -> dict[str, float]:
+    """The table's metrics (METRICS keys) of per-image counts (N,): summarize_counts + presence_report."""
+    s = summarize_counts(inter, pred_area, true_area, n_pixels)
+    p = presence_report(np.asarray(pred_area) > 0, np.asarray(true_area) > 0)
+    return {
+        **{k: float(s[k]) for k in ("mean_dice", "pos_dice", "neg_dice", "pos_accuracy", "iou_pos")},
+        "precision": p["present"]["precision"],
+        "recall": p["present"]["recall"],
+        "f1": p["present"]["f1"],
+        "specificity": p["specificity"],
+    }
+
+
+def bootstrap_indices(n: int, resamples: int, seed: int) -> np.ndarray:
+    """(resamples, n) int64 image indices drawn with replacement (numpy default_rng(seed))."""
+    if n < 1 or resamples < 1:
+        raise ValueError(f"need n >= 1 images and resamples >= 1, got n={n}, resamples={resamples}")
+    return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+
+
+def _div(num: np.ndarray, den: np.ndarray, empty: float) -> np.ndarray:
+    return np.divide(num, den, out=np.full(np.shape(num), empty, dtype=np.float64), where=den > 0)
+
+
+def resampled_metrics(inter, pred_area, true_area, idx: np.ndarray) -> dict[str, np.ndarray]:
+    """METRICS of every resample: counts (N,), ``idx`` (B, N) -> {key: (B,) float64}.
+
+    Vectorised over resamples (in chunks of CHUNK_CELLS cells); undefined ratios follow the point
+    estimates: NaN for Dice / accuracy / IoU over an empty class, 0 for precision / recall / F1 /
+    specificity (presence_report's zero_division=0).
+    """
+    dice, iou = dice_from_counts(inter, pred_area, true_area), iou_from_counts(inter, pred_area, true_area)
+    pred, true = np.asarray(pred_area) > 0, np.asarray(true_area) > 0
+    out: dict[str, list[np.ndarray]] = {k: [] for k in METRICS}
+    step = max(1, CHUNK_CELLS // max(1, idx.shape[1]))
+    for s in range(0, idx.shape[0], step):  # chunks of resamples, not single resamples
+        i = idx[s : s + step]
+        d, u, p, t = dice[i], iou[i], pred[i], true[i]
+        n_pos, n = t.sum(axis=1), t.shape[1]
+        n_neg = n - n_pos
+        tp, fp = (p & t).sum(axis=1), (p & ~t).sum(axis=1)
+        tn = n_neg - fp
+        nan = np.nan
+        out["mean_dice"].append(d.mean(axis=1))
+        out["pos_dice"].append(_div(np.where(t, d, 0.0).sum(axis=1), n_pos, nan))
+        out["neg_dice"].append(_div(np.where(t, 0.0, d).sum(axis=1), n_neg, nan))
+        out["pos_accuracy"].append(_div(tp, n_pos, nan))
+        out["precision"].append(_div(tp, tp + fp, 0.0))
+        out["recall"].append(_div(tp, n_pos, 0.0))
+        out["f1"].append(_div(2.0 * tp, 2 * tp + fp + (n_pos - tp), 0.0))
+        out["specificity"].append(_div(tn, n_neg, 0.0))
+        out["iou_pos"].append(_div(np.where(t, u, 0.0).sum(axis=1), n_pos, nan))
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def interval(values: np.ndarray, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Percentile interval of (B,) bootstrap values, NaNs ignored; (nan, nan) when all are NaN."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[~np.isnan(v)]
+    if v.size == 0:
+        return float("nan"), float("nan")
+    alpha = (1.0 - confidence) / 2.0 * 100.0
+    lo, hi = np.percentile(v, [alpha, 100.0 - alpha])
+    return float(lo), float(hi)
+
+
+def _paired(a: np.ndarray, b: np.ndarray, point: float) -> dict:
+    """Paired difference a - b of (B,) resampled mean Dice values with its point value."""
+    d = a - b
+    lo, hi = interval(d)
+    return {"value": point, "lo": lo, "hi": hi, "share_above_zero": float(np.mean(d > 0))}
+
+
+def compare(exp_dir: str | Path, resamples: int = 2000, seed: int = 0) -> dict:
+    """The comparison: point metrics, 95 % bootstrap intervals, paired differences, per-image frame.
+
+    Returns {n, n_pos, n_neg, resamples, seed, confidence, reference, chosen_on, fold_model,
+    gates: {key: {name, rule, params, metrics: {m: {value, lo, hi}}, diff_vs_reference}}, order, skipped,
+    best, tied (gates with the best mean Dice), winner (best vs the best gate below it), baseline (best
+    vs all empty), per_image (DataFrame)}. Differences carry ``share_above_zero`` of the resamples.
+    """
+    if resamples < 1:
+        raise ValueError(f"resamples must be >= 1, got {resamples}")
+    g = load_gates(exp_dir)
+    true_area, n_pix = g["true_area"], g["n_pixels"]
+    idx = bootstrap_indices(true_area.size, resamples, seed)
+    gates, boot = {}, {}
+    per_image = {"image_id": g["image_id"], "true_area": true_area, "has_pneumothorax": (true_area > 0) * 1}
+    for gate in g["gates"]:
+        point = point_metrics(gate.inter, gate.pred_area, true_area, n_pix)
+        boot[gate.key] = resampled_metrics(gate.inter, gate.pred_area, true_area, idx)
+        gates[gate.key] = {
+            "name": gate.name,
+            "rule": gate.rule,
+            "params": gate.params,
+            "metrics": {
+                m: dict(zip(("value", "lo", "hi"), (point[m], *interval(boot[gate.key][m])), strict=True))
+                for m in METRICS
+            },
+        }
+        per_image[f"{gate.key}_pred_area"] = gate.pred_area
+        per_image[f"{gate.key}_dice"] = dice_from_counts(gate.inter, gate.pred_area, true_area)
+        if gate.decision is not None:
+            per_image[f"{gate.key}_decision"] = gate.decision
+    ref = REFERENCE if REFERENCE in gates else None
+    for key, entry in gates.items():
+        entry["diff_vs_reference"] = (
+            _paired(
+                boot[key]["mean_dice"],
+                boot[ref]["mean_dice"],
+                entry["metrics"]["mean_dice"]["value"] - gates[ref]["metrics"]["mean_dice"]["value"],
+            )
+            if ref
+            else None
+        )
+    real = [k for k in gates if k != BASELINE[0]]
+    score = {k: gates[k]["metrics"]["mean_dice"]["value"] for k in real}
+    ranked = sorted(real, key=lambda k: (-score[k], real.index(k)))
+    tied = [k for k in ranked if ranked and score[k] >= score[ranked[0]] - 1e-12]
+    behind = [k for k in ranked if k not in tied]
+
+    def vs(a: str, b: str) -> dict:
+        value = gates[a]["metrics"]["mean_dice"]["value"] - gates[b]["metrics"]["mean_dice"]["value"]
+        return {"gate": a, "other": b, **_paired(boot[a]["mean_dice"], boot[b]["mean_dice"], value)}
+
+    return {
+        "split": "test",
+        "n": int(true_area.size),
+        "n_pos": int((true_area > 0).sum()),
+        "n_neg": int((true_area == 0).sum()),
+        "resamples": int(resamples),
+        "seed": int(seed),
+        "confidence": CONFIDENCE,
+        "reference": ref,
+        "chosen_on": g["chosen_on"],
+        "fold_model": g["fold_model"],
+        "gates": gates,
+        "order": list(gates),
+        "skipped": g["skipped"],
+        "best": ranked[0] if ranked else None,
+        "tied": tied,
+        "winner": vs(ranked[0], behind[0]) if ranked and behind else None,
+        "baseline": vs(ranked[0], BASELINE[0]) if ranked else None,
+        "per_image": pd.DataFrame(per_image),
+    }

@@ -1,0 +1,266 @@
+"""Tables: the gate comparison (numbers and display text) and the papers' tables in their own layout.
+
+Stage-one tables come from ``<exp>/evaluation/*.csv`` (``segment evaluate``); when those are
+missing they are computed with :func:`dualstage.segment.evaluate.evaluate` into the report folder.
+Backbone tables also pick up the papers' sibling experiments (``models/progressive_*``,
+``models/dualstage_*``) when they were run, and name those that were not.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from dualstage.classify.tune import PAPER_TABLE2
+from dualstage.report.compare import METRICS
+from dualstage.report.document import Table
+
+__all__ = [
+    "DUALSTAGE_BACKBONES",
+    "PROGRESSIVE_BACKBONES",
+    "comparison_display",
+    "comparison_frame",
+    "paper_tables",
+    "stage_one_frames",
+]
+
+PROGRESSIVE_BACKBONES = {
+    "progressive_resnet34": "ResNet34",
+    "progressive_efficientnet": "EfficientNet",
+    "progressive_seresnext50": "SE-ResNeXt-50",
+}
+DUALSTAGE_BACKBONES = {
+    "dualstage_resnet34": "ResNet34",
+    "dualstage_vgg16": "VGG16",
+    "dualstage_inceptionresnetv2": "InceptionResNetV2",
+    "dualstage_xception": "Xception",
+}
+SCORES = {
+    "mean_dice": "Mean Dice",
+    "pos_dice": "Positive-case Dice",
+    "neg_dice": "Negative-case Dice",
+    "pos_accuracy": "Positive accuracy",
+}
+
+
+def comparison_frame(cmp: dict) -> pd.DataFrame:
+    """One row per gate: gate, operating_point, each metric with ``_lo`` / ``_hi``, and the paired mean-Dice
+    difference from the reference gate (``diff_mean_dice``, ``_lo``, ``_hi``, ``diff_share_above_zero``)."""
+    rows = []
+    for key in cmp["order"]:
+        g = cmp["gates"][key]
+        row = {"gate": g["name"], "operating_point": g["rule"]}
+        for m in METRICS:
+            v = g["metrics"][m]
+            row.update({m: v["value"], f"{m}_lo": v["lo"], f"{m}_hi": v["hi"]})
+        d = g.get("diff_vs_reference") or {}
+        row.update(
+            {
+                "diff_mean_dice": d.get("value", np.nan),
+                "diff_mean_dice_lo": d.get("lo", np.nan),
+                "diff_mean_dice_hi": d.get("hi", np.nan),
+                "diff_share_above_zero": d.get("share_above_zero", np.nan),
+            }
+        )
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _ci(v: float, lo: float, hi: float, signed: bool = False) -> str:
+    if v is None or np.isnan(v):
+        return "-"
+    fmt = "{:+.3f}" if signed else "{:.3f}"
+    tail = "" if np.isnan(lo) else f" [{fmt.format(lo)}, {fmt.format(hi)}]"
+    return fmt.format(v) + tail
+
+
+def comparison_display(cmp: dict, short: bool = False) -> pd.DataFrame:
+    """Display text "value [lo, hi]" per cell; ``short``: gate, mean Dice, difference, pos / neg Dice."""
+    frame = comparison_frame(cmp)
+    ref = cmp["gates"][cmp["reference"]]["name"] if cmp.get("reference") else None
+    keep = ("mean_dice", "pos_dice", "neg_dice") if short else tuple(METRICS)
+    out = pd.DataFrame({"Gate": frame["gate"]})
+    if not short:
+        out["Operating point"] = frame["operating_point"]
+    for m in keep:
+        out[METRICS[m]] = [_ci(r[m], r[f"{m}_lo"], r[f"{m}_hi"]) for _, r in frame.iterrows()]
+        if m == "mean_dice" and ref:
+            out[f"Δ mean Dice vs {ref}"] = [
+                _ci(r["diff_mean_dice"], r["diff_mean_dice_lo"], r["diff_mean_dice_hi"], signed=True)
+                for _, r in frame.iterrows()
+            ]
+    return out
+
+
+def _read(path: Path) -> pd.DataFrame | None:
+    return pd.read_csv(path) if path.is_file() else None
+
+
+def stage_one_frames(exp: Path, out: Path) -> tuple[dict[str, pd.DataFrame | None], list[str], list[Path]]:
+    """({table name: frame}, notes, experiment folders) of ``segment evaluate``'s tables.
+
+    Reads ``<d>/evaluation/*.csv`` for this experiment and its run paper siblings; computes the
+    missing ones once with ``evaluate`` into ``<out>/evaluation``.
+    """
+    from dualstage.segment.evaluate import evaluate
+
+    names = [n for n in (*PROGRESSIVE_BACKBONES, *DUALSTAGE_BACKBONES) if n != exp.name]
+    dirs = [exp, *(exp.parent / n for n in names if (exp.parent / n / "segmenter").is_dir())]
+    notes: list[str] = []
+    todo = [d for d in dirs if not (d / "evaluation" / "progressive_table2.csv").is_file()]
+    if not (exp / "segmenter").is_dir() and exp in todo:
+        notes.append(f"not run: {exp.name}/segmenter missing (segment train)")
+        todo.remove(exp)
+    computed: dict = {}
+    if todo:
+        try:
+            res = evaluate(todo, out=out / "evaluation")
+            computed, notes = res["tables"], notes + res["notes"]
+        except (FileNotFoundError, ValueError, KeyError) as exc:
+            notes.append(f"not run: segment evaluate failed ({exc})")
+    frames: dict[str, pd.DataFrame | None] = {}
+    for table in ("progressive_table2", "dualstage_table1"):
+        parts = []
+        for d in dirs:
+            f = computed.get(table) if d in todo else _read(d / "evaluation" / f"{table}.csv")
+            if f is not None and "experiment" in f:
+                parts.append(f[f["experiment"].astype(str) == d.name])
+        frames[table] = pd.concat(parts, ignore_index=True) if parts else None
+    for suffix in ("table3", "table4", "cv", "cv_summary"):
+        name = f"{exp.name}_{suffix}"
+        frames[suffix] = computed.get(name) if exp in todo else _read(exp / "evaluation" / f"{name}.csv")
+    return frames, notes, dirs
+
+
+def _g(values) -> list[str]:
+    """Thresholds as short text (0.55, not 0.5500)."""
+    return [f"{float(v):g}" for v in values]
+
+
+def _not_run(missing: list[str], what: str) -> str | None:
+    return f"not run: {', '.join(missing)} ({what})" if missing else None
+
+
+def _backbone_table(frame, dirs, paper: dict, key: str, caption: str, columns: dict, footer: str) -> Table:
+    run = {d.name for d in dirs}
+    missing = _not_run([n for n in paper if n not in run], "no models/<name>/ folder")
+    if frame is None or frame.empty:
+        return Table(
+            key,
+            caption,
+            None,
+            "not run: no experiment with test predictions" + (f"; {missing}" if missing else ""),
+        )
+    out = pd.DataFrame(
+        {"Backbone": [paper.get(e, b) for e, b in zip(frame["experiment"], frame["backbone"], strict=True)]}
+    )
+    for col, label in columns.items():
+        out[label] = frame[col] if col in frame else np.nan
+    out["Experiment"] = frame["experiment"].astype(str)
+    return Table(key, caption, out, missing, footer)
+
+
+def _dual_table2(exp: Path) -> Table:
+    caption = "Dual-stage paper, Table 2: classifier before / after tuning (test split, probability 0.5)"
+    path = exp / "classifier" / "table2.csv"
+    if not path.is_file():
+        return Table("dual_table2", caption, None, "not run: classifier/table2.csv missing (classify tune)")
+    t = pd.read_csv(path)
+    stage = {"default": "Before Tuning", "tuned": "After Tuning"}
+    label = {"absent": "Normal (0)", "present": "Pneumothorax (1)"}
+    rows, seen = [], set()
+    for r in t.to_dict("records"):
+        model, cls = str(r["model"]), str(r["class"])
+        ref = PAPER_TABLE2.get(model, {}).get(cls)
+        rows.append(
+            {
+                "Stage": "" if model in seen else stage.get(model, model),
+                "Class": label.get(cls, cls),
+                "Precision": r["precision"],
+                "Recall": r["recall"],
+                "F1 Score": r["f1"],
+                "Support": int(r["support"]),
+                "Paper P / R / F1": " / ".join(f"{x:.2f}" for x in ref) if ref else "-",
+            }
+        )
+        seen.add(model)
+    return Table("dual_table2", caption, pd.DataFrame(rows))
+
+
+def paper_tables(exp: Path, out: Path, chosen: dict | None) -> tuple[list[Table], list[str]]:
+    """The papers' tables (progressive 2, 3, 4, k-fold; dual-stage 1, 2) and evaluate's notes."""
+    frames, notes, dirs = stage_one_frames(exp, out)
+    tables = [
+        _backbone_table(
+            frames["progressive_table2"],
+            dirs,
+            PROGRESSIVE_BACKBONES,
+            "prog_table2",
+            "Progressive paper, Table 2: backbones (test split, threshold 0.5)",
+            SCORES,
+            "Positive accuracy: share of positive studies with a non-empty mask.",
+        )
+    ]
+    t3 = frames["table3"]
+    thr = (chosen or {}).get("threshold", {}).get("threshold")
+    tables.append(
+        Table(
+            "prog_table3",
+            "Progressive paper, Table 3: confidence thresholds (test split)",
+            None
+            if t3 is None
+            else t3.rename(columns={"threshold": "Confidence threshold", **SCORES})[
+                ["Confidence threshold", *SCORES.values()]
+            ],
+            "not run: sweep/test/table3_thresholds.csv missing (segment sweep)" if t3 is None else None,
+            f"Threshold chosen on the selection set: {thr:g}." if thr is not None else None,
+        )
+    )
+    t4 = frames["table4"]
+    cols = {"threshold": "Confidence threshold", "min_area_1024": "Pixel threshold", **SCORES}
+    tables.append(
+        Table(
+            "prog_table4",
+            "Progressive paper, Table 4: confidence threshold x pixel threshold (test split)",
+            None
+            if t4 is None or t4.empty
+            else t4.assign(threshold=_g(t4["threshold"])).rename(columns=cols)[list(cols.values())],
+            "not run: needs operating_point.json, sweep tables and test predictions" if t4 is None else None,
+            "Per pixel threshold (minimum mask area at 1024 x 1024), the confidence threshold chosen on the "
+            "selection set; scores on test.",
+        )
+    )
+    cv = frames["cv_summary"]
+    tables.append(
+        Table(
+            "prog_cv",
+            "Progressive paper, k-fold cross-validation (threshold 0.5): mean and std over fold models",
+            None
+            if cv is None
+            else cv.rename(columns={"set": "Set", "mean": "Mean Dice", "std": "Std", "folds": "Folds"}),
+            "not run: no fold models (segment train --fold all)" if cv is None else None,
+            "val_mean_dice: each fold model on its own validation fold (out-of-fold maps); test_mean_dice: "
+            "each fold model alone on test (- when per-fold test predictions were not made).",
+        )
+    )
+    tables.append(
+        _backbone_table(
+            frames["dualstage_table1"],
+            dirs,
+            DUALSTAGE_BACKBONES,
+            "dual_table1",
+            "Dual-stage paper, Table 1: loss, IoU, accuracy per backbone (test split, threshold 0.5)",
+            {
+                "val_loss_best_epoch": "Loss",
+                "iou": "IoU",
+                "iou_pos": "IoU (positives)",
+                "pixel_accuracy": "Accuracy",
+            },
+            "Loss: validation loss at each model's kept epoch (mean over models); IoU: mean per-image IoU "
+            "(empty vs empty = 1); accuracy: pixel accuracy.",
+        )
+    )
+    tables.append(_dual_table2(exp))
+    return tables, notes
