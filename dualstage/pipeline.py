@@ -208,6 +208,7 @@ STEPS: dict[str, Callable[[Experiment], str]] = {
     "features": _features,
     "tune": _tune,
     "gate": _gate,
+    "report": _report,
 }
 
 
