@@ -5,8 +5,6 @@ See :mod:`dualstage.data.phantom` for what the images are meant to show.
 
 from __future__ import annotations
 
-__all__ = ["render_case"]
-
 import math
 from dataclasses import dataclass
 
@@ -21,6 +19,8 @@ from dualstage.data.phantom_cases import (
     _image_streams,
     _patient_rng,
 )
+
+__all__ = ["render_case"]
 
 
 # ----------------------------------------------------------------------------- geometry
