@@ -163,6 +163,7 @@ def test_folds_predict_sweep_evaluate(tiny, tmp_path):
     new = tmp_path / "new"
     new.mkdir()
     Image.fromarray(np.full((90, 70), 100, np.uint8)).save(new / "outside.png")
+    (new / "broken.dcm").write_bytes(b"not a dicom")
     _cli(
         "predict",
         "--model",
@@ -176,6 +177,8 @@ def test_folds_predict_sweep_evaluate(tiny, tmp_path):
         "0",
     )
     assert np.asarray(Image.open(tmp_path / "newpred" / "maps" / "outside.png")).shape == (90, 70)
+    rejected = pd.read_csv(tmp_path / "newpred" / "rejected.csv")
+    assert rejected["item"].str.endswith("broken.dcm").tolist() == [True]
     # sweep: chosen on oof, test only reported
     _cli("sweep", "--pred", str(pred), "--lcc")
     op = json.loads((exp / "operating_point.json").read_text())

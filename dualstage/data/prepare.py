@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from dualstage import rle
 from dualstage.data.annotations import masks_from_rows, read_rle_csv
-from dualstage.data.dicom import read_dicom_pixels
+from dualstage.data.dicom import read_dicom_header, read_dicom_pixels
 from dualstage.data.layouts import Item, scan
 from dualstage.data.splits import PAPER_TEST_FRACTION, PAPER_VAL_FRACTION, make_splits
 from dualstage.io import atomic_write_text, write_csv_atomic
@@ -41,6 +41,7 @@ __all__ = [
     "cache_paths",
     "load_cached",
     "read_image_file",
+    "image_shape",
     "MANIFEST_COLUMNS",
 ]
 
@@ -99,6 +100,19 @@ def read_image_file(path: str | Path) -> tuple[np.ndarray, dict]:
     except Exception as exc:
         raise ValueError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from exc
     return img, {"height": img.shape[0], "width": img.shape[1]}
+
+
+def image_shape(path: str | Path) -> tuple[int, int]:
+    """(height, width) of a DICOM / PNG / JPEG file from its header, without decoding the pixels."""
+    path = Path(path)
+    if path.suffix.lower() in (".dcm", ".dicom"):
+        header = read_dicom_header(path)
+        return header["height"], header["width"]
+    try:
+        with Image.open(path) as im:
+            return im.height, im.width
+    except Exception as exc:
+        raise ValueError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from exc
 
 
 def _read_mask_file(path: str, shape: tuple[int, int]) -> np.ndarray:

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from dualstage import gating, rle
 from dualstage.data.annotations import read_rle_csv
 from dualstage.data.layouts import IMAGE_EXTS
-from dualstage.data.prepare import load_cached, read_image_file
+from dualstage.data.prepare import image_shape, load_cached, read_image_file
 from dualstage.io import atomic_write, write_csv_atomic, write_json_atomic
 from dualstage.segment import models
 from dualstage.segment.checkpoint import load_checkpoint
@@ -234,7 +234,18 @@ def predict(
             if p.stem in stems:
                 raise ValueError(f"--input: two images share the id {p.stem!r}: {stems[p.stem]} and {p}")
             stems[p.stem] = p
-        sizes = {p.stem: read_image_file(p)[0].shape for p in paths}
+        sizes, rejected = {}, []
+        for p in paths:  # headers only: pixels are read once, below
+            try:
+                sizes[p.stem] = image_shape(p)
+            except ValueError as exc:  # an unreadable file is reported, the others are predicted
+                rejected.append({"item": str(p), "reason": str(exc)})
+        write_csv_atomic(pd.DataFrame(rejected, columns=["item", "reason"]), out / "rejected.csv")
+        paths = [p for p in paths if p.stem in sizes]
+        if not paths:
+            raise ValueError(
+                f"--input {input_dir}: no readable image ({len(rejected)} rejected: {out / 'rejected.csv'})"
+            )
         table = pd.DataFrame(
             {
                 "image_path": [str(p.resolve()) for p in paths],
