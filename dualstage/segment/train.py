@@ -15,6 +15,7 @@ models give the out-of-fold maps stage two learns from).
 
 from __future__ import annotations
 
+import json
 import math
 import platform
 import time
@@ -173,8 +174,6 @@ class _Trainer:
         self.augment = build_augment(cfg.augment)
         stats = None
         if exp.model.normalization == "dataset":
-            import json
-
             stats = json.loads((prepared / "stats.json").read_text())
         mean, std = models.normalization(exp.model.normalization, stats)
         self.mean = torch.tensor(mean, device=runtime.device)
