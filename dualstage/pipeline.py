@@ -15,8 +15,6 @@ One line per step with its time; the whole run's time at the end.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import time
 from collections.abc import Callable
@@ -168,15 +166,9 @@ def _tune(exp: Experiment) -> str:
     if (exp.folder / "classifier" / "model.ubj").exists():
         return "done before"
     c = exp.classify
-    with contextlib.redirect_stdout(io.StringIO()):  # the search's per-fit lines
-        s = tune(
-            exp.folder,
-            n_iter=c.n_iter,
-            scoring=c.scoring,
-            max_bin=c.max_bin,
-            threads=c.threads,
-            progress=False,
-        )
+    s = tune(
+        exp.folder, n_iter=c.n_iter, scoring=c.scoring, max_bin=c.max_bin, threads=c.threads, progress=False
+    )
     return f"{c.n_iter} candidates, best CV {c.scoring} {s.get('best_cv_score', float('nan')):.4f}"
 
 

@@ -256,6 +256,8 @@ def test_stage_two_end_to_end(tiny):
     assert {"oof", "test"} <= set(feats)
     data = np.load(exp / "features" / "oof" / "features.npz")
     assert data["X"].shape == (len(pd.read_csv(pred / "oof" / "index.csv")), 2048 + 11)
+    single = run("features", "--pred", str(pred / "test"), "--weights", "none", "--image-size", "64")
+    assert list(single) == ["test"] and (exp / "features" / "test" / "features.npz").exists()
     run("tune", "--exp", str(exp), "--n-iter", "2", "--threads", "1", "--device", "cpu")
     assert (exp / "classifier" / "model.ubj").exists() and not list((exp / "classifier").glob("*.pkl"))
     table2 = pd.read_csv(exp / "classifier" / "table2.csv")

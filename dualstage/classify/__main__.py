@@ -19,17 +19,20 @@ def _features(args: argparse.Namespace) -> int:
     from dualstage.classify.features import extract_features
 
     pred = Path(args.pred)
-    sets = (
-        [pred]
-        if (pred / "index.csv").exists()
-        else [p for p in sorted(pred.iterdir()) if (p / "index.csv").exists()]
-    )
+    single = (pred / "index.csv").exists()
+    sets = [pred] if single else [p for p in sorted(pred.iterdir()) if (p / "index.csv").exists()]
     if not sets:
         raise FileNotFoundError(f"--pred {pred}: no prediction set (a folder with index.csv) found")
-    out_root = Path(args.out) if args.out else pred.parent / "features"
+    exp_dir = pred.parent.parent if single else pred.parent  # models/<exp>/predictions[/<set>]
+    if not args.out and (pred.parent if single else pred).name != "predictions":
+        raise ValueError(f"--pred {pred} is not inside models/<exp>/predictions: pass --out for the features")
+    if single and args.out:
+        targets = {sets[0]: Path(args.out)}
+    else:
+        root = Path(args.out) if args.out else exp_dir / "features"
+        targets = {s: root / s.name for s in sets}
     results = {}
-    for set_dir in sets:
-        out = out_root if (pred / "index.csv").exists() and args.out else out_root / set_dir.name
+    for set_dir, out in targets.items():
         results[set_dir.name] = extract_features(
             set_dir,
             out,
@@ -86,7 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("features", help="DenseNet image + map features and map statistics")
     p.add_argument("--pred", required=True, help="models/<exp>/predictions (every set) or one set folder")
-    p.add_argument("--out", default=None, help="default: models/<exp>/features/<set>")
+    p.add_argument(
+        "--out", default=None, help="default: models/<exp>/features/<set> (with one set: that folder)"
+    )
     p.add_argument("--prepared", default=None, help="prepared folder (default: models/<exp>/prepared)")
     p.add_argument("--weights", default="imagenet", help="imagenet | none | path to a DenseNet121 state dict")
     p.add_argument("--image-size", type=int, default=224)

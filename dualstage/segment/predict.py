@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from dualstage import gating, rle
 from dualstage.data.annotations import read_rle_csv
+from dualstage.data.dataset import load_split_table
 from dualstage.data.layouts import IMAGE_EXTS
 from dualstage.data.prepare import image_shape, load_cached, read_image_file
 from dualstage.io import atomic_write, write_csv_atomic, write_json_atomic
@@ -161,10 +162,7 @@ def _jobs_for_split(
     split: str, exp_dir: Path, folds: dict[str, Path]
 ) -> tuple[pd.DataFrame, list[tuple[list[str], list[str]]]]:
     """(table of images, [(fold names, image ids)]) for a split mode."""
-    prepared = exp_dir / "prepared"
-    splits = pd.read_csv(prepared / "splits.csv", dtype={"image_id": str})
-    manifest = pd.read_csv(prepared / "manifest.csv", dtype={"image_id": str})
-    table = splits.merge(manifest[["image_id", "height", "width", "mask_area_px"]], on="image_id")
+    table = load_split_table(exp_dir / "prepared")
     every = list(folds)
     if split == "oof":
         fold_models = [f for f in folds if f.startswith("fold_")]
