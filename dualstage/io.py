@@ -1,16 +1,46 @@
-"""Atomic artifact writes: a temp file in the same folder, then ``os.replace``."""
+"""Atomic artifact writes and the shared file helpers (hashing, PNG/NPY, confinement).
+
+Every artifact is written to a temporary file in the same folder, then moved onto its name
+with ``os.replace``: a crash leaves the old file or the new one, never half of one. Files get
+the permissions the umask gives (0644 under umask 022), not ``mkstemp``'s 0600.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "write_csv_atomic", "write_json_atomic"]
+__all__ = [
+    "atomic_write",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "write_csv_atomic",
+    "write_json_atomic",
+    "write_png_atomic",
+    "write_npy_atomic",
+    "read_npy",
+    "sha256_file",
+    "ensure_inside",
+    "json_safe",
+    "TMP_GLOB",
+]
+
+TMP_GLOB = ".*.tmp"  # what a killed atomic write leaves behind (removed by clean_stale_tmp)
+
+
+def _file_mode() -> int:
+    """0o666 minus the process umask (read without changing it for long)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def atomic_write(path: str | Path, writer: Callable[[str], None]) -> Path:
@@ -21,12 +51,23 @@ def atomic_write(path: str | Path, writer: Callable[[str], None]) -> Path:
     os.close(fd)
     try:
         writer(tmp)
+        os.chmod(tmp, _file_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
     return path
+
+
+def clean_stale_tmp(folder: str | Path) -> int:
+    """Remove temporary files a killed atomic write left in ``folder``; returns how many."""
+    n = 0
+    for tmp in Path(folder).glob(TMP_GLOB):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            n += 1
+    return n
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -39,11 +80,73 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
+def json_safe(obj: object) -> object:
+    """``obj`` with NaN / inf floats replaced by ``None`` and numpy scalars made plain (valid JSON)."""
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return json_safe(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
 def write_json_atomic(path: str | Path, obj: object) -> Path:
-    """Write ``obj`` as indented JSON atomically."""
-    return atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+    """Write ``obj`` as indented, strictly valid JSON (NaN -> null) atomically."""
+    text = json.dumps(json_safe(obj), indent=2, default=str, allow_nan=False)
+    return atomic_write_text(path, text + "\n")
 
 
 def write_csv_atomic(frame: pd.DataFrame, path: str | Path) -> Path:
     """Write a frame as CSV (no index) atomically."""
     return atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
+
+
+def write_png_atomic(path: str | Path, array: np.ndarray) -> Path:
+    """Write a (H, W) uint8 array as a grayscale PNG atomically."""
+    from PIL import Image
+
+    image = Image.fromarray(np.ascontiguousarray(array))
+    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+
+
+def write_npy_atomic(path: str | Path, array: np.ndarray) -> Path:
+    """Write ``array`` as ``.npy`` atomically (no pickled objects)."""
+
+    def _save(tmp: str) -> None:
+        with open(tmp, "wb") as fh:  # a file object: np.save would append ".npy" to a bare path
+            np.save(fh, np.asarray(array), allow_pickle=False)
+
+    return atomic_write(path, _save)
+
+
+def read_npy(path: str | Path) -> np.ndarray:
+    """Read an ``.npy`` file without unpickling; errors name the file."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise ValueError(f"{path}: not a readable .npy array ({exc})") from None
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def ensure_inside(root: str | Path, path: str | Path) -> Path:
+    """``path`` resolved; ``ValueError`` when it lies outside ``root`` (defence in depth for writers)."""
+    root_r = Path(root).resolve()
+    resolved = Path(path).resolve()
+    if resolved != root_r and root_r not in resolved.parents:
+        raise ValueError(f"refusing to write {path}: outside the output folder {root}")
+    return resolved
