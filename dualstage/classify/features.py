@@ -31,7 +31,8 @@ from scipy import ndimage
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from dualstage.data.prepare import cache_paths, read_image_file
+from dualstage.data.images import read_image_file
+from dualstage.data.prepare import cache_paths
 from dualstage.gating import REF_PIXELS, levels
 from dualstage.io import atomic_write, write_csv_atomic, write_json_atomic
 from dualstage.segment.distributed import pick_device

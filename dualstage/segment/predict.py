@@ -36,8 +36,9 @@ from tqdm.auto import tqdm
 from dualstage import gating, rle
 from dualstage.data.annotations import read_rle_csv
 from dualstage.data.dataset import load_split_table
+from dualstage.data.images import image_shape, read_image_file
 from dualstage.data.layouts import IMAGE_EXTS
-from dualstage.data.prepare import image_shape, load_cached, read_image_file
+from dualstage.data.prepare import load_cached
 from dualstage.io import atomic_write, write_csv_atomic, write_json_atomic
 from dualstage.segment import models
 from dualstage.segment.checkpoint import load_checkpoint
