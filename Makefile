@@ -16,6 +16,8 @@ $(BIN)/.installed: setup.cfg pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH_PINS)
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# one NCCL: libnccl.so.2 must be the file torch's nvidia-nccl-cu13 installed (see README, Dependencies)
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_install.py
 	touch $@
 
 demo: $(BIN)/.installed
