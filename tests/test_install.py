@@ -31,7 +31,7 @@ def _record_sha256(dist: md.Distribution, rel: str) -> tuple[str, object]:
     """(urlsafe-base64 sha256 from the RECORD file, located path) of one file of ``dist``."""
     for f in dist.files or []:
         if str(f) == rel:
-            assert f.hash is not None and f.hash.mode == "sha256", f"{dist.name} RECORD has no sha256 for {rel}"
+            assert f.hash is not None and f.hash.mode == "sha256", f"{dist.name}: no sha256 for {rel}"
             return f.hash.value, f.locate()
     raise AssertionError(f"{dist.name} does not list {rel} in its RECORD")
 
