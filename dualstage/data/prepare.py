@@ -25,7 +25,6 @@ import numpy as np
 import pandas as pd
 from joblib import Parallel, delayed
 from PIL import Image
-from tqdm.auto import tqdm
 
 from dualstage import rle
 from dualstage.data.annotations import masks_from_rows, read_rle_csv
@@ -33,6 +32,7 @@ from dualstage.data.images import read_image_file, read_mask_file
 from dualstage.data.layouts import Item, scan
 from dualstage.data.splits import PAPER_TEST_FRACTION, PAPER_VAL_FRACTION, make_splits
 from dualstage.io import atomic_write_text, write_csv_atomic
+from dualstage.progress import progress as progress_bar
 
 __all__ = [
     "prepare",
@@ -204,8 +204,8 @@ def prepare(
     jobs = (delayed(process_item)(it, str(out), sizes) for it in todo)
     runner = Parallel(n_jobs=max(1, workers) if len(todo) > 8 else 1, return_as="generator_unordered")
     t_decode = time.perf_counter()
-    for result in tqdm(
-        runner(jobs), total=len(todo), desc=f"prepare {layout}", unit="img", disable=not progress
+    for result in progress_bar(
+        runner(jobs), total=len(todo), desc=f"prepare {layout}", unit="img", enabled=progress
     ):
         if "rejected" in result:
             if strict:

@@ -31,7 +31,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from dualstage import gating, rle
 from dualstage.data.annotations import read_rle_csv
@@ -40,6 +39,7 @@ from dualstage.data.images import image_shape, read_image_file
 from dualstage.data.layouts import IMAGE_EXTS
 from dualstage.data.prepare import load_cached
 from dualstage.io import atomic_write, write_csv_atomic, write_json_atomic
+from dualstage.progress import progress as progress_bar
 from dualstage.segment import models
 from dualstage.segment.checkpoint import load_checkpoint
 from dualstage.segment.distributed import pick_device
@@ -284,11 +284,11 @@ def predict(
                 else _CacheImages(exp_dir / "prepared", todo, size)
             )
             loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, shuffle=False)
-            bar = tqdm(
+            bar = progress_bar(
                 loader,
                 desc=f"predict {split or 'input'} [{'+'.join(fold_names)}]",
                 unit="batch",
-                disable=not progress,
+                enabled=progress,
             )
             for images, idx in bar:
                 probs = _probabilities(group, images.to(dev), tta, amp)

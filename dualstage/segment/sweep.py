@@ -26,11 +26,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
-from tqdm.auto import tqdm
 
 from dualstage import gating
 from dualstage.io import write_csv_atomic, write_json_atomic
 from dualstage.metrics import summarize_counts
+from dualstage.progress import progress as progress_bar
 
 __all__ = ["run_sweep", "find_sets", "selection_set", "lcc_sweep", "truth_from_rle_csv", "COARSE", "FINE"]
 
@@ -118,7 +118,9 @@ def lcc_sweep(
     order = np.argsort(lv, kind="stable")
     inter = np.zeros((lv.size, len(hist.image_id)), dtype=np.int64)
     area = np.zeros_like(inter)
-    for i, image_id in enumerate(tqdm(hist.image_id, desc=f"lcc {Path(set_dir).name}", disable=not progress)):
+    for i, image_id in enumerate(
+        progress_bar(hist.image_id, desc=f"lcc {Path(set_dir).name}", enabled=progress)
+    ):
         path = Path(set_dir) / "maps" / f"{image_id}.png"
         with Image.open(path) as im:
             q = np.asarray(im)
@@ -281,7 +283,7 @@ def run_sweep(
         "lcc": np.asarray(lcc_thresholds, dtype=np.float64),
     }
     op, summary = None, {"chosen_on": chosen_set, "report": {}, "skipped": skipped}
-    for name in tqdm([chosen_set, *report], desc="sweep sets", disable=not progress):
+    for name in progress_bar([chosen_set, *report], desc="sweep sets", enabled=progress):
         hist, tables = _sweep_set(
             root / name, out / "sweep" / name, grids, truth_fn, progress, name == chosen_set
         )
