@@ -16,9 +16,18 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import generate_frames
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, pixel_array
-from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (
+    UID,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000TransferSyntaxes,
+    JPEGLSTransferSyntaxes,
+    JPEGTransferSyntaxes,
+)
 
 __all__ = ["read_dicom_header", "read_dicom_pixels", "to_uint8", "describe", "PIXEL_KEYWORDS"]
 
@@ -28,6 +37,8 @@ NOT_RADIOGRAPHS = {
     "1.2.840.10008.5.1.4.1.1.66.4": "a segmentation (label map), not a radiograph",
     "1.2.840.10008.5.1.4.1.1.481.2": "a radiotherapy dose grid, not a radiograph",
 }
+# JPEG, JPEG-LS, JPEG 2000 and HTJ2K frames end with the EOI / EOC marker FFD9
+_ENDS_WITH_FFD9 = {*JPEGTransferSyntaxes, *JPEGLSTransferSyntaxes, *JPEG2000TransferSyntaxes}
 _LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601, as in DICOM's YBR_FULL
 
 
@@ -110,6 +121,18 @@ def _ensure_transfer_syntax(ds: Dataset) -> None:
         ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
     else:
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+
+
+def _check_complete(ds: Dataset) -> None:
+    """Refuse a JPEG / JPEG-LS / JPEG 2000 first frame without its end marker (FFD9): a truncated
+    stream that some decoders would fill with grey instead of failing."""
+    syntax = UID(str(ds.file_meta.TransferSyntaxUID))
+    if syntax not in _ENDS_WITH_FFD9 or "PixelData" not in ds:
+        return
+    frames = int(str(ds.get("NumberOfFrames", "") or "1").strip() or 1)
+    first = next(generate_frames(ds.PixelData, number_of_frames=max(frames, 1)), b"")
+    if b"\xff\xd9" not in first[-16:]:  # encoders pad after it with 00 or FF bytes
+        raise _Unusable(f"{syntax.name}: the first frame has no end-of-image marker (truncated stream)")
 
 
 def _header_fields(ds: Dataset) -> dict:
@@ -213,6 +236,7 @@ def read_dicom_pixels(path: str | Path) -> tuple[np.ndarray, dict]:
         ds, forced = _dcmread(path, pixels=True)
         _check_image(ds, forced, need_pixels=True)
         _ensure_transfer_syntax(ds)
+        _check_complete(ds)
         info = _header_fields(ds)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
