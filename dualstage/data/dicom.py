@@ -102,7 +102,10 @@ def _check_image(ds: Dataset, forced: bool, need_pixels: bool) -> None:
     if uid in NOT_RADIOGRAPHS:
         raise _Unusable(f"{describe(ds)} is {NOT_RADIOGRAPHS[uid]}")
     if "Rows" not in ds or "Columns" not in ds:
-        raise _Unusable(f"{describe(ds)} holds no image (no Rows / Columns / Pixel Data)")
+        what = describe(ds)
+        if " Image " in f" {what} ":  # an image class without its image module: cut short
+            raise _Unusable(f"{what} without Rows / Columns / Pixel Data (truncated file?)")
+        raise _Unusable(f"{what} holds no image (no Rows / Columns / Pixel Data)")
     if need_pixels and not any(k in ds for k in PIXEL_KEYWORDS):
         raise _Unusable(f"{describe(ds)}: image header without Pixel Data (truncated or header-only file)")
 
