@@ -23,6 +23,7 @@ from pydicom.encaps import encapsulate, generate_frames
 from pydicom.pixels import get_decoder
 from pydicom.uid import AllTransferSyntaxes, ExplicitVRLittleEndian, generate_uid
 
+from dualstage.data.dicom import to_uint8
 from dualstage.data.images import image_shape, read_image_file
 
 FIXTURES = Path(__file__).resolve().parent / "data" / "dicom"
@@ -291,3 +292,16 @@ def test_at_least_ten_broken_files_and_headers(formats):
     for name in ("sr_basic_text.dcm", "rt_plan.dcm", "ecg_waveform.dcm", "empty.dcm", "dicomdir.dcm"):
         with pytest.raises(ValueError, match="not a readable DICOM image"):
             image_shape(formats / "bad" / name)
+
+
+def test_voi_lut_sequence_output_range_maps_to_0_255():
+    ds = Dataset()
+    ds.BitsAllocated, ds.BitsStored, ds.PixelRepresentation = 16, 12, 0
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    lut = Dataset()
+    lut.LUTDescriptor, lut.LUTData = [4096, 0, 12], [int(v) for v in np.arange(4096) // 2]
+    ds.VOILUTSequence = [lut]
+    arr = np.array([[0, 1000], [3000, 4095]], np.uint16)
+    np.testing.assert_array_equal(to_uint8(ds, arr), [[0, 62], [187, 255]])
+    ds.RescaleSlope, ds.RescaleIntercept = 0.5, 0.0  # the LUT reads modality output values
+    np.testing.assert_array_equal(to_uint8(ds, arr), [[0, 31], [93, 127]])

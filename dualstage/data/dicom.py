@@ -184,13 +184,13 @@ def _scale(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
-def _voi_range(ds: Dataset, values: np.ndarray) -> tuple[float, float]:
-    """Output range of the file's VOI (window or LUT), found by passing extreme inputs through it."""
-    if "VOILUTSequence" in ds:
+def _voi_range(ds: Dataset) -> tuple[float, float]:
+    """Output range of the file's VOI (window or LUT): pydicom's output for extreme inputs."""
+    if "VOILUTSequence" in ds:  # the LUT clamps its input: the first and last entries
         probe = np.array([np.iinfo(np.int32).min, np.iinfo(np.int32).max], np.int64)
-    else:
+    else:  # a window clamps to the modality output range
         probe = np.array([-1e300, 1e300], np.float64)
-    ends = apply_voi_lut(probe.astype(values.dtype, copy=False) if values.dtype.kind == "f" else probe, ds)
+    ends = apply_voi_lut(probe, ds, index=0)
     return float(np.min(ends)), float(np.max(ends))
 
 
@@ -217,7 +217,7 @@ def to_uint8(ds: Dataset, arr: np.ndarray) -> np.ndarray:
     else:
         values = apply_modality_lut(arr, ds)
         if "WindowCenter" in ds or "VOILUTSequence" in ds:
-            lo, hi = _voi_range(ds, values)
+            lo, hi = _voi_range(ds)
             values = apply_voi_lut(values, ds, index=0)
         else:
             lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
