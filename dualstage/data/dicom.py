@@ -217,6 +217,8 @@ def to_uint8(ds: Dataset, arr: np.ndarray) -> np.ndarray:
     else:
         values = apply_modality_lut(arr, ds)
         if "WindowCenter" in ds or "VOILUTSequence" in ds:
+            if "VOILUTSequence" in ds and values.dtype.kind == "f":  # LUT entries are integer-indexed
+                values = np.rint(values).astype(np.int64)
             lo, hi = _voi_range(ds)
             values = apply_voi_lut(values, ds, index=0)
         else:
