@@ -34,7 +34,7 @@ from dualstage.data.images import read_image_file
 from dualstage.data.prepare import cache_paths
 from dualstage.gating import REF_PIXELS, levels
 from dualstage.io import atomic_write, write_csv_atomic, write_json_atomic
-from dualstage.progress import progress as progress_bar
+from dualstage.progress import progress as progress_iter
 from dualstage.segment.distributed import pick_device
 from dualstage.segment.models import _DENSENET_LEGACY, IMAGENET_MEAN, IMAGENET_STD, _read_state_dict
 
@@ -297,7 +297,9 @@ def extract_features(
         t_run = time.perf_counter()
         data = _Items(pred_dir / "maps", [ids[k] for k in todo], [sources[k] for k in todo], image_size)
         loader = DataLoader(data, batch_size=batch_size, num_workers=workers, shuffle=False)
-        for images, maps, stats, pos in progress_bar(loader, desc="features", unit="batch", enabled=progress):
+        for images, maps, stats, pos in progress_iter(
+            loader, desc="features", unit="batch", enabled=progress
+        ):
             with torch.no_grad():
                 phi = embed(net, torch.cat([images, maps]).to(dev)).float().cpu().numpy()
             n = len(pos)

@@ -41,7 +41,7 @@ from dualstage.classify.tune import (
 )
 from dualstage.io import atomic_write, write_csv_atomic, write_json_atomic
 from dualstage.metrics import presence_report, roc_auc, summarize_counts
-from dualstage.progress import progress as progress_bar
+from dualstage.progress import progress as progress_iter
 
 __all__ = ["GATE_MODES", "CANDIDATES", "gate_sweep", "choose_gate", "fit_gate", "load_gate", "apply_gate"]
 
@@ -229,7 +229,7 @@ def apply_gate(
     keep = probs >= thr
     pred_dir, dst = exp / "predictions" / pred_set, Path(out) if out else exp / "final" / pred_set
     areas, scaled, rles = np.zeros(ids.size, np.int64), np.zeros(ids.size), []
-    for i, image_id in enumerate(progress_bar(ids, desc=f"gate {pred_set}", enabled=progress)):
+    for i, image_id in enumerate(progress_iter(ids, desc=f"gate {pred_set}", enabled=progress)):
         path = pred_dir / "maps" / f"{image_id}.png"
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no probability map for {image_id}")

@@ -32,7 +32,7 @@ from dualstage.data.images import read_image_file, read_mask_file
 from dualstage.data.layouts import Item, scan
 from dualstage.data.splits import PAPER_TEST_FRACTION, PAPER_VAL_FRACTION, make_splits
 from dualstage.io import atomic_write_text, write_csv_atomic
-from dualstage.progress import progress as progress_bar
+from dualstage.progress import progress as progress_iter
 
 __all__ = [
     "prepare",
@@ -204,7 +204,7 @@ def prepare(
     jobs = (delayed(process_item)(it, str(out), sizes) for it in todo)
     runner = Parallel(n_jobs=max(1, workers) if len(todo) > 8 else 1, return_as="generator_unordered")
     t_decode = time.perf_counter()
-    for result in progress_bar(
+    for result in progress_iter(
         runner(jobs), total=len(todo), desc=f"prepare {layout}", unit="img", enabled=progress
     ):
         if "rejected" in result:

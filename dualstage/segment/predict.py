@@ -39,7 +39,7 @@ from dualstage.data.images import image_shape, read_image_file
 from dualstage.data.layouts import IMAGE_EXTS
 from dualstage.data.prepare import load_cached
 from dualstage.io import atomic_write, write_csv_atomic, write_json_atomic
-from dualstage.progress import progress as progress_bar
+from dualstage.progress import progress as progress_iter
 from dualstage.segment import models
 from dualstage.segment.checkpoint import load_checkpoint
 from dualstage.segment.distributed import pick_device
@@ -284,7 +284,7 @@ def predict(
                 else _CacheImages(exp_dir / "prepared", todo, size)
             )
             loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, shuffle=False)
-            bar = progress_bar(
+            bar = progress_iter(
                 loader,
                 desc=f"predict {split or 'input'} [{'+'.join(fold_names)}]",
                 unit="batch",

@@ -30,7 +30,7 @@ from PIL import Image
 from dualstage import gating
 from dualstage.io import write_csv_atomic, write_json_atomic
 from dualstage.metrics import summarize_counts
-from dualstage.progress import progress as progress_bar
+from dualstage.progress import progress as progress_iter
 
 __all__ = ["run_sweep", "find_sets", "selection_set", "lcc_sweep", "truth_from_rle_csv", "COARSE", "FINE"]
 
@@ -119,7 +119,7 @@ def lcc_sweep(
     inter = np.zeros((lv.size, len(hist.image_id)), dtype=np.int64)
     area = np.zeros_like(inter)
     for i, image_id in enumerate(
-        progress_bar(hist.image_id, desc=f"lcc {Path(set_dir).name}", enabled=progress)
+        progress_iter(hist.image_id, desc=f"lcc {Path(set_dir).name}", enabled=progress)
     ):
         path = Path(set_dir) / "maps" / f"{image_id}.png"
         with Image.open(path) as im:
@@ -283,7 +283,7 @@ def run_sweep(
         "lcc": np.asarray(lcc_thresholds, dtype=np.float64),
     }
     op, summary = None, {"chosen_on": chosen_set, "report": {}, "skipped": skipped}
-    for name in progress_bar([chosen_set, *report], desc="sweep sets", enabled=progress):
+    for name in progress_iter([chosen_set, *report], desc="sweep sets", enabled=progress):
         hist, tables = _sweep_set(
             root / name, out / "sweep" / name, grids, truth_fn, progress, name == chosen_set
         )

@@ -32,7 +32,7 @@ from dualstage import metrics
 from dualstage.config import Experiment, PhaseConfig, to_dict
 from dualstage.data.dataset import CachedDataset, EpochSampler, build_augment, cached_sizes, load_split_table
 from dualstage.io import write_csv_atomic, write_json_atomic
-from dualstage.progress import progress as progress_bar
+from dualstage.progress import progress as progress_iter
 from dualstage.progress import progress_write
 from dualstage.segment import losses, models, schedule
 from dualstage.segment.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state, unwrap
@@ -244,7 +244,7 @@ class _Trainer:
         accum = max(1, self.exp.train.accumulation)
         total, count = 0.0, 0
         self.optimizer.zero_grad(set_to_none=True)
-        bar = progress_bar(
+        bar = progress_iter(
             loader,
             desc=f"{self.fold} e{self.state['epoch']} {phase.name or phase.unfreeze}",
             enabled=self.progress,
