@@ -152,7 +152,13 @@ def test_deterministic_resume_and_refusal(run, tmp_path):
     X1 = np.load(out / "features.npz")["X"]
     prepared = pred.parent.parent / "prepared"
     extract_features(
-        pred, tmp_path / "again", prepared=prepared, weights="none", image_size=64, batch_size=3, progress=False
+        pred,
+        tmp_path / "again",
+        prepared=prepared,
+        weights="none",
+        image_size=64,
+        batch_size=3,
+        progress=False,
     )
     np.testing.assert_array_equal(np.load(tmp_path / "again" / "features.npz")["X"], X1)
     again = extract_features(pred, out, prepared=prepared, weights="none", image_size=64, progress=False)

@@ -18,8 +18,6 @@ from dualstage.experiment import record_experiment
 from dualstage.metrics import presence_report, summarize_counts
 from dualstage.report import build_report
 from dualstage.report.__main__ import main as report_main
-from dualstage.segment.evaluate import evaluate
-from dualstage.segment.operating_points import OperatingPoints
 from dualstage.report.compare import (
     METRICS,
     bootstrap_indices,
@@ -28,6 +26,8 @@ from dualstage.report.compare import (
     point_metrics,
     resampled_metrics,
 )
+from dualstage.segment.evaluate import evaluate
+from dualstage.segment.operating_points import OperatingPoints
 
 SIDE, N = 32, 12
 OP = {

@@ -107,7 +107,18 @@ def _weights(path: Path) -> dict:
 
 def test_kill_and_resume_is_exact(tiny, tmp_path):
     cfg, exp = tiny
-    _run("-m", "dualstage.segment", "train", "--exp", str(cfg), "--fold", "main", "--stop-after", "2", "--no-progress")
+    _run(
+        "-m",
+        "dualstage.segment",
+        "train",
+        "--exp",
+        str(cfg),
+        "--fold",
+        "main",
+        "--stop-after",
+        "2",
+        "--no-progress",
+    )
     log = pd.read_csv(exp / "segmenter" / "main" / "log.csv")
     assert len(log) == 2 and not (exp / "segmenter" / "main" / "done.json").exists()
     again = _cli("train", "--exp", str(cfg), "--fold", "main", "--no-progress", expect=2)
