@@ -55,8 +55,9 @@ def make_splits(
     """Split a manifest (columns image_id, has_pneumothorax, optional patient_id).
 
     Returns one row per image: image_id, group (patient id, or ``image:<id>`` when unknown), has_pneumothorax,
-    split (train / val / test) and fold (0..n_folds-1 over train+val; -1 for test).
-    No patient is in two splits or two folds; presence is stratified in both. Seeded and
+    split (train / val / test: the papers' holdout view) and fold (0..n_folds-1 over every study: the
+    cross-fitted view, where each fold is a test fold once). No patient is in two splits or two
+    folds; presence is stratified in both. Seeded and
     stable: the same manifest and seed give the same table whatever the row order.
     """
     if not 0 <= test_fraction < 1 or not 0 <= val_fraction < 1 or test_fraction + val_fraction >= 1:
@@ -70,7 +71,7 @@ def make_splits(
     holdout = _assign_holdout(groups, {"test": test_fraction, "val": val_fraction}, seed)
     df["split"] = df["group"].map(holdout)
     df["fold"] = -1
-    dev = df.index[df["split"] != "test"]
+    dev = df.index
     n_groups = df.loc[dev, "group"].nunique()
     k = min(n_folds, n_groups)
     if k >= 2:
@@ -89,8 +90,9 @@ def make_splits(
     return df[["image_id", "group", "has_pneumothorax", "split", "fold"]]
 
 
-def read_folds(splits_csv: str | Path, ids: np.ndarray) -> np.ndarray:
-    """(N,) int fold of each id from ``splits.csv``; ValueError for test-split or fold-less rows."""
+def read_folds(splits_csv: str | Path, ids: np.ndarray, allow_test: bool = False) -> np.ndarray:
+    """(N,) int fold of each id from ``splits.csv``; ValueError for fold-less rows and, unless
+    ``allow_test`` (cross-fitting over every study), for rows of the holdout test split."""
     path = Path(splits_csv)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: splits file not found; run `segment prepare` first")
@@ -99,7 +101,7 @@ def read_folds(splits_csv: str | Path, ids: np.ndarray) -> np.ndarray:
         raise ValueError(f"{path}: no 'fold' column")
     rows = table.reindex(ids)
     test = rows["split"].astype(str).eq("test").to_numpy() if "split" in rows else np.zeros(ids.size, bool)
-    if test.any():
+    if test.any() and not allow_test:
         raise ValueError(f"{path}: {test.sum()} oof rows are test-split images (e.g. {ids[test][0]})")
     fold = rows["fold"].to_numpy(dtype=np.float64)
     bad = np.isnan(fold) | (fold < 0)
