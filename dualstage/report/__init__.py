@@ -21,7 +21,6 @@ from pathlib import Path
 import pandas as pd
 
 from dualstage import gating
-from dualstage.crossfit.compare import crossfit_gates
 from dualstage.gates import BASELINE
 from dualstage.io import atomic_write_text, json_safe, write_csv_atomic, write_json_atomic
 from dualstage.layout import ExperimentDir
@@ -196,6 +195,8 @@ def _comparisons(exp: Path, resamples: int, seed: int) -> tuple[dict | None, dic
     The primary comparison is cross-fitted over every study when the experiment has it, else the
     holdout test split.
     """
+    from dualstage.crossfit.compare import crossfit_gates  # crossfit reuses report.compare's Gate
+
     cross, holdout, errors = None, None, []
     try:
         cross = compare_counts(crossfit_gates(exp), resamples, seed, split="crossfit")
