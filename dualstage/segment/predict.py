@@ -42,7 +42,7 @@ from dualstage.io import atomic_write, write_csv_atomic, write_json_atomic
 from dualstage.segment import models
 from dualstage.segment.checkpoint import load_checkpoint
 from dualstage.segment.distributed import pick_device
-from dualstage.segment.train import autocast_dtype
+from dualstage.segment.precision import autocast_dtype
 
 __all__ = ["predict", "LoadedModel", "find_models", "SPLITS"]
 
