@@ -77,7 +77,7 @@ def trained(tmp_path_factory) -> Path:
     command = [sys.executable, "-m", "dualstage", "run", str(cfg), "--steps", "data"]
     proc = subprocess.run(command, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    _cli("train", "--config", str(cfg), "--stop-after", "1", "--no-progress")
+    _cli("train", "--exp", str(cfg), "--fold", "main", "--stop-after", "1", "--no-progress")
     return tmp / "models" / "tiny"
 
 
@@ -111,7 +111,7 @@ def test_payload_in_last_pt_never_runs_on_resume(trained, tmp_path):
     cfg, exp = _copy(trained, tmp_path)
     marker, last = tmp_path / "PWNED", exp / "segmenter" / "main" / "last.pt"
     _plant(last, marker)
-    err = _cli("train", "--config", str(cfg), "--resume", "--no-progress", expect=2)
+    err = _cli("train", "--exp", str(cfg), "--fold", "main", "--resume", "--no-progress", expect=2)
     assert not marker.exists()
     _one_line_naming(err, last)
     assert "refused unsafe content" in err
@@ -119,11 +119,11 @@ def test_payload_in_last_pt_never_runs_on_resume(trained, tmp_path):
 
 @pytest.mark.parametrize("which", ["best", "last"])
 def test_payload_in_checkpoint_never_runs_on_predict(trained, tmp_path, which):
-    _, exp = _copy(trained, tmp_path)
+    cfg, exp = _copy(trained, tmp_path)
     marker, path = tmp_path / "PWNED", exp / "segmenter" / "main" / f"{which}.pt"
     _plant(path, marker)
     out = tmp_path / "pred"
-    args = ("predict", "--model", str(exp), "--split", "val", "--out", str(out), "--checkpoint", which)
+    args = ("predict", "--exp", str(cfg), "--split", "val", "--out", str(out), "--checkpoint", which)
     err = _cli(*args, "--workers", "0", expect=2)
     assert not marker.exists()
     _one_line_naming(err, path)
@@ -135,7 +135,7 @@ def test_payload_in_model_weights_file_never_runs(trained, tmp_path):
     torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7), "note": Payload(marker)}, weights)
     cfg, _ = _copy(trained, tmp_path, weights=str(weights))
     shutil.rmtree(tmp_path / "models" / "tiny" / "segmenter")
-    err = _cli("train", "--config", str(cfg), "--no-progress", expect=2)
+    err = _cli("train", "--exp", str(cfg), "--fold", "main", "--no-progress", expect=2)
     assert not marker.exists()
     _one_line_naming(err, weights)
 
@@ -228,7 +228,7 @@ def test_resume_removes_stale_temporaries(trained, tmp_path):
     stale = [folder / ".last.pt.k1ll3d.tmp", folder / ".log.csv.x7.tmp"]
     for path in stale:
         path.write_bytes(b"")
-    _cli("train", "--config", str(cfg), "--resume", "--no-progress")
+    _cli("train", "--exp", str(cfg), "--fold", "main", "--resume", "--no-progress")
     assert not any(p.exists() for p in stale) and (folder / "done.json").exists()
     assert not list(folder.glob(".*.tmp"))
     assert load_checkpoint(folder / "last.pt")["resolution"] == 96

@@ -19,12 +19,13 @@ import pandas as pd
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from dualstage import metrics
 from dualstage.config import Experiment, PhaseConfig, to_dict
 from dualstage.data.dataset import CachedDataset, EpochSampler, build_augment
 from dualstage.io import write_csv_atomic
+from dualstage.progress import progress as progress_iter
+from dualstage.progress import progress_write
 from dualstage.segment import losses, models, schedule
 from dualstage.segment.checkpoint import (
     FORMAT,
@@ -217,7 +218,7 @@ class Trainer:
         total, count = 0.0, 0
         self.optimizer.zero_grad(set_to_none=True)
         desc = f"{self.fold} e{self.state['epoch']} {phase.name or phase.unfreeze}"
-        bar = tqdm(loader, desc=desc, disable=not self.progress, leave=False, unit="batch")
+        bar = progress_iter(loader, desc=desc, enabled=self.progress, leave=False, unit="batch")
         for i, (images, masks, _) in enumerate(bar):
             logits = self._forward(model, images)
             loss = loss_fn(logits, masks.to(self.rt.device))
@@ -323,7 +324,7 @@ class Trainer:
         if phase_done:  # advance before saving, so a resume starts the next phase fresh
             self.state.update(phase=self.state["phase"] + 1, epoch_in_phase=0, early=None)
             if stop_early and self.rt.is_main:
-                tqdm.write(f"[{self.fold}] early stop: no val-loss gain in {phase.early_stopping} epochs")
+                progress_write(f"[{self.fold}] early stop: no val-loss gain in {phase.early_stopping} epochs")
         self._checkpoint(None if phase_done else p.scheduler, None if phase_done else p.early, phase, val)
         return phase_done
 
@@ -360,7 +361,7 @@ class Trainer:
         }
         self.log_rows.append(row)
         if self.rt.is_main:
-            tqdm.write(
+            progress_write(
                 f"[{self.fold}] epoch {row['epoch']} phase {p_idx} ({phase.name or phase.unfreeze}) "
                 f"lr {row['lr']:.2e} train {train_loss:.4f} val {val['loss']:.4f} "
                 f"dice {val['mean_dice']:.4f} (pos {val['pos_dice']:.3f} neg {val['neg_dice']:.3f}) "
