@@ -87,6 +87,7 @@ def _experiment(tmp: Path, root: Path, name: str = "tiny") -> Path:
         },
         "model": {"encoder": "resnet18", "weights": "none", "decoder_channels": [32, 16, 16, 8, 8]},
         "train": {"batch_size": {64: 8}, "workers": 0, "amp": "off", "phases": PHASES},
+        "features": {"weights": "none", "image_size": 64},
     }
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -300,6 +301,15 @@ def test_stage_two_end_to_end(tiny):
     for image_id, encoded in sub.itertuples(index=False):
         mask = np.asarray(Image.open(final / "masks" / f"{image_id}.png")) > 127
         np.testing.assert_array_equal(rle.decode(encoded, *mask.shape), mask)
+    # the README's new-radiograph flow, each step with the experiment's own settings
+    new = exp.parent.parent / "incoming"
+    new.mkdir(exist_ok=True)
+    Image.fromarray(np.full((80, 72), 90, np.uint8)).save(new / "walk_in.png")
+    _cli("predict", "--exp", str(exp), "--input", str(new), "--set", "new", "--workers", "0")
+    run("features", "--exp", str(exp), "--set", "new")
+    walk = run("gate", "apply", "--exp", str(exp), "--set", "new")
+    assert set(walk) == {"classifier", "classifier_and_area"} and walk["classifier"]["n"] == 1
+    assert (exp / "final" / "new" / "classifier_and_area" / "submission.csv").is_file()
     decisions = pd.read_csv(final / "decisions.csv", dtype={"image_id": str})
     assert (
         sub.set_index("ImageId").loc[decisions.loc[decisions.decision == 0, "image_id"], "EncodedPixels"]
