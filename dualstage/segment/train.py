@@ -94,6 +94,11 @@ def check_phases(exp: Experiment, prepared: Path) -> None:
     if not phases:
         raise ValueError(f"experiment {exp.name}: train.phases is empty")
     sizes = cached_sizes(prepared)
+    if not sizes:
+        raise ValueError(
+            f"experiment {exp.name}: nothing prepared in {prepared}; run `python -m dualstage.segment "
+            "prepare --exp <experiment>` (or `python -m dualstage run <experiment> --steps data`) first"
+        )
     for i, ph in enumerate(phases):
         where = f"experiment {exp.name}: train.phases[{i}]"
         if ph.schedule not in SCHEDULES:
