@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 
-__all__ = ["make_splits", "read_folds", "PAPER_TEST_FRACTION", "PAPER_VAL_FRACTION"]
+__all__ = ["make_splits", "read_folds", "inner_split", "PAPER_TEST_FRACTION", "PAPER_VAL_FRACTION"]
 
 PAPER_TEST_FRACTION = 1068 / 10675
 PAPER_VAL_FRACTION = 964 / 10675
@@ -111,3 +111,28 @@ def read_folds(splits_csv: str | Path, ids: np.ndarray, allow_test: bool = False
             "cross-validated on the project's own folds only"
         )
     return fold.astype(np.int64)
+
+
+def inner_split(table: pd.DataFrame, k: int, fraction: float = PAPER_VAL_FRACTION, seed: int = 0):
+    """(train ids, inner-validation ids) of fold model k: every study outside fold k, of which a
+    patient-grouped, presence-stratified share ``fraction`` validates (checkpoint choice, early
+    stopping). Fold k itself is never seen: its maps are the model's out-of-fold predictions.
+
+    ``table`` needs image_id, group, has_pneumothorax and fold columns (splits.csv).
+    """
+    dev = table[table["fold"] != k].sort_values("image_id", kind="stable").reset_index(drop=True)
+    n_groups = dev["group"].nunique()
+    n_splits = int(min(max(2, round(1 / max(fraction, 1e-6))), n_groups))
+    if n_splits < 2:
+        raise ValueError(f"fold {k}: {n_groups} patient group(s) outside the fold; cannot carve a validation")
+    y, g = dev["has_pneumothorax"], dev["group"]
+    smallest = g.groupby(y).nunique().min() if y.nunique() == 2 else 0
+    cv = (
+        StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed + 1000 + k)
+        if smallest >= n_splits
+        else GroupKFold(n_splits=n_splits)
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        train_idx, val_idx = next(iter(cv.split(dev, y, g)))
+    return dev.loc[train_idx, "image_id"].tolist(), dev.loc[val_idx, "image_id"].tolist()

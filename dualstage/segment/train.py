@@ -29,7 +29,9 @@ import pandas as pd
 import torch
 
 from dualstage.config import Experiment, to_dict
-from dualstage.data.dataset import cached_sizes, load_split_table
+from dualstage.data.cache import cached_sizes
+from dualstage.data.dataset import load_split_table
+from dualstage.data.splits import PAPER_VAL_FRACTION, inner_split
 from dualstage.io import clean_stale_tmp, write_json_atomic
 from dualstage.segment import losses, models
 from dualstage.segment.distributed import Runtime, setup_runtime, teardown
@@ -77,15 +79,18 @@ def fold_names(fold: str, table: pd.DataFrame) -> list[str]:
     raise ValueError(f"--fold {fold!r}: expected main, all or one of {folds}")
 
 
-def fold_ids(table: pd.DataFrame, name: str) -> tuple[list[str], list[str]]:
-    """(train ids, validation ids) of a fold folder name."""
+def fold_ids(table: pd.DataFrame, name: str, exp: Experiment | None = None) -> tuple[list[str], list[str]]:
+    """(train ids, validation ids) of a model: ``main`` trains on train and validates on val (the
+    holdout view); ``fold_K`` trains on every study outside fold K and validates on an inner share of
+    those (``inner_split``), never on fold K, whose out-of-fold maps stage two learns from."""
     if name == "main":
         return table.loc[table.split == "train", "image_id"].tolist(), table.loc[
             table.split == "val", "image_id"
         ].tolist()
     k = int(name.removeprefix("fold_"))
-    dev = table[table.split != "test"]
-    return dev.loc[dev.fold != k, "image_id"].tolist(), dev.loc[dev.fold == k, "image_id"].tolist()
+    fraction = exp.data.val_fraction if exp is not None else PAPER_VAL_FRACTION
+    seed = exp.data.split_seed if exp is not None else 0
+    return inner_split(table, k, fraction, seed)
 
 
 def check_phases(exp: Experiment, prepared: Path) -> None:
@@ -113,7 +118,7 @@ def check_phases(exp: Experiment, prepared: Path) -> None:
 
 def fold_data(exp: Experiment, table: pd.DataFrame, fold: str) -> FoldData:
     """Training / validation ids (capped by ``train.max_*_images``) and training labels of a fold."""
-    train_ids, val_ids = fold_ids(table, fold)
+    train_ids, val_ids = fold_ids(table, fold, exp)
     if exp.train.max_train_images:
         train_ids = train_ids[: exp.train.max_train_images]
     if exp.train.max_val_images:
