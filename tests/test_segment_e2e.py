@@ -79,14 +79,16 @@ def _experiment(tmp: Path, root: Path, name: str = "tiny") -> Path:
         "output_root": str(root),
         "data": {
             "source": "phantom",
-            "phantom_n": 36,
+            "phantom_n": 48,
             "phantom_size": 128,
             "sizes": [64],
             "n_folds": 3,
             "workers": 1,
+            "val_fraction": 0.3,
+            "test_fraction": 0.2,
         },
         "model": {"encoder": "resnet18", "weights": "none", "decoder_channels": [32, 16, 16, 8, 8]},
-        "train": {"batch_size": {64: 8}, "workers": 0, "amp": "off", "phases": PHASES},
+        "train": {"batch_size": {64: 8}, "workers": 0, "amp": "off", "phases": PHASES, "folds": "both"},
         "features": {"weights": "none", "image_size": 64},
     }
     path = tmp / f"{name}.yaml"
@@ -157,10 +159,10 @@ def test_folds_predict_sweep_evaluate(tiny, tmp_path):
         _cli("predict", "--exp", str(exp), "--split", split, "--workers", "0")
     splits = pd.read_csv(exp / "prepared" / "splits.csv", dtype={"image_id": str}).set_index("image_id")
     oof = pd.read_csv(pred / "oof" / "index.csv", dtype={"image_id": str})
-    assert set(oof["image_id"]) == set(splits.index[splits.split != "test"])
+    assert set(oof["image_id"]) == set(splits.index)  # cross-fitting: every study, each by its own fold
     assert (oof["fold_model"] == "fold_" + oof["image_id"].map(splits["fold"]).astype(str)).all()
     test = pd.read_csv(pred / "test" / "index.csv", dtype={"image_id": str})
-    assert set(test["fold_model"]) == {"fold_0+fold_1+fold_2+main"}
+    assert set(test["fold_model"]) == {"main"}  # holdout view: the main model, as on val
     hist = gating.load_histograms(pred / "test")
     assert (hist.hist.sum(axis=(1, 2)) == hist.height * hist.width).all()
     one = test["image_id"].iloc[0]
@@ -191,10 +193,14 @@ def test_folds_predict_sweep_evaluate(tiny, tmp_path):
     assert np.asarray(Image.open(tmp_path / "newpred" / "maps" / "outside.png")).shape == (90, 70)
     rejected = pd.read_csv(tmp_path / "newpred" / "rejected.csv")
     assert rejected["item"].str.endswith("broken.dcm").tolist() == [True]
-    # sweep: chosen on oof, test only reported
+    # sweep: holdout chosen on val (test only reported); cross-fitted per fold
     _cli("sweep", "--exp", str(exp), "--lcc")
     op = json.loads((exp / "operating_point.json").read_text())
-    assert op["chosen_on"] == "oof" and op["best_rule"] in ("threshold", "threshold_area", "triplet", "lcc")
+    assert op["chosen_on"] == "val" and op["best_rule"] in ("threshold", "threshold_area", "triplet", "lcc")
+    for k in range(3):  # cross-fitted: each fold's rules chosen on the other folds' oof maps only
+        fold_op = json.loads((exp / "crossfit" / f"fold_{k}" / "operating_point.json").read_text())
+        fitted = set(fold_op["fitted_ids"])
+        assert fitted == set(splits.index[splits["fold"] != k]) and "lcc" in fold_op
     assert (exp / "sweep" / "test" / "table4_threshold_area.csv").exists()
     with pytest.raises(SystemExit):  # argparse refuses the choice: never chosen on test
         _cli("sweep", "--exp", str(exp), "--select-on", "test")
@@ -230,7 +236,7 @@ def test_folds_predict_sweep_evaluate(tiny, tmp_path):
     finally:
         replace(points, best_rule=original).write(exp / "operating_point.json")
     cv = pd.read_csv(exp / "evaluation" / "tiny_cv.csv")
-    assert len(cv) == 3 and cv["val_mean_dice"].notna().all() and cv["test_mean_dice"].notna().sum() == 1
+    assert len(cv) == 3 and cv["val_mean_dice"].notna().all() and cv["test_mean_dice"].notna().all()
 
 
 def test_two_process_gloo_training(tiny, tmp_path):
@@ -293,7 +299,10 @@ def test_stage_two_end_to_end(tiny):
     table2 = pd.read_csv(exp / "classifier" / "table2.csv")
     assert {"default", "tuned"} <= set(table2["model"])
     gate = run("gate", "fit", "--exp", str(exp), "--mode", "both", "--threads", "1")
-    assert gate["classifier"]["chosen_on"] == "oof"
+    assert gate["classifier"]["chosen_on"] == "val"
+    cross = run("gate", "apply", "--exp", str(exp), "--set", "oof")
+    every = pd.read_csv(exp / "final" / "oof" / "classifier" / "decisions.csv", dtype={"image_id": str})
+    assert set(cross) == {"classifier", "classifier_and_area"} and len(every) == 48
     applied = run("gate", "apply", "--exp", str(exp), "--set", "test", "--mode", "classifier")["classifier"]
     final = exp / "final" / "test" / "classifier"
     sub = pd.read_csv(final / "submission.csv", dtype=str, keep_default_na=False)

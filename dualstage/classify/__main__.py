@@ -51,6 +51,10 @@ def _gate(args: argparse.Namespace) -> int:
     modes = list(exp.gate.modes) if args.mode in (None, "both") else [args.mode]
     if args.action == "fit":
         result = fit_gate(exp.folder, mode=modes, threads=args.threads or exp.gate.threads)
+    elif args.set == "oof":  # cross-fitted: each study with its own fold's classifier and rules
+        from dualstage.crossfit.final import crossfit_final
+
+        result = crossfit_final(override(exp, "gate", modes=modes), progress=not args.no_progress)
     else:
         if args.out and len(modes) > 1:
             raise ValueError("--out with several modes: name one --mode")

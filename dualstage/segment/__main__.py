@@ -74,11 +74,14 @@ def _predict(args: argparse.Namespace) -> int:
     p = override(exp, "predict", tta=args.tta or None, checkpoint=args.checkpoint,
                  batch_size=args.batch_size, workers=args.workers).predict  # fmt: skip
     out = args.out or exp.dir.prediction_set(default_set_name(args.split, args.folds, args.set))
+    only = args.folds
+    if only is None and args.split in ("val", "test") and exp.train.folds in ("main", "both"):
+        only = ["main"]  # the holdout view: test maps of the kind its rules are chosen on (val, main)
     summary = predict(
         exp.folder, out, split=args.split, input_dir=args.input, tta=p.tta,
         checkpoint=p.checkpoint or exp.train.checkpoint,
         batch_size=p.batch_size, workers=p.workers, device=args.device, progress=not args.no_progress,
-        only=args.folds,
+        only=only,
     )  # fmt: skip
     print(json.dumps({**summary, "out": str(out)}, indent=2))
     if summary.get("rejected"):

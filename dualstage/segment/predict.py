@@ -1,8 +1,8 @@
 """``segment predict``: probability maps (uint8, each image's own grid) and truth histograms.
 
 Writes one :class:`~dualstage.segment.prediction_set.PredictionSet` (``oof``, ``val``, ``test``,
-``all`` or new images). Which model predicts what: ``oof`` gives each train/val image the fold
-model that did not train on it; ``val`` uses the ``main`` model (trained on train only);
+``all`` or new images). Which model predicts what: ``oof`` gives every study the fold model that
+did not train on it (cross-fitting: the folds cover every study); ``val`` uses the ``main`` model (trained on train only);
 ``test``, ``all`` and new images average every selected model (``--folds`` restricts them, e.g.
 ``fold_3`` alone for that fold's own test score). Resumable: finished images are skipped.
 Reading (DataLoader workers) and writing (a thread pool) overlap with compute, and at most a
@@ -89,7 +89,7 @@ def split_jobs(split: str, exp: ExperimentDir, models: list[str]) -> tuple[pd.Da
         for name in fold_models:
             k = int(name.removeprefix("fold_"))
             groups.append(
-                ([name], table.loc[(table.split != "test") & (table.fold == k), "image_id"].tolist())
+                ([name], table.loc[table.fold == k, "image_id"].tolist())  # every study, once
             )
         return table, groups
     if split == "val":
