@@ -26,6 +26,7 @@ def _prepare(args: argparse.Namespace) -> int:
         seed=args.seed,
         test_fraction=args.test_fraction,
         val_fraction=args.val_fraction,
+        progress=sys.stderr.isatty(),  # a bar for people; logs and pipes get the summary only
     )
     print(json.dumps(summary, indent=2))
     if summary["rejected"]:
@@ -99,14 +100,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", required=True, help="dataset folder (SIIM DICOM tree + RLE CSV, PNG conversion, ...)"
     )
     p.add_argument("--out", required=True, help="output folder for manifest.csv, splits.csv, cache/")
-    p.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024], help="cache resolutions (px)")
+    p.add_argument(
+        "--sizes", type=int, nargs="+", default=[256, 512, 1024], help="cache sides, each in [32, 4096] px"
+    )
     p.add_argument("--layout", default="auto", choices=["auto", "siim", "png", "folders"])
     p.add_argument(
         "--annotations", default=None, help="RLE CSV to use (siim layout); default: found in --data"
     )
     p.add_argument("--strict", action="store_true", help="stop at the first bad item instead of reporting it")
-    p.add_argument("--workers", type=int, default=2, help="decoding processes")
-    p.add_argument("--folds", type=int, default=10, help="k of the k-fold ids over train+val")
+    p.add_argument("--workers", type=int, default=2, help="decoding processes (0 or 1: in-process)")
+    p.add_argument("--folds", type=int, default=10, help="k (>= 2) of the k-fold ids over train+val")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--test-fraction", type=float, default=1068 / 10675, help="default: the paper's 1068 / 10675"
