@@ -42,9 +42,7 @@ def parse_runs(rle: str, n_pixels: int) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"RLE has a non-integer token {bad[:40]!r}") from None
     except OverflowError:
         bad = next((t for t in text.split() if _is_int(t) and abs(int(t)) > _INT64_MAX), "?")
-        raise ValueError(
-            f"RLE value {bad[:40]} is out of range (the image has {n_pixels} pixels)"
-        ) from None
+        raise ValueError(f"RLE value {bad[:40]} is out of range (the image has {n_pixels} pixels)") from None
     if values.size % 2:
         raise ValueError(f"RLE has an odd number of values ({values.size}); expected (offset, length) pairs")
     if (values < 0).any():

@@ -234,9 +234,7 @@ def check_options(
         if not 0 < float(value) < 1:
             raise ValueError(f"{name} {value}: must be in (0, 1)")
     if test_fraction + val_fraction >= 1:
-        raise ValueError(
-            f"--test-fraction {test_fraction} + --val-fraction {val_fraction}: must sum below 1"
-        )
+        raise ValueError(f"--test-fraction {test_fraction} + --val-fraction {val_fraction}: must sum below 1")
     return sorted({int(s) for s in sizes})
 
 
