@@ -165,7 +165,7 @@ def _scan_siim(root: Path, annotations: Path | None, rejected: list[dict], skip:
     if csv_path is None:
         raise ValueError(f"--data {root}: siim layout needs an RLE CSV; none found (pass --annotations)")
     if not csv_path.is_file():
-        raise ValueError(f"--annotations {csv_path}: no such file")
+        raise ValueError(f"--annotations {csv_path}: not a file")
     image_root = root / "dicom-images-train" if (root / "dicom-images-train").is_dir() else root
     files = _valid_stems(_image_files(image_root, exclude=skip), rejected)
     images = _dedupe(files, lambda p: p.stem.strip(" "), rejected)
