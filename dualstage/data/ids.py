@@ -34,10 +34,10 @@ def _defect(text: str) -> str | None:
         return "is an absolute path"
     if _DRIVE.match(text):
         return "starts with a drive letter"
-    if "/" in text or "\\" in text:
-        return "contains a path separator"
     if ".." in text:
         return "contains '..'"
+    if "/" in text or "\\" in text:
+        return "contains a path separator"
     if text.startswith("."):
         return "starts with '.' (hidden file name)"
     return None

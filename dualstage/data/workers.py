@@ -91,7 +91,7 @@ def sigterm_interrupts() -> Iterator[None]:
         return
 
     def _raise(signum: int, frame: object) -> None:
-        raise Terminated("terminated (SIGTERM)")
+        raise Terminated("SIGTERM")
 
     previous = signal.signal(signal.SIGTERM, _raise)
     try:
