@@ -11,7 +11,7 @@ from dualstage.cli import run_cli
 def _run(args: argparse.Namespace) -> int:
     from dualstage.pipeline import run_pipeline
 
-    run_pipeline(args.experiment, steps=args.steps)
+    run_pipeline(args.experiment, steps=args.steps, data=args.data)
     return 0
 
 
@@ -25,8 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="run every step of an experiment, skipping finished ones")
-    p.add_argument("experiment", help="experiments/<name>.yaml")
+    p.add_argument("experiment", help="experiments/<name>.yaml (or an experiment folder models/<name>)")
     p.add_argument("--steps", nargs="+", default=None, help="only these steps (in pipeline order)")
+    p.add_argument("--data", default=None, help="dataset folder (overrides data.source)")
     p.set_defaults(func=_run)
     return parser
 

@@ -16,7 +16,6 @@ a fixed seed (0), so reruns and resumes agree, but such features are untrained.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -29,13 +28,22 @@ import torchvision
 from PIL import Image
 from scipy import ndimage
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
+from dualstage.data.cache import pick_cache_size
 from dualstage.data.prepare import cache_paths, read_image_file
 from dualstage.gating import REF_PIXELS, levels
-from dualstage.io import atomic_write, write_csv_atomic, write_json_atomic
+from dualstage.io import (
+    atomic_write,
+    read_npy,
+    sha256_file,
+    write_csv_atomic,
+    write_json_atomic,
+    write_npy_atomic,
+)
+from dualstage.progress import progress as progress_iter
 from dualstage.segment.distributed import pick_device
 from dualstage.segment.models import _DENSENET_LEGACY, IMAGENET_MEAN, IMAGENET_STD, _read_state_dict
+from dualstage.segment.prediction_set import PredictionSet
 
 __all__ = ["extract_features", "map_statistics", "feature_names", "load_densenet", "embed", "STAT_NAMES"]
 
@@ -133,15 +141,7 @@ def describe_weights(weights: str | Path) -> dict:
     path = Path(choice).expanduser().resolve()
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path} (weights: 'imagenet', 'none' or a file)")
-    return {"weights": str(path), "pretrained": True, "weights_sha256": _sha256(path)}
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return {"weights": str(path), "pretrained": True, "weights_sha256": sha256_file(path)}
 
 
 def load_densenet(weights: str | Path = "imagenet") -> tuple[torchvision.models.DenseNet, dict]:
@@ -189,26 +189,18 @@ def _tensor(image: np.ndarray, size: int) -> torch.Tensor:
 class _Items(Dataset):
     """(image (1, S, S), map (1, S, S), stats (n_stats,) float64, position) per image id."""
 
-    def __init__(self, maps: Path, ids: list[str], sources: list[Path], size: int):
-        self.maps, self.ids, self.sources, self.size = maps, ids, sources, size
+    def __init__(self, pset: PredictionSet, ids: list[str], sources: list[Path], size: int):
+        self.pset, self.ids, self.sources, self.size = pset, ids, sources, size
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def __getitem__(self, i: int):
-        with Image.open(self.maps / f"{self.ids[i]}.png") as im:
-            q = np.asarray(im)
+        q = self.pset.read_map(self.ids[i])
         stats = map_statistics(q)
         image, _ = read_image_file(self.sources[i])
         values = torch.tensor([stats[n] for n in STAT_NAMES], dtype=torch.float64)
         return _tensor(image, self.size), _tensor(q, self.size), values, i
-
-
-def pick_cache_size(prepared: Path, image_size: int) -> int | None:
-    """Smallest cached size >= image_size, else the largest; None when there is no cache."""
-    root = Path(prepared) / "cache"
-    sizes = sorted(int(p.name) for p in root.iterdir() if p.name.isdigit()) if root.is_dir() else []
-    return next((s for s in sizes if s >= image_size), sizes[-1]) if sizes else None
 
 
 def _sources(index: pd.DataFrame, prepared: Path | None, size: int | None) -> list[Path]:
@@ -247,6 +239,57 @@ def _check_record(record: Path, parts: Path, setting: dict) -> None:
         raise ValueError(f"{parts} has rows but {record} is missing: use another --out, or delete it")
 
 
+def _prediction_index(pset: PredictionSet) -> pd.DataFrame:
+    """The set's index, checked: required columns present and every map written."""
+    index = pset.index()
+    lacking = [c for c in INDEX_COLUMNS if c not in index.columns]
+    if lacking or index.empty:
+        raise ValueError(f"{pset.index_path}: empty or missing columns {lacking}")
+    no_map = [i for i in index["image_id"] if not pset.map_path(i).is_file()]
+    if no_map:
+        raise FileNotFoundError(f"{pset.folder / 'maps'}: {len(no_map)} maps missing, e.g. {no_map[:3]}")
+    return index
+
+
+def _extract_rows(ctx: dict, ids: list[str], sources: list[Path], todo: list[int]) -> float:
+    """Embed the ``todo`` rows and write each as ``parts/<id>.npy``; returns the seconds spent."""
+    dev, parts = ctx["device"], ctx["parts"]
+    net = load_densenet(ctx["weights"])[0].to(dev).to(memory_format=torch.channels_last)
+    if not ctx["record"].is_file():  # written once the net loaded: a failed load leaves no stale record
+        write_json_atomic(ctx["record"], {**ctx["setting"], "status": "running"})
+    t_run = time.perf_counter()
+    data = _Items(ctx["pset"], [ids[k] for k in todo], [sources[k] for k in todo], ctx["image_size"])
+    loader = DataLoader(data, batch_size=ctx["batch_size"], num_workers=ctx["workers"], shuffle=False)
+    for images, maps, stats, pos in progress_iter(
+        loader, desc="features", unit="batch", enabled=ctx["progress"]
+    ):
+        with torch.no_grad():
+            phi = embed(net, torch.cat([images, maps]).to(dev)).float().cpu().numpy()
+        n = len(pos)
+        rows = np.concatenate([phi[:n], phi[n:], stats.numpy()], axis=1).astype(np.float32)
+        for row, p in zip(rows, pos.tolist(), strict=True):
+            write_npy_atomic(parts / f"{data.ids[p]}.npy", row)
+    return time.perf_counter() - t_run
+
+
+def _write_outputs(out_dir: Path, index: pd.DataFrame, ids: list[str]) -> int:
+    """features.npz and index.csv from the parts; returns the number of features F."""
+    names, parts = feature_names(), out_dir / "parts"
+    X = np.stack([read_npy(parts / f"{i}.npy") for i in ids]).astype(np.float32)
+    if X.shape[1] != len(names):
+        raise ValueError(f"{parts}: rows have {X.shape[1]} values, expected {len(names)}; delete {out_dir}")
+
+    def _write_npz(tmp: str) -> None:
+        with open(tmp, "wb") as fh:  # a file object: np.savez would append ".npz" to a bare name
+            np.savez_compressed(fh, image_id=np.asarray(ids, dtype=str), X=X, feature_names=np.asarray(names))
+
+    atomic_write(out_dir / "features.npz", _write_npz)
+    table = index[list(INDEX_COLUMNS)].copy()
+    table[list(STAT_NAMES)] = X[:, 2 * N_DENSENET :].astype(str).astype(np.float64)  # float32 digits
+    write_csv_atomic(table, out_dir / "index.csv")
+    return len(names)
+
+
 def extract_features(
     pred_dir: str | Path,
     out_dir: str | Path,
@@ -260,74 +303,41 @@ def extract_features(
 ) -> dict:
     """Write features.npz / index.csv / features.json for one prediction set; returns the summary.
 
-    Resumable: rows already in ``out_dir/parts`` are reused when ``features.json`` records the same
-    weights and image size; a different setting is refused (ValueError) rather than mixed.
+    ``prepared``: the prepared folder whose cache holds the images (None: the index's
+    ``image_path`` column, as for new images). Resumable: rows already in ``out_dir/parts`` are
+    reused when ``features.json`` records the same weights and image size; a different setting is
+    refused (ValueError) rather than mixed.
     """
     t0 = time.perf_counter()
-    pred_dir, out_dir = Path(pred_dir), Path(out_dir)
-    if not (pred_dir / "index.csv").is_file():
-        raise FileNotFoundError(f"{pred_dir}: no index.csv (not a segment predict output folder)")
-    index = pd.read_csv(pred_dir / "index.csv", dtype={"image_id": str, "image_path": str})
-    lacking = [c for c in INDEX_COLUMNS if c not in index.columns]
-    if lacking or index.empty:
-        raise ValueError(f"{pred_dir / 'index.csv'}: empty or missing columns {lacking}")
-    no_map = [i for i in index["image_id"] if not (pred_dir / "maps" / f"{i}.png").is_file()]
-    if no_map:
-        raise FileNotFoundError(f"{pred_dir / 'maps'}: {len(no_map)} maps missing, e.g. {no_map[:3]}")
-    if prepared is None and (pred_dir.parent.parent / "prepared").is_dir():
-        prepared = pred_dir.parent.parent / "prepared"
+    pset, out_dir = PredictionSet(pred_dir), Path(out_dir)
+    index = _prediction_index(pset)
     if prepared is not None and not Path(prepared).is_dir():
         raise FileNotFoundError(f"prepared folder not found: {prepared}")
     prepared = Path(prepared).resolve() if prepared is not None else None
     cache_size = pick_cache_size(prepared, image_size) if prepared is not None else None
     sources = _sources(index, prepared, cache_size)
-
     setting = {**describe_weights(weights), "image_size": int(image_size), "version": _FEATURE_VERSION}
     record, parts = out_dir / "features.json", out_dir / "parts"
     _check_record(record, parts, setting)
     ids = index["image_id"].tolist()
     todo = [k for k, i in enumerate(ids) if not (parts / f"{i}.npy").is_file()]
     dev = pick_device(device)
-    run_seconds = 0.0
-    if todo:
-        net = load_densenet(weights)[0].to(dev).to(memory_format=torch.channels_last)
-        if not record.is_file():  # written once the net loaded: a failed load leaves no stale record
-            write_json_atomic(record, {**setting, "status": "running"})
-        t_run = time.perf_counter()
-        data = _Items(pred_dir / "maps", [ids[k] for k in todo], [sources[k] for k in todo], image_size)
-        loader = DataLoader(data, batch_size=batch_size, num_workers=workers, shuffle=False)
-        for images, maps, stats, pos in tqdm(loader, desc="features", unit="batch", disable=not progress):
-            with torch.no_grad():
-                phi = embed(net, torch.cat([images, maps]).to(dev)).float().cpu().numpy()
-            n = len(pos)
-            rows = np.concatenate([phi[:n], phi[n:], stats.numpy()], axis=1).astype(np.float32)
-            for row, p in zip(rows, pos.tolist(), strict=True):
-                atomic_write(parts / f"{data.ids[p]}.npy", lambda tmp, r=row: _save_npy(tmp, r))
-        run_seconds = time.perf_counter() - t_run
-
-    names = feature_names()
-    X = np.stack([np.load(parts / f"{i}.npy") for i in ids]).astype(np.float32)
-    if X.shape[1] != len(names):
-        raise ValueError(f"{parts}: rows have {X.shape[1]} values, expected {len(names)}; delete {out_dir}")
-
-    def _write_npz(tmp: str) -> None:
-        with open(tmp, "wb") as fh:  # a file object: np.savez would append ".npz" to a bare name
-            np.savez_compressed(fh, image_id=np.asarray(ids, dtype=str), X=X, feature_names=np.asarray(names))
-
-    atomic_write(out_dir / "features.npz", _write_npz)
-    table = index[list(INDEX_COLUMNS)].copy()
-    table[list(STAT_NAMES)] = X[:, 2 * N_DENSENET :].astype(str).astype(np.float64)  # float32 digits
-    write_csv_atomic(table, out_dir / "index.csv")
+    ctx = {
+        "device": dev, "parts": parts, "weights": weights, "record": record, "setting": setting, "pset": pset,
+        "image_size": image_size, "batch_size": batch_size, "workers": workers, "progress": progress,
+    }  # fmt: skip
+    run_seconds = _extract_rows(ctx, ids, sources, todo) if todo else 0.0
+    n_features = _write_outputs(out_dir, index, ids)
     summary = {
         **setting,
         "status": "complete",
-        "pred_dir": str(pred_dir.resolve()),
+        "pred_dir": str(pset.folder.resolve()),
         "prepared": str(prepared) if prepared else None,
         "cache_size": cache_size,
         "images": len(ids),
         "extracted_now": len(todo),
         "reused": len(ids) - len(todo),
-        "n_features": len(names),
+        "n_features": n_features,
         "device": str(dev),
         "seconds": round(time.perf_counter() - t0, 2),
         "images_per_second": round(len(todo) / run_seconds, 2) if todo and run_seconds > 0 else None,
@@ -336,8 +346,3 @@ def extract_features(
     }
     write_json_atomic(record, summary)
     return summary
-
-
-def _save_npy(path: str, array: np.ndarray) -> None:
-    with open(path, "wb") as fh:  # a file object: np.save would append ".npy" to a bare path
-        np.save(fh, array)

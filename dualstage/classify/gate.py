@@ -9,7 +9,7 @@ tuned params and the project's PredefinedSplit: the saved model was fit on all o
 oof probabilities would be in-sample), chooses the threshold maximising the challenge mean Dice
 (ties -> the lowest threshold) and writes ``<exp>/classifier/gate.json`` (one entry per mode, plus
 ``oof_probabilities.csv`` and ``gate_curve_<mode>.csv``). ``apply_gate`` applies that threshold
-unchanged to any set (test, new images without truth) and writes ``<exp>/final/<set>/``::
+unchanged to any set (test, new images without truth) and writes ``<exp>/final/<set>/<mode>/``::
 
     masks/<image_id>.png  final mask, uint8 0/255 on the image's own grid
     submission.csv        ImageId, EncodedPixels (challenge RLE, "-1" for empty), one row per image
@@ -19,35 +19,32 @@ unchanged to any set (test, new images without truth) and writes ``<exp>/final/<
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 from sklearn.model_selection import PredefinedSplit, cross_val_predict
-from tqdm.auto import tqdm
 
 from dualstage import gating, rle
-from dualstage.classify.tune import (
-    cv_folds,
-    estimator_from_params,
-    labels_of,
-    load_classifier,
-    load_feature_table,
-    load_rule,
-    rule_counts_for,
-)
-from dualstage.io import atomic_write, write_csv_atomic, write_json_atomic
+from dualstage.classify.feature_set import check_same_settings, labels_of, load_feature_table
+from dualstage.classify.tune import estimator_from_params, load_classifier, read_params
+from dualstage.data.splits import read_folds
+from dualstage.gates import CLASSIFIER_GATES
+from dualstage.io import sha256_file, write_csv_atomic, write_json_atomic, write_png_atomic
+from dualstage.layout import ExperimentDir
 from dualstage.metrics import presence_report, roc_auc, summarize_counts
+from dualstage.progress import progress as progress_iter
+from dualstage.segment.operating_points import OperatingPoints
+from dualstage.segment.prediction_set import PredictionSet
+from dualstage.tolerance import first_best
 
 __all__ = ["GATE_MODES", "CANDIDATES", "gate_sweep", "choose_gate", "fit_gate", "load_gate", "apply_gate"]
 
-GATE_MODES = {"classifier": "threshold", "classifier_and_area": "threshold_area"}
+GATE_MODES = {k: g.rule for k, g in CLASSIFIER_GATES.items()}  # mode -> operating-point rule
 CANDIDATES = np.linspace(0.0, 1.0, 101)
-TIE_BREAK = "highest mean Dice (within 1e-12); ties -> the lowest threshold"
+TIE_BREAK = "highest mean Dice (within dualstage.tolerance.TOL); ties -> the lowest threshold"
 
 
 def gate_sweep(probs, counts: Sequence, candidates=CANDIDATES) -> dict[str, np.ndarray]:
@@ -84,7 +81,7 @@ def choose_gate(probs, counts: Sequence, candidates=CANDIDATES) -> dict:
     if t.size == 0:
         raise ValueError("no candidate thresholds")
     curve = np.asarray(gate_sweep(probs, counts, t)["mean_dice"], dtype=np.float64)
-    best = int(np.flatnonzero(curve >= curve.max() - 1e-12)[0])
+    best = first_best(curve)
     thr = float(t[best])
     return {
         "threshold": thr,
@@ -95,10 +92,6 @@ def choose_gate(probs, counts: Sequence, candidates=CANDIDATES) -> dict:
         "mean_dice_curve": curve.tolist(),
         "tie_break": TIE_BREAK,
     }
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _modes(mode: str | Sequence[str]) -> list[str]:
@@ -119,15 +112,12 @@ def oof_probabilities(
     exp_dir: str | Path, classifier_dir: str | Path | None = None, threads: int | None = None
 ) -> pd.DataFrame:
     """Out-of-fold probabilities on the oof set: cross_val_predict(tuned params, PredefinedSplit)."""
-    exp = Path(exp_dir)
-    cdir = Path(classifier_dir) if classifier_dir else exp / "classifier"
-    path = cdir / "params.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no tuned parameters (run `classify tune` first)")
-    params = json.loads(path.read_text())
-    ids, X, names, index = load_feature_table(exp / "features" / "oof")
+    exp = ExperimentDir(exp_dir)
+    cdir = Path(classifier_dir) if classifier_dir else exp.classifier
+    params = read_params(cdir)
+    ids, X, names, index = load_feature_table(exp.feature_set("oof"))
     _check_names(cdir, names, "features/oof")
-    y, folds = labels_of(index, "features/oof"), cv_folds(exp, ids)
+    y, folds = labels_of(index, "features/oof"), read_folds(exp.splits_csv, ids)
     est = estimator_from_params(params, threads=threads)
     probs = cross_val_predict(est, X, y, cv=PredefinedSplit(folds), method="predict_proba")[:, 1]
     return pd.DataFrame({"image_id": ids, "fold": folds, "has_pneumothorax": y, "probability": probs})
@@ -136,7 +126,36 @@ def oof_probabilities(
 def load_gate(path: str | Path) -> dict:
     """gate.json as a dict ({} when the file does not exist)."""
     path = Path(path)
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not a valid gate file ({exc})") from None
+
+
+def _gate_entry(mode: str, rule: dict, res: dict, y: pd.Series, probs: np.ndarray, cdir: Path) -> dict:
+    return {
+        "mode": mode,
+        "threshold": res["threshold"],
+        "chosen_on": "oof",
+        "pixel_rule": rule,
+        "mean_dice_oof": res["mean_dice"],
+        "ungated_mean_dice_oof": res["ungated_mean_dice"],
+        "metrics_oof": res["metrics"],
+        "n": int(y.size),
+        "n_pos": int(y.sum()),
+        "classifier_auc_oof": roc_auc(probs, y),
+        "probabilities": "out-of-fold: cross_val_predict(best params, splits.csv folds)",
+        "candidates": {
+            "start": min(res["candidates"]),
+            "stop": max(res["candidates"]),
+            "n": len(res["candidates"]),
+        },
+        "tie_break": TIE_BREAK,
+        "decision": "mask kept iff probability >= threshold, else empty",
+        "model_sha256": sha256_file(cdir / "model.ubj"),
+    }
 
 
 def fit_gate(
@@ -152,45 +171,78 @@ def fit_gate(
     ``mode``: "classifier", "classifier_and_area", "both" or a list; ``out``: gate.json path
     (default ``<classifier_dir>/gate.json``, classifier_dir default ``<exp>/classifier``).
     """
-    exp = Path(exp_dir)
-    cdir = Path(classifier_dir) if classifier_dir else exp / "classifier"
+    exp = ExperimentDir(exp_dir)
+    cdir = Path(classifier_dir) if classifier_dir else exp.classifier
     out = Path(out) if out else cdir / "gate.json"
     modes = _modes(mode)
-    oof = oof_probabilities(exp, cdir, threads)
+    oof = oof_probabilities(exp.root, cdir, threads)
     write_csv_atomic(oof, cdir / "oof_probabilities.csv")
     ids, probs, y = oof["image_id"].to_numpy(str), oof["probability"].to_numpy(), oof["has_pneumothorax"]
+    points = OperatingPoints.read(exp.operating_point)
+    oof_set = PredictionSet(exp.prediction_set("oof"))
     gate = load_gate(out)
     for m in modes:
-        rule = load_rule(exp, GATE_MODES[m])
-        counts = rule_counts_for(exp, "oof", ids, rule).T
+        rule = points.rule(GATE_MODES[m])
+        counts = oof_set.rule_counts(ids, rule).T
         res = choose_gate(probs, counts, candidates)
         curve = pd.DataFrame({"threshold": res["candidates"], **gate_sweep(probs, counts, res["candidates"])})
         write_csv_atomic(curve, cdir / f"gate_curve_{m}.csv")
-        gate[m] = {
-            "mode": m,
-            "threshold": res["threshold"],
-            "chosen_on": "oof",
-            "pixel_rule": rule,
-            "mean_dice_oof": res["mean_dice"],
-            "ungated_mean_dice_oof": res["ungated_mean_dice"],
-            "metrics_oof": res["metrics"],
-            "n": int(ids.size),
-            "n_pos": int(y.sum()),
-            "classifier_auc_oof": roc_auc(probs, y),
-            "probabilities": "out-of-fold: cross_val_predict(best params, splits.csv folds)",
-            "candidates": {"start": min(res["candidates"]), "stop": max(res["candidates"]), "n": len(curve)},
-            "tie_break": TIE_BREAK,
-            "decision": "mask kept iff probability >= threshold, else empty",
-            "model_sha256": _sha256(cdir / "model.ubj"),
-        }
+        gate[m] = _gate_entry(m, rule, res, y, probs, cdir)
     fitted = [m for m in GATE_MODES if m in gate]
     gate["best_mode"] = max(fitted, key=lambda m: (gate[m]["mean_dice_oof"], -fitted.index(m)))
     write_json_atomic(out, gate)
     return gate
 
 
-def _save_png(path: Path, mask: np.ndarray) -> None:
-    atomic_write(path, lambda tmp: Image.fromarray(mask).save(tmp, format="PNG"))
+def _gate_context(exp: ExperimentDir, cdir: Path, gate_file: Path, mode: str) -> tuple[float, dict]:
+    """(threshold, pixel rule) of a fitted mode, after checking the classifier and rules did not change."""
+    gate = load_gate(gate_file)
+    if mode not in gate:
+        raise ValueError(
+            f"{gate_file}: mode {mode!r} not fitted (fitted: {[m for m in GATE_MODES if m in gate]})"
+        )
+    entry = gate[mode]
+    if entry.get("model_sha256") not in (None, sha256_file(cdir / "model.ubj")):
+        raise ValueError(f"{cdir / 'model.ubj'} changed since the gate was fit: re-run `classify gate fit`")
+    points = OperatingPoints.read_or_none(exp.operating_point)
+    if points is not None and points.rule(GATE_MODES[mode]) != entry["pixel_rule"]:
+        raise ValueError(f"{exp.operating_point} changed since the gate was fit: re-run `classify gate fit`")
+    return float(entry["threshold"]), entry["pixel_rule"]
+
+
+def _write_masks(
+    pset: PredictionSet, ids: np.ndarray, keep: np.ndarray, rule: dict, dst: Path, progress: bool
+):
+    """Final masks (PNG 0/255) and submission.csv; returns (areas (N,) px, areas at 1024^2 (N,))."""
+    areas, scaled, rles = np.zeros(ids.size, np.int64), np.zeros(ids.size), []
+    for i, image_id in enumerate(progress_iter(ids, desc=f"gate {pset.name}", enabled=progress)):
+        q = pset.read_map(image_id)
+        mask = gating.apply_rule(q, rule) if keep[i] else np.zeros(q.shape, dtype=bool)
+        write_png_atomic(dst / "masks" / f"{image_id}.png", mask.astype(np.uint8) * 255)
+        areas[i], scaled[i] = np.count_nonzero(mask), np.count_nonzero(mask) * gating.REF_PIXELS / q.size
+        rles.append(rle.encode(mask))
+    write_csv_atomic(pd.DataFrame({"ImageId": ids, "EncodedPixels": rles}), dst / "submission.csv")
+    return areas, scaled
+
+
+def _truth_metrics(pset: PredictionSet, ids, keep, probs, areas, rule, fset: str) -> dict:
+    """Gated and ungated challenge metrics and presence metrics on the set's images with truth."""
+    hist_ids = pset.histograms().image_id
+    pos = pd.Series(np.arange(ids.size), index=ids).reindex(hist_ids)
+    if pos.isna().any():
+        raise ValueError(
+            f"{pset.folder}: {pos.isna().sum()} truth images have no features in features/{fset}"
+        )
+    rows = pos.to_numpy(np.int64)
+    c = pset.rule_counts(hist_ids, rule).T
+    if not np.array_equal(c[1] * keep[rows], areas[rows]):
+        raise ValueError(f"{pset.folder}: maps disagree with histograms.npz (stale files?)")
+    present = (c[2] > 0).astype(np.int64)
+    return {
+        "metrics": summarize_counts(c[0] * keep[rows], c[1] * keep[rows], c[2], c[3]),
+        "metrics_ungated": summarize_counts(*c),
+        "presence": {**presence_report(keep[rows], present), "roc_auc": roc_auc(probs[rows], present)},
+    }
 
 
 def apply_gate(
@@ -205,41 +257,23 @@ def apply_gate(
 ) -> dict:
     """Gate the maps of ``predictions/<pred_set>`` with the oof-chosen threshold; write final masks.
 
-    Returns {set, mode, threshold, pixel_rule, n, n_present, n_nonempty, out_dir} plus, when the set
-    has truth histograms, ``metrics`` (gated), ``metrics_ungated`` (pixel rule alone), ``presence``.
+    Output: ``out`` (default ``final/<pred_set>/<mode>/``). Returns {set, mode, threshold, pixel_rule,
+    n, n_present, n_nonempty, out_dir} plus, when the set has truth histograms, ``metrics`` (gated),
+    ``metrics_ungated`` (pixel rule alone), ``presence``.
     """
-    exp = Path(exp_dir)
-    cdir = Path(classifier_dir) if classifier_dir else exp / "classifier"
-    gate_file = Path(gate_path) if gate_path else cdir / "gate.json"
-    gate = load_gate(gate_file)
-    if mode not in gate:
-        raise ValueError(
-            f"{gate_file}: mode {mode!r} not fitted (fitted: {[m for m in GATE_MODES if m in gate]})"
-        )
-    entry = gate[mode]
-    thr, rule = float(entry["threshold"]), entry["pixel_rule"]
-    if entry.get("model_sha256") not in (None, _sha256(cdir / "model.ubj")):
-        raise ValueError(f"{cdir / 'model.ubj'} changed since the gate was fit: re-run fit_gate")
-    if (exp / "operating_point.json").is_file() and load_rule(exp, GATE_MODES[mode]) != rule:
-        raise ValueError(f"{exp / 'operating_point.json'} changed since the gate was fit: re-run fit_gate")
+    exp = ExperimentDir(exp_dir)
+    _modes(mode)
+    cdir = Path(classifier_dir) if classifier_dir else exp.classifier
+    thr, rule = _gate_context(exp, cdir, Path(gate_path) if gate_path else cdir / "gate.json", mode)
     fset = features_set or pred_set
-    ids, X, names, _ = load_feature_table(exp / "features" / fset)
+    fdir = exp.feature_set(fset)
+    check_same_settings(read_params(cdir).get("features") or {}, fdir, f"the classifier in {cdir}")
+    ids, X, names, _ = load_feature_table(fdir)
     _check_names(cdir, names, f"features/{fset}")
     probs = load_classifier(cdir).predict_proba(X)[:, 1].astype(np.float64)
     keep = probs >= thr
-    pred_dir, dst = exp / "predictions" / pred_set, Path(out) if out else exp / "final" / pred_set
-    areas, scaled, rles = np.zeros(ids.size, np.int64), np.zeros(ids.size), []
-    for i, image_id in enumerate(tqdm(ids, desc=f"gate {pred_set}", disable=not progress)):
-        path = pred_dir / "maps" / f"{image_id}.png"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no probability map for {image_id}")
-        with Image.open(path) as im:
-            q = np.asarray(im)
-        mask = gating.apply_rule(q, rule) if keep[i] else np.zeros(q.shape, dtype=bool)
-        _save_png(dst / "masks" / f"{image_id}.png", mask.astype(np.uint8) * 255)
-        areas[i], scaled[i] = np.count_nonzero(mask), np.count_nonzero(mask) * gating.REF_PIXELS / q.size
-        rles.append(rle.encode(mask))
-    write_csv_atomic(pd.DataFrame({"ImageId": ids, "EncodedPixels": rles}), dst / "submission.csv")
+    pset, dst = PredictionSet(exp.prediction_set(pred_set)), Path(out) if out else exp.final(pred_set, mode)
+    areas, scaled = _write_masks(pset, ids, keep, rule, dst, progress)
     decisions = {"image_id": ids, "probability": probs, "decision": keep.astype(np.int64)}
     write_csv_atomic(
         pd.DataFrame({**decisions, "mask_area_px": areas, "mask_area_1024": scaled}), dst / "decisions.csv"
@@ -249,30 +283,14 @@ def apply_gate(
         "features_set": fset,
         "mode": mode,
         "threshold": thr,
-        "chosen_on": entry["chosen_on"],
+        "chosen_on": "oof",
         "pixel_rule": rule,
         "n": int(ids.size),
         "n_present": int(keep.sum()),
         "n_nonempty": int((areas > 0).sum()),
         "out_dir": str(dst),
     }
-    if (pred_dir / "histograms.npz").is_file():
-        hist_ids = gating.load_histograms(pred_dir).image_id
-        pos = pd.Series(np.arange(ids.size), index=ids).reindex(hist_ids)
-        if pos.isna().any():
-            raise ValueError(
-                f"{pred_dir}: {pos.isna().sum()} truth images have no features in features/{fset}"
-            )
-        rows = pos.to_numpy(np.int64)
-        c = rule_counts_for(exp, pred_set, hist_ids, rule).T
-        if not np.array_equal(c[1] * keep[rows], areas[rows]):
-            raise ValueError(f"{pred_dir}: maps disagree with histograms.npz (stale files?)")
-        summary["metrics"] = summarize_counts(c[0] * keep[rows], c[1] * keep[rows], c[2], c[3])
-        summary["metrics_ungated"] = summarize_counts(*c)
-        present = (c[2] > 0).astype(np.int64)
-        summary["presence"] = {
-            **presence_report(keep[rows], present),
-            "roc_auc": roc_auc(probs[rows], present),
-        }
+    if pset.has_truth():
+        summary.update(_truth_metrics(pset, ids, keep, probs, areas, rule, fset))
     write_json_atomic(dst / "summary.json", summary)
     return summary

@@ -36,18 +36,20 @@ from sklearn.metrics import make_scorer
 from sklearn.model_selection import PredefinedSplit, RandomizedSearchCV, cross_val_score
 from xgboost import XGBClassifier
 
-from dualstage import gating
+from dualstage.classify.feature_set import labels_of, load_feature_table, read_settings
+from dualstage.classify.table2 import PAPER_TABLE2, table2
+from dualstage.data.splits import read_folds
 from dualstage.io import atomic_write, write_csv_atomic, write_json_atomic
-from dualstage.metrics import presence_report, roc_auc, summarize_counts
+from dualstage.layout import ExperimentDir
+from dualstage.metrics import summarize_counts
+from dualstage.segment.operating_points import OperatingPoints
+from dualstage.segment.prediction_set import PredictionSet
 
 __all__ = [
-    "PAPER_TABLE2",
     "SEARCH_SPACE_DOC",
-    "cv_folds",
     "estimator_from_params",
     "load_classifier",
-    "load_feature_table",
-    "load_rule",
+    "read_params",
     "make_classifier",
     "rule_counts_for",
     "search_space",
@@ -64,10 +66,6 @@ SEARCH_SPACE_DOC = {
     "gamma": "uniform [0, 5]",
     "reg_lambda": "log-uniform [0.1, 10]",
     "scale_pos_weight": "uniform [1, n_neg / n_pos] of the oof labels",
-}
-PAPER_TABLE2 = {  # dual-stage paper, Table 2 (test set, probability 0.5)
-    "default": {"absent": (0.90, 0.97, 0.93), "present": (0.85, 0.64, 0.73)},
-    "tuned": {"absent": (0.93, 0.95, 0.94), "present": (0.81, 0.76, 0.78)},
 }
 SCORINGS = ("roc_auc", "f1", "dice")
 
@@ -150,13 +148,27 @@ def estimator_from_params(
 
 
 def load_classifier(directory: str | Path, name: str = "model.ubj") -> XGBClassifier:
-    """Load a saved classifier (``model.ubj`` or ``default_model.ubj``) from ``directory``."""
+    """Load a saved classifier (``model.ubj`` or ``default_model.ubj``, XGBoost's own format)."""
     path = Path(directory) / name
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no classifier model (run `classify tune` first)")
+        raise FileNotFoundError(f"{path}: no classifier model; run `classify tune` first")
     clf = XGBClassifier()
-    clf.load_model(path)
+    try:
+        clf.load_model(path)
+    except xgboost.core.XGBoostError as exc:
+        raise ValueError(f"{path}: not a readable XGBoost model ({str(exc).splitlines()[0]})") from None
     return clf
+
+
+def read_params(directory: str | Path) -> dict:
+    """``params.json`` of a tuned classifier: best params, base settings, the features' settings."""
+    path = Path(directory) / "params.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no tuned parameters; run `classify tune` first")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
 
 
 def _save_model(clf: XGBClassifier, path: Path) -> None:
@@ -174,86 +186,9 @@ def _save_model(clf: XGBClassifier, path: Path) -> None:
     atomic_write(path, _write)
 
 
-def load_feature_table(features_dir: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, pd.DataFrame]:
-    """(ids (N,) str, X (N, F) float32, names (F,) str, index rows aligned to ids) of a feature set."""
-    d = Path(features_dir)
-    npz, csv = d / "features.npz", d / "index.csv"
-    for p in (npz, csv):
-        if not p.is_file():
-            raise FileNotFoundError(f"{p}: missing (written by `classify features`)")
-    with np.load(npz, allow_pickle=False) as z:
-        missing = [k for k in ("image_id", "X", "feature_names") if k not in z.files]
-        if missing:
-            raise ValueError(f"{npz}: missing arrays {missing}")
-        ids, X, names = z["image_id"].astype(str), z["X"].astype(np.float32), z["feature_names"].astype(str)
-    if X.ndim != 2 or X.shape != (ids.size, names.size):
-        raise ValueError(
-            f"{npz}: X {X.shape} must be (len(image_id)={ids.size}, len(feature_names)={names.size})"
-        )
-    if len(set(ids.tolist())) != ids.size:
-        raise ValueError(f"{npz}: duplicate image ids")
-    index = pd.read_csv(csv, dtype={"image_id": str}).drop_duplicates("image_id").set_index("image_id")
-    absent = np.setdiff1d(ids, index.index.to_numpy(dtype=str))
-    if absent.size:
-        raise ValueError(f"{csv}: {absent.size} feature rows have no index row (e.g. {absent[0]})")
-    return ids, X, names, index.loc[ids].reset_index()
-
-
-def truthy(values) -> np.ndarray:
-    """(N,) bool of a 0/1, True/False or "1"/"true" column."""
-    return pd.Series(values).astype(str).str.strip().str.lower().isin(("1", "1.0", "true")).to_numpy()
-
-
-def labels_of(index: pd.DataFrame, source: str) -> np.ndarray:
-    """(N,) int 0/1 presence labels from an index frame; ValueError when missing."""
-    if "has_pneumothorax" not in index or index["has_pneumothorax"].isna().any():
-        raise ValueError(f"{source}: has_pneumothorax labels missing for some rows")
-    return truthy(index["has_pneumothorax"]).astype(np.int64)
-
-
-def cv_folds(exp_dir: str | Path, ids: np.ndarray, splits: str | Path | None = None) -> np.ndarray:
-    """(N,) int fold of each id from ``prepared/splits.csv``; ValueError for test or fold-less rows."""
-    path = Path(splits) if splits else Path(exp_dir) / "prepared" / "splits.csv"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: splits file not found (written by `segment prepare`)")
-    table = pd.read_csv(path, dtype={"image_id": str}).set_index("image_id")
-    if "fold" not in table:
-        raise ValueError(f"{path}: no 'fold' column")
-    rows = table.reindex(ids)
-    test = rows["split"].astype(str).eq("test").to_numpy() if "split" in rows else np.zeros(ids.size, bool)
-    if test.any():
-        raise ValueError(f"{path}: {test.sum()} oof rows are test-split images (e.g. {ids[test][0]})")
-    fold = rows["fold"].to_numpy(dtype=np.float64)
-    bad = np.isnan(fold) | (fold < 0)
-    if bad.any():
-        raise ValueError(
-            f"{path}: {bad.sum()} of {ids.size} rows lack a fold (e.g. {ids[bad][0]}); the classifier is "
-            "cross-validated on the project's own folds only"
-        )
-    return fold.astype(np.int64)
-
-
-def load_rule(exp_dir: str | Path, key: str) -> dict:
-    """Rule ``key`` ("threshold", "threshold_area", ...) of ``operating_point.json``, without metrics."""
-    path = Path(exp_dir) / "operating_point.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no operating point (run `segment sweep` first)")
-    op = json.loads(path.read_text())
-    if not isinstance(op.get(key), dict) or "rule" not in op[key]:
-        raise ValueError(f"{path}: no rule {key!r}; has {[k for k, v in op.items() if isinstance(v, dict)]}")
-    return {k: v for k, v in op[key].items() if k != "metrics"}
-
-
 def rule_counts_for(exp_dir: str | Path, pred_set: str, ids: np.ndarray, rule: dict) -> np.ndarray:
     """(N, 4) int64 (inter, pred_area, true_area, n_pixels) of ``rule`` for ``ids``, from histograms."""
-    hist = gating.load_histograms(Path(exp_dir) / "predictions" / pred_set)
-    pos = pd.Series(np.arange(hist.image_id.size), index=hist.image_id).reindex(ids)
-    if pos.isna().any():
-        raise ValueError(
-            f"predictions/{pred_set}: no histogram for {pos.isna().sum()} rows (e.g. {ids[pos.isna()][0]})"
-        )
-    counts = np.stack(gating.rule_counts(hist.hist, hist.height, hist.width, rule), axis=1)
-    return counts[pos.to_numpy(dtype=np.int64)]
+    return PredictionSet(ExperimentDir(exp_dir).prediction_set(pred_set)).rule_counts(ids, rule)
 
 
 def _gated_dice(y_true, prob, counts) -> float:
@@ -269,7 +204,7 @@ def _scorer(scoring: str, exp_dir: Path, ids: np.ndarray, dice_rule: str):
         raise ValueError(f"unknown scoring {scoring!r}; valid: {', '.join(SCORINGS)}")
     if scoring != "dice":
         return scoring, {}, nullcontext(), None
-    rule = load_rule(exp_dir, dice_rule)
+    rule = OperatingPoints.read(ExperimentDir(exp_dir).operating_point).rule(dice_rule)
     counts = rule_counts_for(exp_dir, "oof", ids, rule)
     ctx = sklearn.config_context(enable_metadata_routing=True)
     with sklearn.config_context(enable_metadata_routing=True):
@@ -277,37 +212,55 @@ def _scorer(scoring: str, exp_dir: Path, ids: np.ndarray, dice_rule: str):
     return scorer, {"counts": counts}, ctx, rule
 
 
-def _table2(exp: Path, out: Path, names: np.ndarray, models: dict[str, XGBClassifier]) -> dict | str:
-    """Table 2 (table2.csv) + test_probabilities.csv on the test set's truth rows; its metrics dict."""
-    test_dir = exp / "features" / "test"
-    metrics: dict | str = "no test set"
-    if (test_dir / "features.npz").is_file():
-        t_ids, t_X, t_names, t_index = load_feature_table(test_dir)
-        if t_names.tolist() != names.tolist():
-            raise ValueError(f"{test_dir}: feature names differ from the oof set's")
-        truth = truthy(t_index["has_truth"]) if "has_truth" in t_index else np.ones(t_ids.size, bool)
-        if truth.any():
-            t_y = labels_of(t_index[truth], "features/test")
-            probs = {k: m.predict_proba(t_X[truth])[:, 1] for k, m in models.items()}
-            frame = pd.DataFrame({"image_id": t_ids[truth], "has_pneumothorax": t_y, **probs})
-            write_csv_atomic(frame, out / "test_probabilities.csv")
-            metrics = {
-                k: {**presence_report(p >= 0.5, t_y), "roc_auc": roc_auc(p, t_y)} for k, p in probs.items()
-            }
-        else:
-            metrics = "no test set (test images have no truth)"
-    cols = ("precision", "recall", "f1", "support")
-    if isinstance(metrics, dict):
-        rows = [
-            {"model": k, "class": c, **{m: metrics[k][c][m] for m in cols}}
-            for k in models
-            for c in ("absent", "present")
-        ]
-    else:
-        empty = {"precision": np.nan, "recall": np.nan, "f1": np.nan, "support": 0}
-        rows = [{"model": k, "class": "no test set", **empty} for k in models]
-    write_csv_atomic(pd.DataFrame(rows), out / "table2.csv")
-    return metrics
+def _search(X, y, folds, dims, scoring_parts, make, n_iter, n_jobs, seed, progress):
+    """(fitted RandomizedSearchCV, default-parameter CV scores, search seconds)."""
+    scorer, fit_params, ctx, _ = scoring_parts
+    cv = PredefinedSplit(folds)
+    search = RandomizedSearchCV(
+        make(),
+        dims,
+        n_iter=n_iter,
+        scoring=scorer,
+        n_jobs=n_jobs,
+        cv=cv,
+        refit=True,
+        random_state=seed,
+        return_train_score=False,
+        verbose=2 if progress else 0,
+        error_score="raise",
+    )
+    with ctx:
+        t0 = time.perf_counter()
+        search.fit(X, y, **fit_params)
+        seconds = time.perf_counter() - t0
+        default_cv = cross_val_score(make(), X, y, cv=cv, scoring=scorer, params=fit_params or None)
+    return search, default_cv, seconds
+
+
+def _save_search(out: Path, search, dims: dict) -> None:
+    """cv_results.csv with one column per searched parameter and the params as JSON."""
+    results = pd.DataFrame({k: v for k, v in search.cv_results_.items() if not k.startswith("param")})
+    params_list = [{k: _py(v) for k, v in p.items()} for p in search.cv_results_["params"]]
+    for k in dims:
+        results[f"param_{k}"] = [p.get(k) for p in params_list]
+    results["params"] = [json.dumps(p, sort_keys=True) for p in params_list]
+    write_csv_atomic(results, out / "cv_results.csv")
+
+
+def _check_labels(y: np.ndarray, folds: np.ndarray, source: str) -> tuple[int, int]:
+    """(n_pos, n_neg); ValueError when a class is missing or there are fewer positives than folds."""
+    n_pos, n_neg = int(y.sum()), int(y.size - y.sum())
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError(
+            f"{source}: labels hold a single class ({n_pos} present, {n_neg} absent); cannot train"
+        )
+    n_folds = int(np.unique(folds).size)
+    if n_pos < n_folds:
+        raise ValueError(
+            f"{source}: {n_pos} positive studies for {n_folds} folds; the cross-validated search needs "
+            "at least one positive per fold (more data, or fewer folds)"
+        )
+    return n_pos, n_neg
 
 
 def tune(
@@ -331,92 +284,40 @@ def tune(
     per fit (default: all cores when ``n_jobs == 1``, else 1; pass 1 on a crowded machine).
     """
     start = time.perf_counter()
-    exp = Path(exp_dir)
-    out = Path(out_dir) if out_dir else exp / "classifier"
-    ids, X, names, index = load_feature_table(exp / "features" / "oof")
+    exp = ExperimentDir(exp_dir)
+    out = Path(out_dir) if out_dir else exp.classifier
+    oof_dir = exp.feature_set("oof")
+    ids, X, names, index = load_feature_table(oof_dir)
     y = labels_of(index, "features/oof")
-    n_pos, n_neg = int(y.sum()), int(y.size - y.sum())
-    if n_pos == 0 or n_neg == 0:
-        raise ValueError(
-            f"features/oof: labels hold a single class ({n_pos} present, {n_neg} absent); cannot train"
-        )
-    folds = cv_folds(exp, ids)
-    cv = PredefinedSplit(folds)
+    folds = read_folds(exp.splits_csv, ids)
+    n_pos, n_neg = _check_labels(y, folds, str(oof_dir))
     dims = {**search_space(n_neg / n_pos), **(space or {})}
-    scorer, fit_params, ctx, rule = _scorer(scoring, exp, ids, dice_rule)
+    scoring_parts = _scorer(scoring, exp.root, ids, dice_rule)
     xgb_jobs = threads if threads is not None else None if n_jobs == 1 else 1  # no oversubscription
-    base = make_classifier(seed, max_bin, device, n_jobs=xgb_jobs)
-    search = RandomizedSearchCV(
-        base,
-        dims,
-        n_iter=n_iter,
-        scoring=scorer,
-        n_jobs=n_jobs,
-        cv=cv,
-        refit=True,
-        random_state=seed,
-        return_train_score=False,
-        verbose=2 if progress else 0,
-        error_score="raise",
+
+    def make() -> XGBClassifier:
+        return make_classifier(seed, max_bin, device, n_jobs=xgb_jobs)
+
+    search, default_cv, search_seconds = _search(
+        X, y, folds, dims, scoring_parts, make, n_iter, n_jobs, seed, progress
     )
-    with ctx:
-        t0 = time.perf_counter()
-        search.fit(X, y, **fit_params)
-        search_seconds = time.perf_counter() - t0
-        default_cv = cross_val_score(base, X, y, cv=cv, scoring=scorer, params=fit_params or None)
-    default = make_classifier(seed, max_bin, device, n_jobs=xgb_jobs).fit(X, y)
-    tuned = search.best_estimator_
+    default, tuned = make().fit(X, y), search.best_estimator_
     _save_model(tuned, out / "model.ubj")
     _save_model(default, out / "default_model.ubj")
     write_json_atomic(out / "feature_names.json", names.tolist())
-
-    results = pd.DataFrame({k: v for k, v in search.cv_results_.items() if not k.startswith("param")})
-    params_list = [{k: _py(v) for k, v in p.items()} for p in search.cv_results_["params"]]
-    for k in dims:
-        results[f"param_{k}"] = [p.get(k) for p in params_list]
-    results["params"] = [json.dumps(p, sort_keys=True) for p in params_list]
-    write_csv_atomic(results, out / "cv_results.csv")
-
-    test_metrics = _table2(exp, out, names, {"default": default, "tuned": tuned})
-
+    _save_search(out, search, dims)
+    test_metrics = table2(exp, out, names, {"default": default, "tuned": tuned})
     fold_sizes = [
         {"fold": int(f), "n": int((folds == f).sum()), "n_pos": int(y[folds == f].sum())}
         for f in np.unique(folds)
     ]
-    params = {
-        "best_params": {k: _py(v) for k, v in search.best_params_.items()},
-        "best_cv_score": float(search.best_score_),
-        "default_cv_score": float(np.mean(default_cv)),
-        "scoring": scoring,
-        "dice_rule": rule,
-        "n_iter": n_iter,
-        "seed": seed,
-        "n_jobs": n_jobs,
-        "threads": xgb_jobs,
-        "device_requested": device,
-        "base": {
-            "seed": seed,
-            "max_bin": max_bin,
-            "device": base.device,
-            "tree_method": "hist",
-            "eval_metric": "logloss",
-        },
-        "search_space": {k: _describe(v) for k, v in dims.items()},
-        "search_space_doc": SEARCH_SPACE_DOC,
-        "cv": {
-            "kind": "PredefinedSplit(test_fold=splits.csv fold): the project's patient-grouped folds",
-            "n_folds": len(fold_sizes),
-            "folds": fold_sizes,
-        },
-        "n_rows": int(y.size),
-        "n_pos": n_pos,
-        "n_neg": n_neg,
-        "n_features": int(names.size),
-        "feature_names": "feature_names.json",
-        "search_seconds": round(search_seconds, 3),
-        "seconds": round(time.perf_counter() - start, 3),
-        "versions": {"xgboost": xgboost.__version__, "scikit-learn": sklearn.__version__},
-    }
+    run = {
+        "scoring": scoring, "rule": scoring_parts[3], "n_iter": n_iter, "seed": seed, "n_jobs": n_jobs,
+        "threads": xgb_jobs, "device": device, "max_bin": max_bin, "base_device": make().device,
+        "features": read_settings(oof_dir), "fold_sizes": fold_sizes, "n_rows": int(y.size), "n_pos": n_pos,
+        "n_neg": n_neg, "n_features": int(names.size), "search_seconds": search_seconds, "start": start,
+    }  # fmt: skip
+    params = _params_record(search, default_cv, dims, run)
     write_json_atomic(out / "params.json", params)
     metrics = {
         "threshold": 0.5,
@@ -436,4 +337,43 @@ def tune(
         else {k: v["roc_auc"] for k, v in test_metrics.items()},
         "search_seconds": params["search_seconds"],
         "seconds": params["seconds"],
+    }
+
+
+def _params_record(search, default_cv, dims: dict, run: dict) -> dict:
+    """params.json: best params, scores, search space, folds, the features' settings, timing, versions."""
+    return {
+        "best_params": {k: _py(v) for k, v in search.best_params_.items()},
+        "best_cv_score": float(search.best_score_),
+        "default_cv_score": float(np.mean(default_cv)),
+        "scoring": run["scoring"],
+        "dice_rule": run["rule"],
+        "n_iter": run["n_iter"],
+        "seed": run["seed"],
+        "n_jobs": run["n_jobs"],
+        "threads": run["threads"],
+        "device_requested": run["device"],
+        "base": {
+            "seed": run["seed"],
+            "max_bin": run["max_bin"],
+            "device": run["base_device"],
+            "tree_method": "hist",
+            "eval_metric": "logloss",
+        },
+        "search_space": {k: _describe(v) for k, v in dims.items()},
+        "search_space_doc": SEARCH_SPACE_DOC,
+        "cv": {
+            "kind": "PredefinedSplit(test_fold=splits.csv fold): the project's patient-grouped folds",
+            "n_folds": len(run["fold_sizes"]),
+            "folds": run["fold_sizes"],
+        },
+        "features": run["features"],
+        "n_rows": run["n_rows"],
+        "n_pos": run["n_pos"],
+        "n_neg": run["n_neg"],
+        "n_features": run["n_features"],
+        "feature_names": "feature_names.json",
+        "search_seconds": round(run["search_seconds"], 3),
+        "seconds": round(time.perf_counter() - run["start"], 3),
+        "versions": {"xgboost": xgboost.__version__, "scikit-learn": sklearn.__version__},
     }

@@ -13,19 +13,10 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from dualstage.config import AugmentConfig
+from dualstage.data.cache import cached_sizes
 from dualstage.data.prepare import cache_paths, load_cached
 
 __all__ = ["CachedDataset", "build_augment", "EpochSampler", "load_split_table", "cached_sizes"]
-
-
-def cached_sizes(prepared: str | Path) -> list[int]:
-    """Resolutions present in a prepared folder's cache."""
-    base = Path(prepared) / "cache"
-    return (
-        sorted(int(p.name) for p in base.iterdir() if p.is_dir() and p.name.isdigit())
-        if base.is_dir()
-        else []
-    )
 
 
 def load_split_table(prepared: str | Path) -> pd.DataFrame:

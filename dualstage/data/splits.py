@@ -8,12 +8,13 @@ stage one trains fold models on train+val, stage two learns from their out-of-fo
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 
-__all__ = ["make_splits", "PAPER_TEST_FRACTION", "PAPER_VAL_FRACTION"]
+__all__ = ["make_splits", "read_folds", "PAPER_TEST_FRACTION", "PAPER_VAL_FRACTION"]
 
 PAPER_TEST_FRACTION = 1068 / 10675
 PAPER_VAL_FRACTION = 964 / 10675
@@ -86,3 +87,25 @@ def make_splits(
             for fold, (_, part) in enumerate(cv.split(dev, y, g)):
                 df.loc[dev[part], "fold"] = fold
     return df[["image_id", "group", "has_pneumothorax", "split", "fold"]]
+
+
+def read_folds(splits_csv: str | Path, ids: np.ndarray) -> np.ndarray:
+    """(N,) int fold of each id from ``splits.csv``; ValueError for test-split or fold-less rows."""
+    path = Path(splits_csv)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: splits file not found; run `segment prepare` first")
+    table = pd.read_csv(path, dtype={"image_id": str}).set_index("image_id")
+    if "fold" not in table:
+        raise ValueError(f"{path}: no 'fold' column")
+    rows = table.reindex(ids)
+    test = rows["split"].astype(str).eq("test").to_numpy() if "split" in rows else np.zeros(ids.size, bool)
+    if test.any():
+        raise ValueError(f"{path}: {test.sum()} oof rows are test-split images (e.g. {ids[test][0]})")
+    fold = rows["fold"].to_numpy(dtype=np.float64)
+    bad = np.isnan(fold) | (fold < 0)
+    if bad.any():
+        raise ValueError(
+            f"{path}: {bad.sum()} of {ids.size} rows lack a fold (e.g. {ids[bad][0]}); the classifier is "
+            "cross-validated on the project's own folds only"
+        )
+    return fold.astype(np.int64)

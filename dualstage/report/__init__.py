@@ -16,14 +16,15 @@ All numbers are on the held-out ``test`` split; the operating points are those c
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pandas as pd
 
-from dualstage.io import atomic_write_text, write_csv_atomic, write_json_atomic
+from dualstage.gates import BASELINE
+from dualstage.io import atomic_write_text, json_safe, write_csv_atomic, write_json_atomic
+from dualstage.layout import ExperimentDir
 from dualstage.report import figures as F
-from dualstage.report.compare import BASELINE, compare
+from dualstage.report.compare import compare
 from dualstage.report.document import (
     Code,
     Figure,
@@ -38,19 +39,9 @@ from dualstage.report.gallery import gallery as draw_gallery
 from dualstage.report.html import render_html
 from dualstage.report.provenance import provenance
 from dualstage.report.tables import comparison_display, comparison_frame, paper_tables
+from dualstage.segment.operating_points import OperatingPoints
 
 __all__ = ["build_report", "compare"]
-
-
-def _clean(obj):
-    """JSON-safe copy: NaN / inf -> None, tuples -> lists, frames dropped by the caller."""
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 def _ci(d: dict, signed: bool = False) -> str:
@@ -78,7 +69,7 @@ def _headline(cmp: dict) -> list:
             f"(paired; ahead in {w['share_above_zero']:.0%} of {cmp['resamples']} resamples, {sure})."
         )
     b = cmp["baseline"]
-    base = g[BASELINE[0]]["metrics"]["mean_dice"]
+    base = g[BASELINE.key]["metrics"]["mean_dice"]
     clear = "clear of it" if b["lo"] > 0 else "NOT clear of it"
     text += (
         f" All-empty baseline (share of negative studies): {_ci(base)}; best gate minus baseline "
@@ -87,7 +78,9 @@ def _headline(cmp: dict) -> list:
     return [Paragraph(text, "lead")]
 
 
-def _comparison_section(exp: Path, cmp: dict | None, op: dict, error: str | None) -> Section:
+def _comparison_section(
+    exp: Path, cmp: dict | None, op: OperatingPoints | None, error: str | None
+) -> Section:
     sec = Section("Which gate wins (test split)")
     if cmp is None:
         sec.blocks.append(Table("comparison", "Gate comparison on the test split", None, error))
@@ -95,7 +88,7 @@ def _comparison_section(exp: Path, cmp: dict | None, op: dict, error: str | None
     sec.blocks += _headline(cmp)
     sec.blocks.append(
         Paragraph(
-            f"Operating points as chosen on {cmp['chosen_on'] or '?'} ({op.get('n_images', '?')} images, "
+            f"Operating points as chosen on {cmp['chosen_on'] or '?'} ({op.n_images if op else '?'} images, "
             "operating_point.json); classifier gate thresholds chosen on out-of-fold probabilities "
             f"(classifier/gate.json). Scored on the test split only ({cmp['n']} studies, "
             f"{cmp['n_pos']} positive, {cmp['n_neg']} negative), maps from "
@@ -105,7 +98,7 @@ def _comparison_section(exp: Path, cmp: dict | None, op: dict, error: str | None
     display = comparison_display(cmp)
     order = list(cmp["gates"])
     classes = {order.index(cmp["best"]): "best"} if cmp["best"] else {}
-    classes[order.index(BASELINE[0])] = "baseline"
+    classes[order.index(BASELINE.key)] = "baseline"
     ref = cmp["gates"][cmp["reference"]]["name"] if cmp["reference"] else "-"
     sec.blocks.append(
         Table(
@@ -176,14 +169,13 @@ def build_report(
         raise FileNotFoundError(f"{exp}: experiment folder not found")
     out = Path(out) if out else exp / "report"
     figdir = out / "figures"
-    op_path = exp / "operating_point.json"
-    op = json.loads(op_path.read_text()) if op_path.is_file() else {}
+    op = OperatingPoints.read_or_none(ExperimentDir(exp).operating_point)
     cmp, error = None, None
     try:
         cmp = compare(exp, resamples, seed)
     except FileNotFoundError as exc:
         error = f"not run: {exc}"
-    tables, eval_notes = paper_tables(exp, out, op or None)
+    tables, eval_notes = paper_tables(exp, out, op)
     figs = [
         F.dice_vs_threshold(exp, op, figdir),
         F.threshold_area_heatmap(exp, op, figdir),
@@ -215,7 +207,7 @@ def build_report(
     summary = {k: v for k, v in (cmp or {}).items() if k != "per_image"}
     write_json_atomic(
         out / "metrics.json",
-        _clean(
+        json_safe(
             {
                 "comparison": summary or {"error": error},
                 "tables": {

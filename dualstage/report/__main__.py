@@ -1,4 +1,4 @@
-"""``python -m dualstage.report --exp models/<exp>``: write the comparison report of one experiment."""
+"""``python -m dualstage.report --exp models/<exp>`` (or its YAML): write the comparison report."""
 
 from __future__ import annotations
 
@@ -6,12 +6,16 @@ import argparse
 import sys
 
 from dualstage.cli import run_cli
+from dualstage.config import override
+from dualstage.experiment import add_experiment_argument, open_experiment
 
 
 def _report(args: argparse.Namespace) -> int:
     from dualstage.report import build_report
 
-    res = build_report(args.exp, out=args.out, resamples=args.resamples, seed=args.seed, gallery=args.gallery)
+    exp = open_experiment(args.exp)
+    r = override(exp, "report", resamples=args.resamples, seed=args.seed, gallery=args.gallery).report
+    res = build_report(exp.folder, out=args.out, resamples=r.resamples, seed=r.seed, gallery=r.gallery)
     print(res["summary_markdown"])
     if res["best"]:
         print(f"\nbest gate on test: {res['best']}")
@@ -27,13 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compare the gates on the held-out test split (mean Dice with bootstrap intervals), "
         "the papers' tables, figures and provenance: report.md, report.html, metrics.json, figures/.",
     )
-    parser.add_argument("--exp", required=True, help="experiment folder, e.g. models/demo")
+    add_experiment_argument(parser)
     parser.add_argument("--out", default=None, help="output folder (default <exp>/report)")
-    parser.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
-    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
-    parser.add_argument(
-        "--gallery", type=int, default=8, help="studies in the disagreement gallery (default 8)"
-    )
+    parser.add_argument("--resamples", type=int, default=None, help="bootstrap resamples (report.resamples)")
+    parser.add_argument("--seed", type=int, default=None, help="bootstrap seed (report.seed)")
+    parser.add_argument("--gallery", type=int, default=None, help="studies in the gallery (report.gallery)")
     parser.set_defaults(func=_report)
     return parser
 

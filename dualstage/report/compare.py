@@ -21,13 +21,15 @@ import numpy as np
 import pandas as pd
 
 from dualstage import gating
-from dualstage.metrics import dice_from_counts, iou_from_counts, presence_report, summarize_counts
+from dualstage.gates import BASELINE, GATES, REFERENCE, GateSpec
+from dualstage.layout import ExperimentDir
+from dualstage.metrics import dice_from_counts, presence_report, summarize_counts
+from dualstage.segment.operating_points import OperatingPoints, default_rule
+from dualstage.segment.prediction_set import PredictionSet
+from dualstage.tolerance import TOL
 
 __all__ = [
-    "BASELINE",
-    "GATES",
     "METRICS",
-    "REFERENCE",
     "Gate",
     "bootstrap_indices",
     "compare",
@@ -49,17 +51,6 @@ METRICS = {  # key -> column label
     "specificity": "specificity",
     "iou_pos": "IoU (positives)",
 }
-# (key, display name, operating_point.json rule, final/<folder> with decisions.csv or None)
-GATES = (
-    ("default", "no gate (0.5)", None, None),
-    ("threshold", "best threshold", "threshold", None),
-    ("threshold_area", "threshold + min area", "threshold_area", None),
-    ("triplet", "triplet", "triplet", None),
-    ("classifier", "classifier gate", "threshold", "test"),
-    ("classifier_and_area", "classifier AND min area", "threshold_area", "test_area"),
-)
-REFERENCE = "threshold_area"
-BASELINE = ("empty", "all empty (baseline)")
 CONFIDENCE = 0.95
 CHUNK_CELLS = 2_000_000  # resamples x images evaluated at once (bounds memory for large N)
 
@@ -88,27 +79,38 @@ def describe_rule(rule: Mapping) -> str:
     return text + (" + largest component" if rule.get("lcc") else "")
 
 
-def _decisions(exp: Path, folder: str, ids: np.ndarray, pixel_rule: dict, pred_area: np.ndarray):
-    """(decision (N,) int or None, gate threshold or None, reason when unusable)."""
-    d = exp / "final" / folder
-    path = d / "decisions.csv"
+def _decisions(exp: ExperimentDir, spec: GateSpec, ids: np.ndarray, pixel_rule: dict, pred_area: np.ndarray):
+    """(decision (N,) int or None, gate threshold or None, reason when unusable) of a classifier gate."""
+    d = exp.final("test", spec.key)
+    path, shown = d / "decisions.csv", f"final/test/{spec.key}/decisions.csv"
     if not path.is_file():
-        return None, None, f"not run: {path.relative_to(exp)} missing (classify gate)"
+        return None, None, f"not run: {shown} missing (classify gate apply --mode {spec.key})"
     summary = json.loads((d / "summary.json").read_text()) if (d / "summary.json").is_file() else {}
     used = summary.get("pixel_rule")
     if used is not None and {k: v for k, v in used.items() if k != "metrics"} != pixel_rule:
-        return None, None, f"stale: {path.relative_to(exp)} used {describe_rule(used)}, not the chosen rule"
+        return None, None, f"stale: {shown} used {describe_rule(used)}, not the chosen rule"
     table = pd.read_csv(path, dtype={"image_id": str}).drop_duplicates("image_id").set_index("image_id")
     rows = table.reindex(ids)
     if rows["decision"].isna().any():
         missing = int(rows["decision"].isna().sum())
-        return None, None, f"not run: {path.relative_to(exp)} lacks {missing} of {ids.size} test images"
+        return None, None, f"not run: {shown} lacks {missing} of {ids.size} test images"
     keep = rows["decision"].to_numpy(dtype=np.int64)
     if "mask_area_px" in rows and not np.array_equal(
         rows["mask_area_px"].to_numpy(np.int64), pred_area * keep
     ):
-        return None, None, f"stale: {path.relative_to(exp)} mask areas disagree with predictions/test"
+        return None, None, f"stale: {shown} mask areas disagree with predictions/test"
     return keep, summary.get("threshold"), None
+
+
+def _rule_of(spec: GateSpec, op: OperatingPoints | None) -> tuple[dict | None, str | None]:
+    """(the gate's pixel rule, reason when it cannot be scored)."""
+    if op is None:
+        if spec.rule == "default":
+            return default_rule(), None
+        return None, "not run: operating_point.json missing (segment sweep)"
+    if spec.rule not in op.rules:
+        return None, f"not run: no {spec.rule!r} rule in operating_point.json (segment sweep)"
+    return op.rule(spec.rule), None
 
 
 def load_gates(exp_dir: str | Path) -> dict:
@@ -117,36 +119,31 @@ def load_gates(exp_dir: str | Path) -> dict:
     Returns {image_id (N,), true_area (N,), n_pixels (N,), gates: [Gate], skipped: {name: reason},
     chosen_on, fold_model}. Raises FileNotFoundError without ``predictions/test/histograms.npz``.
     """
-    exp = Path(exp_dir)
-    hist = gating.load_histograms(exp / "predictions" / "test")
+    exp = ExperimentDir(exp_dir)
+    pset = PredictionSet(exp.prediction_set("test"))
+    hist = pset.histograms()
     h, H, W = hist.hist, hist.height, hist.width
-    op_path = exp / "operating_point.json"
-    op = json.loads(op_path.read_text()) if op_path.is_file() else {}
+    op = OperatingPoints.read_or_none(exp.operating_point)
     gates: list[Gate] = []
     skipped: dict[str, str] = {}
-    for key, name, op_key, folder in GATES:
-        if op_key is None:
-            rule = {"rule": "threshold", "threshold": 0.5}
-        elif isinstance(op.get(op_key), dict):
-            rule = {k: v for k, v in op[op_key].items() if k != "metrics"}
-        else:
-            why = "operating_point.json missing" if not op else f"no {op_key!r} rule in operating_point.json"
-            skipped[name] = f"not run: {why} (segment sweep)"
+    for spec in GATES:
+        rule, why = _rule_of(spec, op)
+        if rule is None:
+            skipped[spec.label] = why
             continue
         inter, area, true_area, n_pix = gating.rule_counts(h, H, W, rule)
         text, decision = describe_rule(rule), None
-        if folder is not None:
-            decision, thr, reason = _decisions(exp, folder, hist.image_id, rule, area)
+        if spec.classifier:
+            decision, thr, reason = _decisions(exp, spec, hist.image_id, rule, area)
             if reason:
-                skipped[name] = reason
+                skipped[spec.label] = reason
                 continue
             text += f"; classifier p >= {thr:g}" if thr is not None else "; classifier decision"
             inter, area = inter * decision, area * decision
-        gates.append(Gate(key, name, text, rule, inter, area, decision))
+        gates.append(Gate(spec.key, spec.label, text, rule, inter, area, decision))
     zero = np.zeros_like(true_area)
-    gates.append(Gate(*BASELINE, "every mask empty", None, zero, zero, None))
-    index = exp / "predictions" / "test" / "index.csv"
-    frame = pd.read_csv(index) if index.is_file() else pd.DataFrame()
+    gates.append(Gate(BASELINE.key, BASELINE.label, "every mask empty", None, zero, zero, None))
+    frame = pset.index() if pset.exists() else pd.DataFrame()
     fold_model = sorted(frame["fold_model"].astype(str).unique().tolist()) if "fold_model" in frame else []
     return {
         "image_id": hist.image_id,
@@ -154,7 +151,7 @@ def load_gates(exp_dir: str | Path) -> dict:
         "n_pixels": np.asarray(n_pix),
         "gates": gates,
         "skipped": skipped,
-        "chosen_on": op.get("chosen_on"),
+        "chosen_on": op.chosen_on if op else None,
         "fold_model": fold_model,
     }
 
@@ -186,31 +183,26 @@ def _div(num: np.ndarray, den: np.ndarray, empty: float) -> np.ndarray:
 def resampled_metrics(inter, pred_area, true_area, idx: np.ndarray) -> dict[str, np.ndarray]:
     """METRICS of every resample: counts (N,), ``idx`` (B, N) -> {key: (B,) float64}.
 
-    Vectorised over resamples (in chunks of CHUNK_CELLS cells); undefined ratios follow the point
-    estimates: NaN for Dice / accuracy / IoU over an empty class, 0 for precision / recall / F1 /
-    specificity (presence_report's zero_division=0).
+    The challenge metrics come from :func:`dualstage.metrics.summarize_counts` on the (B, N)
+    resampled counts (in chunks of CHUNK_CELLS cells); undefined ratios follow the point estimates:
+    NaN for Dice / accuracy / IoU over an empty class, 0 for precision / recall / F1 / specificity
+    (presence_report's zero_division=0).
     """
-    dice, iou = dice_from_counts(inter, pred_area, true_area), iou_from_counts(inter, pred_area, true_area)
-    pred, true = np.asarray(pred_area) > 0, np.asarray(true_area) > 0
+    i, p, t = (np.asarray(a) for a in (inter, pred_area, true_area))
     out: dict[str, list[np.ndarray]] = {k: [] for k in METRICS}
     step = max(1, CHUNK_CELLS // max(1, idx.shape[1]))
     for s in range(0, idx.shape[0], step):  # chunks of resamples, not single resamples
-        i = idx[s : s + step]
-        d, u, p, t = dice[i], iou[i], pred[i], true[i]
-        n_pos, n = t.sum(axis=1), t.shape[1]
-        n_neg = n - n_pos
-        tp, fp = (p & t).sum(axis=1), (p & ~t).sum(axis=1)
-        tn = n_neg - fp
-        nan = np.nan
-        out["mean_dice"].append(d.mean(axis=1))
-        out["pos_dice"].append(_div(np.where(t, d, 0.0).sum(axis=1), n_pos, nan))
-        out["neg_dice"].append(_div(np.where(t, 0.0, d).sum(axis=1), n_neg, nan))
-        out["pos_accuracy"].append(_div(tp, n_pos, nan))
+        j = idx[s : s + step]
+        m = summarize_counts(i[j], p[j], t[j], 1)
+        for k in ("mean_dice", "pos_dice", "neg_dice", "pos_accuracy", "iou_pos"):
+            out[k].append(np.asarray(m[k], dtype=np.float64))
+        n_pos = np.asarray(m["n_pos"], dtype=np.float64)
+        tp = ((p[j] > 0) & (t[j] > 0)).sum(axis=1)
+        fp = ((p[j] > 0) & (t[j] == 0)).sum(axis=1)
         out["precision"].append(_div(tp, tp + fp, 0.0))
-        out["recall"].append(_div(tp, n_pos, 0.0))
+        out["recall"].append(np.nan_to_num(np.asarray(m["pos_accuracy"], dtype=np.float64), nan=0.0))
         out["f1"].append(_div(2.0 * tp, 2 * tp + fp + (n_pos - tp), 0.0))
-        out["specificity"].append(_div(tn, n_neg, 0.0))
-        out["iou_pos"].append(_div(np.where(t, u, 0.0).sum(axis=1), n_pos, nan))
+        out["specificity"].append(np.nan_to_num(np.asarray(m["neg_accuracy"], dtype=np.float64), nan=0.0))
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
@@ -274,10 +266,10 @@ def compare(exp_dir: str | Path, resamples: int = 2000, seed: int = 0) -> dict:
             if ref
             else None
         )
-    real = [k for k in gates if k != BASELINE[0]]
+    real = [k for k in gates if k != BASELINE.key]
     score = {k: gates[k]["metrics"]["mean_dice"]["value"] for k in real}
     ranked = sorted(real, key=lambda k: (-score[k], real.index(k)))
-    tied = [k for k in ranked if ranked and score[k] >= score[ranked[0]] - 1e-12]
+    tied = [k for k in ranked if ranked and score[k] >= score[ranked[0]] - TOL]
     behind = [k for k in ranked if k not in tied]
 
     def vs(a: str, b: str) -> dict:
@@ -301,6 +293,6 @@ def compare(exp_dir: str | Path, resamples: int = 2000, seed: int = 0) -> dict:
         "best": ranked[0] if ranked else None,
         "tied": tied,
         "winner": vs(ranked[0], behind[0]) if ranked and behind else None,
-        "baseline": vs(ranked[0], BASELINE[0]) if ranked else None,
+        "baseline": vs(ranked[0], BASELINE.key) if ranked else None,
         "per_image": pd.DataFrame(per_image),
     }

@@ -18,12 +18,13 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
+from dualstage.gates import CLASSIFIER_GATES, COLORS  # noqa: E402
 from dualstage.io import atomic_write  # noqa: E402
 from dualstage.metrics import roc_auc  # noqa: E402
 from dualstage.report.document import Figure  # noqa: E402
+from dualstage.segment.operating_points import OperatingPoints  # noqa: E402
 
 __all__ = [
-    "COLORS",
     "classifier_curves",
     "dice_vs_threshold",
     "probability_by_class",
@@ -33,16 +34,7 @@ __all__ = [
 ]
 
 DPI = 90
-COLORS = {  # bright enough for outlines on a radiograph and for lines on white
-    "default": "#e6b800",
-    "threshold": "#1e90ff",
-    "threshold_area": "#ff8c00",
-    "triplet": "#a64dff",
-    "classifier": "#ff2020",
-    "classifier_and_area": "#ff00ff",
-    "empty": "#000000",
-}
-GATE_MODES = {"classifier": "classifier gate", "classifier_and_area": "classifier AND min area"}
+GATE_MODES = {k: g.label for k, g in CLASSIFIER_GATES.items()}
 
 
 def save(fig, path: Path) -> Path:
@@ -61,7 +53,7 @@ def _missing(key: str, caption: str, *paths: Path) -> Figure | None:
     )
 
 
-def dice_vs_threshold(exp: Path, op: dict, out: Path) -> Figure:
+def dice_vs_threshold(exp: Path, op: OperatingPoints | None, out: Path) -> Figure:
     """Mean / positive / negative Dice on test against the threshold; the oof-chosen one marked."""
     key, caption = "dice_vs_threshold", "Dice against the confidence threshold (test split)"
     path = exp / "sweep" / "test" / "thresholds_fine.csv"
@@ -75,7 +67,7 @@ def dice_vs_threshold(exp: Path, op: dict, out: Path) -> Figure:
         ("neg_dice", "negative-case Dice", "#d62728"),
     ):
         ax.plot(t["threshold"], t[col], label=f"{label} (test)", color=color, lw=2)
-    chosen_on = op.get("chosen_on", "selection set")
+    chosen_on = op.chosen_on if op else "selection set"
     sel = exp / "sweep" / str(chosen_on) / "thresholds_fine.csv"
     if sel.is_file():
         s = pd.read_csv(sel)
@@ -84,7 +76,7 @@ def dice_vs_threshold(exp: Path, op: dict, out: Path) -> Figure:
         )
     if {"n", "n_neg"} <= set(t.columns) and len(t):
         ax.axhline(t["n_neg"].iloc[0] / t["n"].iloc[0], ls=":", color="k", label="all empty (test)")
-    thr = op.get("threshold", {}).get("threshold")
+    thr = op.rules.get("threshold", {}).get("threshold") if op else None
     if thr is not None:
         ax.axvline(thr, color="k", lw=1)
         ax.text(thr, 1.02, f" chosen on {chosen_on}: {thr:g}", transform=ax.get_xaxis_transform(), fontsize=9)
@@ -94,9 +86,9 @@ def dice_vs_threshold(exp: Path, op: dict, out: Path) -> Figure:
     return Figure(key, caption, save(fig, out / f"{key}.png"))
 
 
-def threshold_area_heatmap(exp: Path, op: dict, out: Path) -> Figure:
+def threshold_area_heatmap(exp: Path, op: OperatingPoints | None, out: Path) -> Figure:
     """Mean Dice over the threshold x minimum-area grid of the selection set, chosen point marked."""
-    chosen_on = str(op.get("chosen_on", "oof"))
+    chosen_on = op.chosen_on if op else "oof"
     key = "threshold_area_heatmap"
     caption = f"Mean Dice over threshold x minimum area on {chosen_on} (the selection set)"
     path = exp / "sweep" / chosen_on / "table4_threshold_area.csv"
@@ -114,7 +106,7 @@ def threshold_area_heatmap(exp: Path, op: dict, out: Path) -> Figure:
 
     mesh = ax.pcolormesh(edges(ar), edges(th), grid.to_numpy(), cmap="viridis", shading="flat")
     fig.colorbar(mesh, ax=ax, label=f"mean Dice ({chosen_on})")
-    rule = op.get("threshold_area", {})
+    rule = op.rules.get("threshold_area", {}) if op else {}
     if "threshold" in rule:
         ax.plot(rule["min_area"], rule["threshold"], marker="*", ms=16, color="white", mec="k")
         ax.annotate(

@@ -19,9 +19,11 @@ import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from dualstage import gating  # noqa: E402
+from dualstage.data.cache import pick_cache_size  # noqa: E402
 from dualstage.data.prepare import cache_paths, load_cached  # noqa: E402
+from dualstage.gates import COLORS  # noqa: E402
 from dualstage.report.document import Figure  # noqa: E402
-from dualstage.report.figures import COLORS, save  # noqa: E402
+from dualstage.report.figures import save  # noqa: E402
 
 __all__ = ["choose_studies", "gallery"]
 
@@ -46,14 +48,6 @@ def choose_studies(per_image: pd.DataFrame, keys: list[str], n: int) -> pd.DataF
     return frame.head(max(0, n))
 
 
-def _cache_size(prepared: Path) -> int | None:
-    sizes = sorted(int(p.name) for p in (prepared / "cache").glob("*") if p.name.isdigit())
-    if not sizes:
-        return None
-    small = [s for s in sizes if s <= DISPLAY]
-    return small[-1] if small else sizes[0]
-
-
 def _resize(a: np.ndarray, side: int, nearest: bool) -> np.ndarray:
     if a.shape == (side, side):
         return a
@@ -76,7 +70,7 @@ def gallery(exp: Path, cmp: dict, out: Path, n: int = 8) -> Figure:
         return Figure(key, caption, None, "not drawn: --gallery 0")
     if len(gates) < 2:
         return Figure(key, caption, None, "not drawn: fewer than two gates to compare")
-    size = _cache_size(exp / "prepared")
+    size = pick_cache_size(exp / "prepared", DISPLAY, at_most=True)
     maps = exp / "predictions" / "test" / "maps"
     if size is None or not maps.is_dir():
         missing = "prepared/cache" if size is None else "predictions/test/maps"

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import platform
 from importlib import metadata
 from pathlib import Path
+
+from dualstage.gates import CLASSIFIER_GATES
+from dualstage.io import sha256_file
 
 __all__ = ["provenance", "sha256"]
 
@@ -18,20 +20,13 @@ DATED = (
     "classifier/model.ubj",
     "classifier/gate.json",
     "predictions/test/histograms.npz",
-    "final/test/decisions.csv",
-    "final/test_area/decisions.csv",
+    *(f"final/test/{mode}/decisions.csv" for mode in CLASSIFIER_GATES),
 )
 
 
 def sha256(path: Path) -> str | None:
-    """Hex SHA-256 of a file (streamed), None when it does not exist."""
-    if not path.is_file():
-        return None
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    """Hex SHA-256 of a file, None when it does not exist."""
+    return sha256_file(path) if path.is_file() else None
 
 
 def _version(name: str) -> str | None:

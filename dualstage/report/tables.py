@@ -1,9 +1,9 @@
 """Tables: the gate comparison (numbers and display text) and the papers' tables in their own layout.
 
-Stage-one tables come from ``<exp>/evaluation/*.csv`` (``segment evaluate``); when those are
-missing they are computed with :func:`dualstage.segment.evaluate.evaluate` into the report folder.
-Backbone tables also pick up the papers' sibling experiments (``models/progressive_*``,
-``models/dualstage_*``) when they were run, and name those that were not.
+Stage-one tables come from ``<exp>/evaluation/*.csv`` (``segment evaluate``): the report reads
+what evaluate saved and names what is missing. Backbone tables also pick up the paper experiments
+beside this one (any folder whose saved config has ``report.paper_table: progressive`` or
+``dualstage``, whatever its name) and name the papers' backbones that were not run.
 """
 
 from __future__ import annotations
@@ -13,9 +13,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dualstage.classify.tune import PAPER_TABLE2
+from dualstage.classify.table2 import PAPER_TABLE2
+from dualstage.layout import ExperimentDir, find_experiments
 from dualstage.report.compare import METRICS
 from dualstage.report.document import Table
+from dualstage.segment.operating_points import OperatingPoints
 
 __all__ = [
     "DUALSTAGE_BACKBONES",
@@ -26,16 +28,16 @@ __all__ = [
     "stage_one_frames",
 ]
 
-PROGRESSIVE_BACKBONES = {
-    "progressive_resnet34": "ResNet34",
-    "progressive_efficientnet": "EfficientNet",
-    "progressive_seresnext50": "SE-ResNeXt-50",
+PROGRESSIVE_BACKBONES = {  # encoder -> the paper's name (experiments with report.paper_table: progressive)
+    "resnet34": "ResNet34",
+    "efficientnet-b4": "EfficientNet",
+    "se_resnext50_32x4d": "SE-ResNeXt-50",
 }
-DUALSTAGE_BACKBONES = {
-    "dualstage_resnet34": "ResNet34",
-    "dualstage_vgg16": "VGG16",
-    "dualstage_inceptionresnetv2": "InceptionResNetV2",
-    "dualstage_xception": "Xception",
+DUALSTAGE_BACKBONES = {  # encoder -> the paper's name (experiments with report.paper_table: dualstage)
+    "resnet34": "ResNet34",
+    "vgg16": "VGG16",
+    "inceptionresnetv2": "InceptionResNetV2",
+    "xception": "Xception",
 }
 SCORES = {
     "mean_dice": "Mean Dice",
@@ -98,39 +100,44 @@ def _read(path: Path) -> pd.DataFrame | None:
     return pd.read_csv(path) if path.is_file() else None
 
 
+def _paper_siblings(exp: Path, paper: str) -> list[Path]:
+    """Experiments beside ``exp`` whose saved config says ``report.paper_table: <paper>``."""
+    found = []
+    for name, d in find_experiments(exp.parent).items():
+        config = d.read_config()
+        if name != exp.name and (config.get("report") or {}).get("paper_table") == paper:
+            found.append(d.root)
+    return found
+
+
+def _encoder(d: Path) -> str | None:
+    return (ExperimentDir(d).read_config().get("model") or {}).get("encoder")
+
+
 def stage_one_frames(exp: Path, out: Path) -> tuple[dict[str, pd.DataFrame | None], list[str], list[Path]]:
-    """({table name: frame}, notes, experiment folders) of ``segment evaluate``'s tables.
+    """({table name: frame}, notes, experiment folders) of what ``segment evaluate`` saved.
 
-    Reads ``<d>/evaluation/*.csv`` for this experiment and its run paper siblings; computes the
-    missing ones once with ``evaluate`` into ``<out>/evaluation``.
+    Reads ``<d>/evaluation/*.csv`` for this experiment and the paper experiments beside it (found by
+    their saved configs); an experiment whose tables are missing is named in the notes, not re-run.
     """
-    from dualstage.segment.evaluate import evaluate
-
-    names = [n for n in (*PROGRESSIVE_BACKBONES, *DUALSTAGE_BACKBONES) if n != exp.name]
-    dirs = [exp, *(exp.parent / n for n in names if (exp.parent / n / "segmenter").is_dir())]
-    notes: list[str] = []
-    todo = [d for d in dirs if not (d / "evaluation" / "progressive_table2.csv").is_file()]
-    if not (exp / "segmenter").is_dir() and exp in todo:
-        notes.append(f"not run: {exp.name}/segmenter missing (segment train)")
-        todo.remove(exp)
-    computed: dict = {}
-    if todo:
-        try:
-            res = evaluate(todo, out=out / "evaluation")
-            computed, notes = res["tables"], notes + res["notes"]
-        except (FileNotFoundError, ValueError, KeyError) as exc:
-            notes.append(f"not run: segment evaluate failed ({exc})")
+    dirs = list(
+        dict.fromkeys([exp, *_paper_siblings(exp, "progressive"), *_paper_siblings(exp, "dualstage")])
+    )
+    notes = [
+        f"not run: {d.name}/evaluation missing (segment evaluate --exp {d})"
+        for d in dirs
+        if not (ExperimentDir(d).evaluation / "progressive_table2.csv").is_file()
+    ]
     frames: dict[str, pd.DataFrame | None] = {}
     for table in ("progressive_table2", "dualstage_table1"):
         parts = []
         for d in dirs:
-            f = computed.get(table) if d in todo else _read(d / "evaluation" / f"{table}.csv")
+            f = _read(ExperimentDir(d).evaluation / f"{table}.csv")
             if f is not None and "experiment" in f:
                 parts.append(f[f["experiment"].astype(str) == d.name])
         frames[table] = pd.concat(parts, ignore_index=True) if parts else None
     for suffix in ("table3", "table4", "cv", "cv_summary"):
-        name = f"{exp.name}_{suffix}"
-        frames[suffix] = computed.get(name) if exp in todo else _read(exp / "evaluation" / f"{name}.csv")
+        frames[suffix] = _read(ExperimentDir(exp).evaluation / f"{exp.name}_{suffix}.csv")
     return frames, notes, dirs
 
 
@@ -144,8 +151,12 @@ def _not_run(missing: list[str], what: str) -> str | None:
 
 
 def _backbone_table(frame, dirs, paper: dict, key: str, caption: str, columns: dict, footer: str) -> Table:
-    run = {d.name for d in dirs}
-    missing = _not_run([n for n in paper if n not in run], "no models/<name>/ folder")
+    run = {_encoder(d) for d in dirs}
+    missing = _not_run(
+        [label for enc, label in paper.items() if enc not in run], "no experiment with that encoder was run"
+    )
+    if frame is not None:
+        frame = frame[frame["experiment"].astype(str).isin({d.name for d in dirs})]
     if frame is None or frame.empty:
         return Table(
             key,
@@ -153,9 +164,7 @@ def _backbone_table(frame, dirs, paper: dict, key: str, caption: str, columns: d
             None,
             "not run: no experiment with test predictions" + (f"; {missing}" if missing else ""),
         )
-    out = pd.DataFrame(
-        {"Backbone": [paper.get(e, b) for e, b in zip(frame["experiment"], frame["backbone"], strict=True)]}
-    )
+    out = pd.DataFrame({"Backbone": [paper.get(b, b) for b in frame["backbone"].astype(str)]})
     for col, label in columns.items():
         out[label] = frame[col] if col in frame else np.nan
     out["Experiment"] = frame["experiment"].astype(str)
@@ -189,13 +198,15 @@ def _dual_table2(exp: Path) -> Table:
     return Table("dual_table2", caption, pd.DataFrame(rows))
 
 
-def paper_tables(exp: Path, out: Path, chosen: dict | None) -> tuple[list[Table], list[str]]:
+def paper_tables(exp: Path, out: Path, chosen: OperatingPoints | None) -> tuple[list[Table], list[str]]:
     """The papers' tables (progressive 2, 3, 4, k-fold; dual-stage 1, 2) and evaluate's notes."""
     frames, notes, dirs = stage_one_frames(exp, out)
+    prog = [d for d in dirs if d == exp or d in _paper_siblings(exp, "progressive")]
+    dual = [d for d in dirs if d == exp or d in _paper_siblings(exp, "dualstage")]
     tables = [
         _backbone_table(
             frames["progressive_table2"],
-            dirs,
+            prog,
             PROGRESSIVE_BACKBONES,
             "prog_table2",
             "Progressive paper, Table 2: backbones (test split, threshold 0.5)",
@@ -204,7 +215,7 @@ def paper_tables(exp: Path, out: Path, chosen: dict | None) -> tuple[list[Table]
         )
     ]
     t3 = frames["table3"]
-    thr = (chosen or {}).get("threshold", {}).get("threshold")
+    thr = chosen.rules.get("threshold", {}).get("threshold") if chosen else None
     tables.append(
         Table(
             "prog_table3",
@@ -248,7 +259,7 @@ def paper_tables(exp: Path, out: Path, chosen: dict | None) -> tuple[list[Table]
     tables.append(
         _backbone_table(
             frames["dualstage_table1"],
-            dirs,
+            dual,
             DUALSTAGE_BACKBONES,
             "dual_table1",
             "Dual-stage paper, Table 1: loss, IoU, accuracy per backbone (test split, threshold 0.5)",

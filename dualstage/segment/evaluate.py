@@ -23,7 +23,9 @@ import pandas as pd
 
 from dualstage import gating
 from dualstage.io import atomic_write_text, write_csv_atomic, write_json_atomic
+from dualstage.layout import ExperimentDir
 from dualstage.metrics import summarize_counts
+from dualstage.segment.operating_points import OperatingPoints, default_rule, read_chosen_table
 
 __all__ = ["evaluate", "TABLE4_AREAS"]
 
@@ -40,9 +42,23 @@ def _scores(hist: gating.Histograms, rule: dict) -> dict:
 
 
 def _encoder(exp: Path) -> str:
-    for cfg in sorted((exp / "segmenter").glob("*/config.json")):
+    config = ExperimentDir(exp).read_config()
+    if config:
+        return config["model"]["encoder"]
+    for cfg in sorted((exp / "segmenter").glob("*/config.json")):  # runs saved before experiment.json
         return json.loads(cfg.read_text())["model"]["encoder"]
     return "?"
+
+
+def _chosen_scores(exp: Path, test: gating.Histograms, op: OperatingPoints) -> tuple[dict, dict]:
+    """(best rule, its test scores): from histograms, or from the sweep's test table for a
+    largest-component rule (its counts need the maps, which the sweep already scored)."""
+    chosen = op.rule("best")
+    if not chosen.get("lcc"):
+        return chosen, _scores(test, chosen)
+    table = read_chosen_table(ExperimentDir(exp).sweep / "test")
+    row = table.loc[op.best_rule]
+    return chosen, {k: float(row[k]) for k in KEYS}
 
 
 def _load(set_dir: Path) -> gating.Histograms | None:
@@ -62,21 +78,20 @@ def _backbone_rows(exp: Path, notes: list[str]) -> tuple[dict | None, dict | Non
     if test is None:
         notes.append(f"{exp.name}: no predictions/test/histograms.npz (run segment predict --split test)")
         return None, None
-    default = _scores(test, {"rule": "threshold", "threshold": 0.5})
+    op = OperatingPoints.read_or_none(ExperimentDir(exp).operating_point)
+    default_point = op.rule("default") if op is not None else default_rule()
+    default = _scores(test, default_point)
     row2 = {
         "experiment": exp.name,
         "backbone": _encoder(exp),
-        "operating_point": "threshold 0.5",
+        "operating_point": f"threshold {default_point['threshold']:g}",
         "n": default["n"],
     }
     row2.update({k: default[k] for k in KEYS})
-    op_path = exp / "operating_point.json"
-    if op_path.exists():
-        op = json.loads(op_path.read_text())
-        chosen = op[op["best_rule"]]
-        scored = _scores(test, chosen)
+    if op is not None:
+        chosen, scored = _chosen_scores(exp, test, op)
         row2.update({f"chosen_{k}": scored[k] for k in KEYS})
-        row2["chosen_rule"] = json.dumps({k: v for k, v in chosen.items() if k != "metrics"})
+        row2["chosen_rule"] = json.dumps(chosen)
     row1 = {
         "experiment": exp.name,
         "backbone": _encoder(exp),
@@ -95,20 +110,20 @@ def _table3(exp: Path, notes: list[str]) -> pd.DataFrame | None:
         notes.append(f"{exp.name}: Table 3 not available ({path} missing: run segment sweep)")
         return None
     table = pd.read_csv(path)
-    op_path = exp / "operating_point.json"
-    if op_path.exists():
-        chosen = json.loads(op_path.read_text())["threshold"]["threshold"]
+    op = OperatingPoints.read_or_none(ExperimentDir(exp).operating_point)
+    if op is not None:
+        chosen = op.rule("threshold")["threshold"]
         table["chosen_on_selection_set"] = np.isclose(table["threshold"], chosen)
     return table[["threshold", *KEYS, *[c for c in table.columns if c == "chosen_on_selection_set"]]]
 
 
 def _table4(exp: Path, notes: list[str]) -> pd.DataFrame | None:
-    op_path = exp / "operating_point.json"
+    op = OperatingPoints.read_or_none(ExperimentDir(exp).operating_point)
     test = _load(exp / "predictions" / "test")
-    if not op_path.exists() or test is None:
+    if op is None or test is None:
         notes.append(f"{exp.name}: Table 4 not available (needs operating_point.json and test predictions)")
         return None
-    chosen_on = json.loads(op_path.read_text())["chosen_on"]
+    chosen_on = op.chosen_on
     sel = pd.read_csv(exp / "sweep" / chosen_on / "table4_threshold_area.csv")
     rows = []
     for area in TABLE4_AREAS:

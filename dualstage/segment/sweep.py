@@ -25,12 +25,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
-from tqdm.auto import tqdm
 
 from dualstage import gating
-from dualstage.io import write_csv_atomic, write_json_atomic
+from dualstage.io import write_csv_atomic
 from dualstage.metrics import summarize_counts
+from dualstage.progress import progress as progress_iter
+from dualstage.segment.operating_points import OperatingPoints, default_rule
+from dualstage.segment.prediction_set import PredictionSet
+from dualstage.tolerance import TOL, tied_mask
 
 __all__ = ["run_sweep", "find_sets", "selection_set", "lcc_sweep", "truth_from_rle_csv", "COARSE", "FINE"]
 
@@ -114,14 +116,16 @@ def lcc_sweep(
     set_dir: str | Path, hist: gating.Histograms, thresholds, truth: TruthFn, progress: bool = True
 ):
     """Threshold + largest-component metrics (T,), streaming one map at a time from ``maps/``."""
+    pset = PredictionSet(set_dir)
     lv = gating.levels(np.atleast_1d(thresholds))
     order = np.argsort(lv, kind="stable")
     inter = np.zeros((lv.size, len(hist.image_id)), dtype=np.int64)
     area = np.zeros_like(inter)
-    for i, image_id in enumerate(tqdm(hist.image_id, desc=f"lcc {Path(set_dir).name}", disable=not progress)):
-        path = Path(set_dir) / "maps" / f"{image_id}.png"
-        with Image.open(path) as im:
-            q = np.asarray(im)
+    for i, image_id in enumerate(
+        progress_iter(hist.image_id, desc=f"lcc {Path(set_dir).name}", enabled=progress)
+    ):
+        path = pset.map_path(image_id)
+        q = pset.read_map(image_id)
         true = np.asarray(truth(image_id, int(hist.height[i]), int(hist.width[i]))) > 0
         if q.shape != true.shape or q.shape != (hist.height[i], hist.width[i]) or q.dtype != np.uint8:
             raise ValueError(
@@ -149,8 +153,8 @@ def _frame(params: dict, res: dict) -> pd.DataFrame:
 
 
 def _best(table: pd.DataFrame, keys: list[str], ascending: list[bool]) -> pd.Series:
-    """Row with the highest mean Dice; ties (1e-12) broken by ``keys`` in order."""
-    top = table[table["mean_dice"] >= table["mean_dice"].max() - 1e-12]
+    """Row with the highest mean Dice; ties (within TOL) broken by ``keys`` in order."""
+    top = table[tied_mask(table["mean_dice"].to_numpy())]
     return top.sort_values(keys, ascending=ascending, kind="mergesort").iloc[0]
 
 
@@ -242,6 +246,35 @@ def _score(rule: dict, hist: gating.Histograms, tables: dict) -> dict:
     return summarize_counts(*gating.rule_counts(hist.hist, hist.height, hist.width, rule))
 
 
+def _score_all(rules: dict, hist: gating.Histograms, tables: dict, out: Path) -> dict:
+    """{rule name: metrics} of every chosen rule on one set; writes that set's chosen.csv."""
+    metric_names = [c for c in tables["thresholds_fine"].columns if c != "threshold"]
+    scored = {k: _metrics(_score(r, hist, tables), metric_names) for k, r in rules.items()}
+    rows = [{"name": k, **r, **scored[k]} for k, r in rules.items()]
+    columns = ["name", "rule", "threshold", "min_area", "top", "bottom", "lcc", *metric_names]
+    write_csv_atomic(pd.DataFrame(rows).reindex(columns=columns), out / "chosen.csv")
+    return scored
+
+
+def _grid(grids: dict, lcc: bool) -> dict:
+    """The searched grids and conventions, recorded beside the chosen points."""
+    return {
+        "thresholds_coarse": _describe(grids["coarse"]),
+        "thresholds_fine": _describe(grids["fine"]),
+        "min_areas": _describe(grids["min_areas"]),
+        "triplet": {
+            "tops": _describe(grids["tops"]),
+            "bottoms": _describe(grids["bottoms"]),
+            "keep": "bottom <= top",
+        },
+        **({"lcc_thresholds": _describe(grids["lcc"])} if lcc else {}),
+        "pixel_rule": "positive iff q >= floor(t * 255) + 1, q = round(p * 255)",
+        "min_area_unit": "pixels at 1024x1024: area * 1024^2 / (H * W)",
+        "tie_break": "smaller min_area, then smaller top - bottom, then lower threshold; rules in order "
+        + " < ".join(RULE_ORDER),
+    }
+
+
 def run_sweep(
     pred_root: str | Path,
     out_dir: str | Path,
@@ -256,6 +289,7 @@ def run_sweep(
     lcc_thresholds: Sequence[float] = LCC_THRESHOLDS,
     truth: str | Path | TruthFn | None = None,
     progress: bool = True,
+    default_threshold: float = 0.5,
 ) -> dict:
     """Sweep the selection set and the report sets, write tables + ``operating_point.json``.
 
@@ -280,50 +314,26 @@ def run_sweep(
         "bottoms": np.asarray(bottoms, dtype=np.float64),
         "lcc": np.asarray(lcc_thresholds, dtype=np.float64),
     }
-    op, summary = None, {"chosen_on": chosen_set, "report": {}, "skipped": skipped}
-    for name in tqdm([chosen_set, *report], desc="sweep sets", disable=not progress):
+    summary = {"chosen_on": chosen_set, "report": {}, "skipped": skipped}
+    rules: dict = {}
+    op = None
+    for name in progress_iter([chosen_set, *report], desc="sweep sets", enabled=progress):
         hist, tables = _sweep_set(
             root / name, out / "sweep" / name, grids, truth_fn, progress, name == chosen_set
         )
         if op is None:  # the selection set comes first
-            metric_names = [c for c in tables["thresholds_fine"].columns if c != "threshold"]
-            rules = {"default": {"rule": "threshold", "threshold": 0.5}, **_choose(tables)}
-        scored = {
-            k: {**r, "metrics": _metrics(_score(r, hist, tables), metric_names)} for k, r in rules.items()
-        }
-        rows = [
-            {"name": k, **{p: v for p, v in r.items() if p != "metrics"}, **r["metrics"]}
-            for k, r in scored.items()
-        ]
-        columns = ["name", "rule", "threshold", "min_area", "top", "bottom", "lcc", *metric_names]
-        write_csv_atomic(pd.DataFrame(rows).reindex(columns=columns), out / "sweep" / name / "chosen.csv")
+            rules = {"default": default_rule(default_threshold), **_choose(tables)}
+        scored = _score_all(rules, hist, tables, out / "sweep" / name)
         if op is None:
-            dice = {k: scored[k]["metrics"]["mean_dice"] for k in RULE_ORDER if k in scored}
-            best = next(k for k, v in dice.items() if v >= max(dice.values()) - 1e-12)
-            op = {"chosen_on": name, "n_images": len(hist.image_id), **scored, "best_rule": best}
-        summary["report"][name] = {k: r["metrics"]["mean_dice"] for k, r in scored.items()}
-    op["grid"] = {
-        "thresholds_coarse": _describe(grids["coarse"]),
-        "thresholds_fine": _describe(grids["fine"]),
-        "min_areas": _describe(grids["min_areas"]),
-        "triplet": {
-            "tops": _describe(grids["tops"]),
-            "bottoms": _describe(grids["bottoms"]),
-            "keep": "bottom <= top",
-        },
-        **({"lcc_thresholds": _describe(grids["lcc"])} if lcc else {}),
-        "pixel_rule": "positive iff q >= floor(t * 255) + 1, q = round(p * 255)",
-        "min_area_unit": "pixels at 1024x1024: area * 1024^2 / (H * W)",
-        "tie_break": "smaller min_area, then smaller top - bottom, then lower threshold; rules in order "
-        + " < ".join(RULE_ORDER),
-    }
-    write_json_atomic(out / "operating_point.json", op)
+            dice = {k: scored[k]["mean_dice"] for k in RULE_ORDER if k in scored}
+            best = next(k for k, v in dice.items() if v >= max(dice.values()) - TOL)
+            op = OperatingPoints(name, len(hist.image_id), best, rules, scored, _grid(grids, lcc))
+        summary["report"][name] = {k: m["mean_dice"] for k, m in scored.items()}
+    op.write(Path(out_dir) / "operating_point.json")
     summary.update(
-        n_images=op["n_images"],
-        best_rule=op["best_rule"],
-        operating_points={
-            k: {p: v for p, v in r.items() if p != "metrics"} for k, r in op.items() if k in rules
-        },
+        n_images=op.n_images,
+        best_rule=op.best_rule,
+        operating_points=op.rules,
         seconds=round(time.perf_counter() - start, 3),
     )
     return summary

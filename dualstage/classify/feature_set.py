@@ -1,0 +1,98 @@
+"""A feature set (``features/<set>/``): the typed hand-off of ``classify features``.
+
+    features.npz          image_id (N,) str, X (N, F) float32, feature_names (F,) str
+    index.csv             image_id, split, fold_model, has_truth, has_pneumothorax, stat_* columns
+    features.json         the settings the rows were made with (weights, image_size, version) + counts
+    parts/<image_id>.npy  (F,) float32 row of one image: the resume cache
+
+``classify features`` writes it; ``tune`` and ``gate`` read it through :func:`load_feature_table`
+and compare settings through :func:`read_settings` / :func:`check_same_settings`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "SETTING_KEYS",
+    "load_feature_table",
+    "read_settings",
+    "check_same_settings",
+    "truthy",
+    "labels_of",
+]
+
+SETTING_KEYS = ("weights", "weights_sha256", "image_size", "version")
+
+
+def load_feature_table(features_dir: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, pd.DataFrame]:
+    """(ids (N,) str, X (N, F) float32, names (F,) str, index rows aligned to ids) of a feature set."""
+    d = Path(features_dir)
+    npz, csv = d / "features.npz", d / "index.csv"
+    for p in (npz, csv):
+        if not p.is_file():
+            raise FileNotFoundError(f"{p}: missing; run `classify features` first")
+    try:
+        with np.load(npz, allow_pickle=False) as z:
+            missing = [k for k in ("image_id", "X", "feature_names") if k not in z.files]
+            if missing:
+                raise ValueError(f"{npz}: missing arrays {missing}")
+            ids, X = z["image_id"].astype(str), z["X"].astype(np.float32)
+            names = z["feature_names"].astype(str)
+    except (OSError, EOFError) as exc:
+        raise ValueError(f"{npz}: unreadable features file ({exc})") from None
+    if X.ndim != 2 or X.shape != (ids.size, names.size):
+        raise ValueError(
+            f"{npz}: X {X.shape} must be (len(image_id)={ids.size}, len(feature_names)={names.size})"
+        )
+    if len(set(ids.tolist())) != ids.size:
+        raise ValueError(f"{npz}: duplicate image ids")
+    index = pd.read_csv(csv, dtype={"image_id": str}).drop_duplicates("image_id").set_index("image_id")
+    absent = np.setdiff1d(ids, index.index.to_numpy(dtype=str))
+    if absent.size:
+        raise ValueError(f"{csv}: {absent.size} feature rows have no index row (e.g. {absent[0]})")
+    return ids, X, names, index.loc[ids].reset_index()
+
+
+def read_settings(features_dir: str | Path) -> dict:
+    """{weights, weights_sha256, image_size, version} recorded in ``features.json`` ({} when absent)."""
+    path = Path(features_dir) / "features.json"
+    if not path.is_file():
+        return {}
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    return {k: record.get(k) for k in SETTING_KEYS}
+
+
+def _describe(s: dict) -> str:
+    return f"weights={s.get('weights')!r}, image_size={s.get('image_size')}"
+
+
+def check_same_settings(expected: dict, features_dir: str | Path, what: str) -> None:
+    """ValueError naming both settings when ``features_dir`` was made differently from ``expected``."""
+    got = read_settings(features_dir)
+    if not expected or not got:
+        return
+    if any(expected.get(k) != got.get(k) for k in SETTING_KEYS):
+        raise ValueError(
+            f"{features_dir}: features made with {_describe(got)}, but {what} was fit on features made with "
+            f"{_describe(expected)}; re-run `classify features` with those settings"
+        )
+
+
+def truthy(values) -> np.ndarray:
+    """(N,) bool of a 0/1, True/False or "1"/"true" column."""
+    return pd.Series(values).astype(str).str.strip().str.lower().isin(("1", "1.0", "true")).to_numpy()
+
+
+def labels_of(index: pd.DataFrame, source: str) -> np.ndarray:
+    """(N,) int 0/1 presence labels from an index frame; ValueError when missing."""
+    if "has_pneumothorax" not in index or index["has_pneumothorax"].isna().any():
+        raise ValueError(f"{source}: has_pneumothorax labels missing for some rows")
+    return truthy(index["has_pneumothorax"]).astype(np.int64)

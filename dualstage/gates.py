@@ -1,0 +1,47 @@
+"""The gate table: every way of turning probability maps into final masks, in one place.
+
+Used by ``classify gate`` (modes and output folders), the report's comparison (order, labels,
+rules) and its figures (colours). ``rule`` names the operating point in ``operating_point.json``
+whose pixel rule the gate applies; ``classifier`` gates additionally empty a mask when the
+presence classifier says "absent". Classifier gates write ``final/<set>/<key>/``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["GateSpec", "GATES", "BASELINE", "REFERENCE", "CLASSIFIER_GATES", "gate_spec", "COLORS", "LABELS"]
+
+
+@dataclass(frozen=True)
+class GateSpec:
+    """One gate: key, display label, colour, operating-point rule, whether the classifier gates it."""
+
+    key: str
+    label: str
+    color: str
+    rule: str | None  # operating_point.json key; None: no pixel rule (all empty)
+    classifier: bool = False
+
+
+GATES: tuple[GateSpec, ...] = (
+    GateSpec("default", "no gate (0.5)", "#e6b800", "default"),
+    GateSpec("threshold", "best threshold", "#1e90ff", "threshold"),
+    GateSpec("threshold_area", "threshold + min area", "#ff8c00", "threshold_area"),
+    GateSpec("triplet", "triplet", "#a64dff", "triplet"),
+    GateSpec("classifier", "classifier gate", "#ff2020", "threshold", classifier=True),
+    GateSpec("classifier_and_area", "classifier AND min area", "#ff00ff", "threshold_area", classifier=True),
+)
+BASELINE = GateSpec("empty", "all empty (baseline)", "#000000", None)
+REFERENCE = "threshold_area"  # the gate every other one is compared with
+CLASSIFIER_GATES: dict[str, GateSpec] = {g.key: g for g in GATES if g.classifier}
+COLORS: dict[str, str] = {g.key: g.color for g in (*GATES, BASELINE)}
+LABELS: dict[str, str] = {g.key: g.label for g in (*GATES, BASELINE)}
+
+
+def gate_spec(key: str) -> GateSpec:
+    """The gate named ``key``; ValueError listing the valid keys."""
+    for g in (*GATES, BASELINE):
+        if g.key == key:
+            return g
+    raise ValueError(f"unknown gate {key!r}; valid gates: {', '.join(g.key for g in (*GATES, BASELINE))}")
