@@ -48,7 +48,21 @@ def run(module: str, *args: object, timeout: float = 60) -> subprocess.Completed
 
 def prepare_args(data: Path, out: Path, *extra: object) -> list[object]:
     """``segment prepare`` arguments for a tiny run (later options override earlier ones)."""
-    return ["prepare", "--data", data, "--out", out, "--sizes", SIZE, "--folds", 2, "--workers", 1, *extra]
+    return [
+        "prepare",
+        "--data",
+        data,
+        "--out",
+        out,
+        "--sizes",
+        SIZE,
+        "--folds",
+        2,
+        "--workers",
+        1,
+        "--no-progress",
+        *extra,
+    ]
 
 
 def prepare(data: Path, out: Path, *extra: object, timeout: float = 60) -> subprocess.CompletedProcess:

@@ -22,7 +22,7 @@ from dualstage.experiment import (
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from dualstage.pipeline import prepare_experiment, prepare_folder
+    from dualstage.steps import prepare_experiment, prepare_folder
 
     if args.exp:
         exp = open_experiment(args.exp, data=args.data)
@@ -86,7 +86,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from dualstage.pipeline import sweep_experiment
+    from dualstage.steps import sweep_experiment
 
     exp = override(open_experiment(args.exp), "sweep", select_on=args.select_on, lcc=args.lcc or None)
     summary = sweep_experiment(exp, progress=not args.no_progress)
