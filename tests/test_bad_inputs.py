@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import gzip
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -313,33 +314,36 @@ def test_read_only_out(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- option ranges
+# The message names the option or its config key (data.sizes, data.n_folds, ...) and the value.
 @pytest.mark.parametrize(
-    ("extra", "needle"),
+    ("extra", "pattern"),
     [
-        (["--sizes", "0"], "--sizes 0: each cache size must be an integer in [32, 4096] px"),
-        (["--sizes", "64", "100000"], "--sizes 100000:"),
-        (["--folds", "0"], "--folds 0: k folds need k >= 2"),
-        (["--folds", "1"], "--folds 1: k folds need k >= 2"),
-        (["--workers", "-1"], "--workers -1: must be an integer >= 0"),
-        (["--test-fraction", "0"], "--test-fraction 0.0: must be in (0, 1)"),
-        (["--val-fraction", "1.5"], "--val-fraction 1.5: must be in (0, 1)"),
-        (["--test-fraction", "0.6", "--val-fraction", "0.5"], "must sum below 1"),
+        (["--sizes", "0"], r"sizes\b.*\b0\b"),
+        (["--sizes", "64", "100000"], r"sizes\b.*\b100000\b"),
+        (["--folds", "0"], r"folds\b.*\b0\b"),
+        (["--folds", "1"], r"folds\b.*\b1\b"),
+        (["--workers", "-1"], r"workers\b.*-1\b"),
+        (["--test-fraction", "0"], r"test.fraction\b.*\b0(\.0)?\b"),
+        (["--val-fraction", "1.5"], r"val.fraction\b.*\b1\.5\b"),
+        (["--test-fraction", "0.6", "--val-fraction", "0.5"], r"fraction\b.*\b0\.[56]\b"),
     ],
     ids=lambda v: " ".join(v) if isinstance(v, list) else None,
 )
-def test_option_out_of_range(tmp_path: Path, extra: list[str], needle: str) -> None:
+def test_option_out_of_range(tmp_path: Path, extra: list[str], pattern: str) -> None:
     data = good_siim(tmp_path / "data")
     before = snapshot(tmp_path)
-    assert_error(prepare(data, tmp_path / "out", *extra), needle)
+    line = assert_error(prepare(data, tmp_path / "out", *extra))
+    assert re.search(pattern, line), line
     assert_confined(tmp_path, before, None)
 
 
 def test_debug_flag_shows_the_traceback(tmp_path: Path) -> None:
     data = good_siim(tmp_path / "data")
-    proc = run("dualstage.segment", "--debug", *prepare_args(data, tmp_path / "out", "--sizes", "0"))
-    assert proc.returncode == 1 and "Traceback" in proc.stderr and "ValueError: --sizes 0" in proc.stderr
-    proc = run("dualstage.segment", *prepare_args(data, tmp_path / "out", "--sizes", "0", "--debug"))
-    assert proc.returncode == 1 and "Traceback" in proc.stderr
+    for argv in (["--debug", *prepare_args(data, tmp_path / "out", "--sizes", "0")],
+                 prepare_args(data, tmp_path / "out", "--sizes", "0", "--debug")):  # fmt: skip
+        proc = run("dualstage.segment", *argv)
+        last = proc.stderr.strip().splitlines()[-1]
+        assert proc.returncode == 1 and "Traceback" in proc.stderr and "sizes" in last, proc.stderr
 
 
 # ----------------------------------------------------------------------------- missing or corrupt inputs
