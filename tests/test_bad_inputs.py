@@ -1,172 +1,34 @@
-"""Bad and hostile inputs through the public commands: one line, exit 2, nothing outside --out.
+"""Bad and hostile dataset inputs through ``segment prepare``: rejected rows or one line, exit 2.
 
-Each case runs a command (``python -m dualstage.segment prepare``, ``python -m
-dualstage.data.phantom``, ``python -m dualstage run``) on tiny inputs and asserts the exit
-code, that stderr is one ``error: ...`` line without a traceback naming the file / row /
-key, the ``rejected.csv`` rows where bad items are skipped, and that nothing changed
-outside the output folder (a snapshot of the case folder before and after).
-
-The helpers at the top build inputs; add a case by building its input with them and
-calling :func:`run` plus :func:`assert_error` / :func:`assert_confined`.
+Each case runs the public command on tiny inputs and asserts the exit code, that stderr is
+one ``error: ...`` line without a traceback naming the file / row / key, the
+``rejected.csv`` rows where bad items are skipped (the batch goes on), and that nothing
+changed outside the output folder. Helpers: ``tests/bad_input_kit.py``; option, output
+folder, other-command and interrupt cases: ``tests/test_bad_inputs_commands.py``.
 """
 
 from __future__ import annotations
 
-import csv
 import gzip
 import os
-import re
-import signal
-import stat
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
-from PIL import Image
+from bad_input_kit import (
+    assert_confined,
+    assert_error,
+    assert_ok,
+    good_siim,
+    manifest_ids,
+    png_layout,
+    prepare,
+    rejected_rows,
+    run,
+    siim_layout,
+    snapshot,
+)
 
 from dualstage.data.ids import show_id
-
-ROOT = Path(__file__).resolve().parents[1]
-ENV = {
-    **{k: v for k, v in os.environ.items() if k != "DUALSTAGE_DEBUG"},
-    "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-    "HF_HUB_OFFLINE": "1",
-    "NO_ALBUMENTATIONS_UPDATE": "1",
-}
-SIZE = 64
-
-
-# ----------------------------------------------------------------------------- running
-def run(module: str, *args: object, timeout: float = 60) -> subprocess.CompletedProcess:
-    """``python -m module args...`` with this checkout importable; output captured as text."""
-    cmd = [sys.executable, "-m", module, *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=ENV)
-
-
-def prepare_args(data: Path, out: Path, *extra: object) -> list[object]:
-    """``segment prepare`` arguments for a tiny run (later options override earlier ones)."""
-    return [
-        "prepare",
-        "--data",
-        data,
-        "--out",
-        out,
-        "--sizes",
-        SIZE,
-        "--folds",
-        2,
-        "--workers",
-        1,
-        "--no-progress",
-        *extra,
-    ]
-
-
-def prepare(data: Path, out: Path, *extra: object, timeout: float = 60) -> subprocess.CompletedProcess:
-    return run("dualstage.segment", *prepare_args(data, out, *extra), timeout=timeout)
-
-
-def assert_error(proc: subprocess.CompletedProcess, *needles: str, code: int = 2) -> str:
-    """Exit ``code``, stderr exactly one ``error:`` line, no traceback, each needle in it."""
-    assert proc.returncode == code, (proc.returncode, proc.stderr[-2000:])
-    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
-
-
-def assert_ok(proc: subprocess.CompletedProcess) -> None:
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr
-
-
-# ----------------------------------------------------------------------------- snapshots
-def snapshot(root: Path) -> dict[str, tuple]:
-    """Every path below ``root`` (links not followed): its mode, and a file's size and mtime."""
-    found = {}
-    for folder, dirs, names in os.walk(root):
-        for name in dirs + names:
-            path = os.path.join(folder, name)
-            st = os.lstat(path)
-            is_dir = stat.S_ISDIR(st.st_mode)  # a folder's own size and time change with its entries
-            found[os.path.relpath(path, root)] = (
-                (st.st_mode,) if is_dir else (st.st_mode, st.st_size, st.st_mtime_ns)
-            )
-    return found
-
-
-def assert_confined(root: Path, before: dict, out: Path | None) -> None:
-    """Nothing below ``root`` was added, changed or removed except inside ``out``."""
-    after = snapshot(root)
-    inside = os.path.relpath(out, root) if out is not None else None
-
-    def outside(rel: str) -> bool:
-        return inside is None or not (rel == inside or rel.startswith(inside + os.sep))
-
-    changed = {p for p in before.keys() | after.keys() if outside(p) and before.get(p) != after.get(p)}
-    assert not changed, sorted(changed)[:10]
-
-
-# ----------------------------------------------------------------------------- inputs
-def gray(seed: int, size: int = SIZE) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (size, size), dtype=np.uint8)
-
-
-def save_png(path: Path, array: np.ndarray) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path, format="PNG")
-    return path
-
-
-def png_layout(root: Path, ids: list[str], positive: frozenset[int] = frozenset()) -> Path:
-    """Kaggle PNG conversion: png_images/, png_masks/, stage_1_train_images.csv (one row per id)."""
-    rows = []
-    for i, image_id in enumerate(ids):
-        name = f"{i}_train_{int(i in positive)}_.png"
-        save_png(root / "png_images" / name, gray(i))
-        mask = np.zeros((SIZE, SIZE), np.uint8)
-        if i in positive:
-            mask[10:20, 10:30] = 255
-        save_png(root / "png_masks" / name, mask)
-        rows.append((name, image_id, int(i in positive)))
-    with open(root / "stage_1_train_images.csv", "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["new_filename", "ImageId", "has_pneumo"])
-        writer.writerows(rows)
-    return root
-
-
-def siim_layout(
-    root: Path, stems: list[str], rows: list[tuple[str, str]], csv_name: str = "train-rle.csv"
-) -> Path:
-    """siim layout with PNG pixels: images/<stem>.png plus an RLE CSV of ``rows``."""
-    for i, stem in enumerate(stems):
-        save_png(root / "images" / f"{stem}.png", gray(100 + i))
-    with open(root / csv_name, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["ImageId", "EncodedPixels"])
-        writer.writerows(rows)
-    return root
-
-
-def good_siim(root: Path, n: int = 3) -> Path:
-    ids = [f"img{i}" for i in range(n)]
-    return siim_layout(root, ids, [(i, "-1" if k % 2 else "100 50") for k, i in enumerate(ids)])
-
-
-def rejected_rows(out: Path) -> pd.DataFrame:
-    return pd.read_csv(out / "rejected.csv", dtype=str, keep_default_na=False)
-
-
-def manifest_ids(out: Path) -> list[str]:
-    return pd.read_csv(out / "manifest.csv", dtype={"image_id": str})["image_id"].tolist()
-
 
 # ----------------------------------------------------------------------------- hostile ids (PNG layout)
 GOOD_IDS = ["1.2.3.1", "1.2.3.2", "1.2.3.3"]
@@ -292,60 +154,6 @@ def test_symlink_loops_are_walked_once(tmp_path: Path) -> None:
     assert manifest_ids(out) == ["img0", "img1", "img2"] and rejected_rows(out).empty
 
 
-# ----------------------------------------------------------------------------- output folder problems
-def test_out_under_a_regular_file(tmp_path: Path) -> None:
-    data = good_siim(tmp_path / "data")
-    (tmp_path / "afile").write_text("x")
-    before = snapshot(tmp_path)
-    assert_error(prepare(data, tmp_path / "afile" / "out"), "afile", "not a folder")
-    assert_confined(tmp_path, before, None)
-
-
-@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root ignores permissions")
-def test_read_only_out(tmp_path: Path) -> None:
-    data = good_siim(tmp_path / "data")
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    locked.chmod(0o555)
-    try:
-        assert_error(prepare(data, locked / "out"), "locked", "permission denied")
-    finally:
-        locked.chmod(0o755)
-
-
-# ----------------------------------------------------------------------------- option ranges
-# The message names the option or its config key (data.sizes, data.n_folds, ...) and the value.
-@pytest.mark.parametrize(
-    ("extra", "pattern"),
-    [
-        (["--sizes", "0"], r"sizes\b.*\b0\b"),
-        (["--sizes", "64", "100000"], r"sizes\b.*\b100000\b"),
-        (["--folds", "0"], r"folds\b.*\b0\b"),
-        (["--folds", "1"], r"folds\b.*\b1\b"),
-        (["--workers", "-1"], r"workers\b.*-1\b"),
-        (["--test-fraction", "0"], r"test.fraction\b.*\b0(\.0)?\b"),
-        (["--val-fraction", "1.5"], r"val.fraction\b.*\b1\.5\b"),
-        (["--test-fraction", "0.6", "--val-fraction", "0.5"], r"fraction\b.*\b0\.[56]\b"),
-    ],
-    ids=lambda v: " ".join(v) if isinstance(v, list) else None,
-)
-def test_option_out_of_range(tmp_path: Path, extra: list[str], pattern: str) -> None:
-    data = good_siim(tmp_path / "data")
-    before = snapshot(tmp_path)
-    line = assert_error(prepare(data, tmp_path / "out", *extra))
-    assert re.search(pattern, line), line
-    assert_confined(tmp_path, before, None)
-
-
-def test_debug_flag_shows_the_traceback(tmp_path: Path) -> None:
-    data = good_siim(tmp_path / "data")
-    for argv in (["--debug", *prepare_args(data, tmp_path / "out", "--sizes", "0")],
-                 prepare_args(data, tmp_path / "out", "--sizes", "0", "--debug")):  # fmt: skip
-        proc = run("dualstage.segment", *argv)
-        last = proc.stderr.strip().splitlines()[-1]
-        assert proc.returncode == 1 and "Traceback" in proc.stderr and "sizes" in last, proc.stderr
-
-
 # ----------------------------------------------------------------------------- missing or corrupt inputs
 def test_missing_data_folder(tmp_path: Path) -> None:
     assert_error(
@@ -421,76 +229,3 @@ def test_nothing_usable(tmp_path: Path) -> None:
     data = siim_layout(tmp_path / "data", ["a"], [("a", "1 99999")])
     line = assert_error(prepare(data, tmp_path / "out"), "no usable image", "rejected.csv")
     assert "bad RLE for a 64x64 image" in rejected_rows(tmp_path / "out")["reason"].iloc[0], line
-
-
-# ----------------------------------------------------------------------------- other commands
-def test_yaml_syntax_error(tmp_path: Path) -> None:
-    bad = tmp_path / "exp.yaml"
-    bad.write_text("data:\n  sizes: [64\n  n_folds: 3\n")
-    before = snapshot(tmp_path)
-    assert_error(run("dualstage", "run", bad), f"{bad}: line 3", "YAML syntax error")
-    assert_confined(tmp_path, before, None)
-
-
-def test_phantom_bad_count(tmp_path: Path) -> None:
-    assert_error(run("dualstage.data.phantom", "--out", tmp_path / "ph", "--n", "0"), "n >= 1", "n=0")
-    assert not (tmp_path / "ph").exists()
-
-
-def test_phantom_out_under_a_file(tmp_path: Path) -> None:
-    (tmp_path / "afile").write_text("x")
-    proc = run("dualstage.data.phantom", "--out", tmp_path / "afile" / "ph", "--n", "2", "--size", "64")
-    assert_error(proc, "afile", "not a folder")
-
-
-# ----------------------------------------------------------------------------- interrupts
-def _children(pid: int) -> set[int]:
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                found.add(int(entry.name))
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL], ids=lambda s: s.name)
-def test_interrupted_prepare_stops_its_workers(tmp_path: Path, sig: signal.Signals) -> None:
-    ids = [f"w{i:02d}" for i in range(40)]
-    data = siim_layout(tmp_path / "data", ids, [(i, "-1") for i in ids])
-    cmd = [
-        sys.executable,
-        "-m",
-        "dualstage.segment",
-        *map(str, prepare_args(data, tmp_path / "out", "--workers", 2)),
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
-    workers: set[int] = set()
-    deadline = time.monotonic() + 30
-    while len(workers) < 2 and proc.poll() is None and time.monotonic() < deadline:
-        workers |= _children(proc.pid)
-        time.sleep(0.01)
-    assert workers, "prepare finished before its workers were seen"
-    proc.send_signal(sig)
-    _, stderr = proc.communicate(timeout=30)
-    if sig != signal.SIGKILL:
-        assert (
-            proc.returncode == 130
-            and stderr.strip() == f"error: interrupted{' (SIGTERM)' if sig == signal.SIGTERM else ''}"
-        ), stderr
-    deadline = time.monotonic() + 10
-    while any(_alive(p) for p in workers) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not any(_alive(p) for p in workers)
