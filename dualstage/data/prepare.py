@@ -264,7 +264,7 @@ def _previous(out: Path) -> pd.DataFrame:
     if not (manifest_path.exists() and (out / "masks.csv").exists()):
         return pd.DataFrame()
     previous = pd.read_csv(manifest_path, dtype={"image_id": str, "patient_id": str}, keep_default_na=False)
-    truth = read_rle_csv(out / "masks.csv")
+    truth = read_rle_csv(out / "masks.csv", rejected=[])  # an unsafe id there is just not reused
     return previous.merge(truth[["image_id", "rle"]], on="image_id", how="inner")
 
 
