@@ -15,7 +15,16 @@ $(BIN)/.installed: setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH_PINS)
+	# venvs made before xgboost-cpu hold xgboost + nvidia-nccl-cu12, whose libnccl.so.2 overwrote
+	# torch's: remove them before xgboost-cpu goes in, then restore torch's nvidia-nccl-cu13 file
+	if $(BIN)/python -m pip show -q nvidia-nccl-cu12 >/dev/null 2>&1; then \
+	  $(BIN)/python -m pip uninstall --quiet -y xgboost nvidia-nccl-cu12; \
+	  nccl=$$($(BIN)/python -m pip freeze | grep -i '^nvidia-nccl-cu13=='); \
+	  test -z "$$nccl" || $(BIN)/python -m pip install --quiet --force-reinstall --no-deps "$$nccl"; \
+	fi
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# one NCCL: libnccl.so.2 must be the file torch's nvidia-nccl-cu13 installed (see README, Dependencies)
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_install.py
 	touch $@
 
 demo: $(BIN)/.installed

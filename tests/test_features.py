@@ -74,7 +74,9 @@ def run(tmp_path_factory):
     ids = [f"id{k}" for k in range(N)]
     pred = _make_set(root, ids)
     out = root / "features" / "test"
-    summary = extract_features(pred, out, weights="none", image_size=64, batch_size=4, progress=False)
+    summary = extract_features(
+        pred, out, prepared=root / "prepared", weights="none", image_size=64, batch_size=4, progress=False
+    )
     return pred, out, ids, summary
 
 
@@ -148,13 +150,22 @@ def test_shapes_names_and_index(run):
 def test_deterministic_resume_and_refusal(run, tmp_path):
     pred, out, ids, _ = run
     X1 = np.load(out / "features.npz")["X"]
-    extract_features(pred, tmp_path / "again", weights="none", image_size=64, batch_size=3, progress=False)
+    prepared = pred.parent.parent / "prepared"
+    extract_features(
+        pred,
+        tmp_path / "again",
+        prepared=prepared,
+        weights="none",
+        image_size=64,
+        batch_size=3,
+        progress=False,
+    )
     np.testing.assert_array_equal(np.load(tmp_path / "again" / "features.npz")["X"], X1)
-    again = extract_features(pred, out, weights="none", image_size=64, progress=False)
+    again = extract_features(pred, out, prepared=prepared, weights="none", image_size=64, progress=False)
     assert again["extracted_now"] == 0 and again["reused"] == N
     np.testing.assert_array_equal(np.load(out / "features.npz")["X"], X1)
     with pytest.raises(ValueError, match="another --out"):
-        extract_features(pred, out, weights="none", image_size=32, progress=False)
+        extract_features(pred, out, prepared=prepared, weights="none", image_size=32, progress=False)
 
 
 def test_input_set_reads_image_path(tmp_path):

@@ -80,7 +80,7 @@ def test_oof_threshold_is_applied_unchanged(gated) -> None:
     t_oof = json.loads((gated / "classifier" / "gate.json").read_text())["classifier"]["threshold"]
     assert t_oof > 0  # on oof, gating removes the negatives' false-positive blobs
     summary = apply_gate(gated, "test", progress=False)
-    dec = pd.read_csv(gated / "final" / "test" / "decisions.csv", dtype={"image_id": str})
+    dec = pd.read_csv(gated / "final" / "test" / "classifier" / "decisions.csv", dtype={"image_id": str})
     assert summary["threshold"] == t_oof
     assert np.array_equal(dec["decision"].to_numpy() == 1, dec["probability"].to_numpy() >= t_oof)
     # test maps are perfect, so on test the best threshold would be 0 (no gating): not what is applied
@@ -119,9 +119,9 @@ def test_apply_gate_new_images_and_area_mode(gated) -> None:
     gate = json.loads((gated / "classifier" / "gate.json").read_text())
     s1 = apply_gate(gated, "new", progress=False)
     assert "metrics" not in s1 and s1["n"] == 40  # no truth: outputs only
-    plain = _check_outputs(gated / "final" / "new", gate["classifier"]["threshold"])
-    out = gated / "final" / "new_area"
-    s2 = apply_gate(gated, "new", mode="classifier_and_area", out=out, progress=False)
+    plain = _check_outputs(gated / "final" / "new" / "classifier", gate["classifier"]["threshold"])
+    out = gated / "final" / "new" / "classifier_and_area"  # each mode its own folder: nothing overwritten
+    s2 = apply_gate(gated, "new", mode="classifier_and_area", progress=False)
     area = _check_outputs(out, gate["classifier_and_area"]["threshold"])
     assert s2["threshold"] == gate["classifier_and_area"]["threshold"]
     small = (plain["mask_area_px"] > 0) & (
@@ -130,5 +130,24 @@ def test_apply_gate_new_images_and_area_mode(gated) -> None:
     assert small.any() and (area.loc[small, "mask_area_px"] == 0).all()
     big = (plain["mask_area_px"] >= 10) & (area["decision"] == 1)
     assert big.any() and (area.loc[big, "mask_area_px"] == plain.loc[big, "mask_area_px"]).all()
-    with pytest.raises(ValueError, match="not fitted"):
+    assert (gated / "final" / "new" / "classifier" / "decisions.csv").is_file()
+    with pytest.raises(ValueError, match="unknown gate mode"):
         apply_gate(gated, "new", mode="nope", progress=False)
+
+
+def test_apply_refuses_features_made_differently(gated, tmp_path) -> None:
+    """Settings travel with the features: the gate refuses rows made with other weights / size."""
+    params_path = gated / "classifier" / "params.json"
+    params = json.loads(params_path.read_text())
+    made = {"weights": "none", "weights_sha256": None, "image_size": 128, "version": 1}
+    params_path.write_text(json.dumps({**params, "features": made}))
+    record = gated / "features" / "new" / "features.json"
+    try:
+        record.write_text(json.dumps({**made, "image_size": 224}))
+        with pytest.raises(ValueError, match="image_size=224.*image_size=128"):
+            apply_gate(gated, "new", progress=False)
+        record.write_text(json.dumps(made))
+        assert apply_gate(gated, "new", progress=False)["n"] == 40
+    finally:
+        params_path.write_text(json.dumps(params))
+        record.unlink(missing_ok=True)

@@ -13,6 +13,8 @@ import pytest
 from PIL import Image
 
 from dualstage import gating
+from dualstage.config import Experiment, ModelConfig
+from dualstage.experiment import record_experiment
 from dualstage.metrics import presence_report, summarize_counts
 from dualstage.report import build_report
 from dualstage.report.__main__ import main as report_main
@@ -24,6 +26,8 @@ from dualstage.report.compare import (
     point_metrics,
     resampled_metrics,
 )
+from dualstage.segment.evaluate import evaluate
+from dualstage.segment.operating_points import OperatingPoints
 
 SIDE, N = 32, 12
 OP = {
@@ -60,7 +64,7 @@ def _maps(rng: np.random.Generator) -> tuple[list[str], np.ndarray, np.ndarray]:
 
 
 def make_experiment(root: Path) -> Path:
-    """A complete synthetic experiment folder ``root/models/syn`` (no evaluation/ so it gets computed)."""
+    """A complete synthetic experiment folder ``root/models/syn`` (evaluate run, as the pipeline does)."""
     rng = np.random.default_rng(0)
     exp = root / "models" / "syn"
     ids, maps, truths = _maps(rng)
@@ -88,7 +92,8 @@ def make_experiment(root: Path) -> Path:
         exp / "prepared" / "manifest.csv", index=False
     )
     (exp / "prepared" / "masks.csv").write_text("ImageId,EncodedPixels\n")
-    (exp / "operating_point.json").write_text(json.dumps(OP))
+    rules = {k: OP[k] for k in ("default", "threshold", "threshold_area", "triplet")}
+    OperatingPoints("oof", OP["n_images"], OP["best_rule"], rules).write(exp / "operating_point.json")
     # sweep tables (the selection set reuses the test histograms: only the layout matters here)
     fine = np.round(np.arange(1, 100) / 100, 2)
     for split in ("test", "oof"):
@@ -113,8 +118,8 @@ def make_experiment(root: Path) -> Path:
     ).to_csv(cls / "test_probabilities.csv", index=False)
     gate = {}
     for mode, key, folder in (
-        ("classifier", "threshold", "test"),
-        ("classifier_and_area", "threshold_area", "test_area"),
+        ("classifier", "threshold", "test/classifier"),
+        ("classifier_and_area", "threshold_area", "test/classifier_and_area"),
     ):
         rule = {k: v for k, v in OP[key].items()}
         gate[mode] = {"mode": mode, "threshold": GATE_THRESHOLD, "chosen_on": "oof", "pixel_rule": rule}
@@ -146,6 +151,10 @@ def make_experiment(root: Path) -> Path:
     ).to_csv(seg / "log.csv", index=False)
     (seg / "config.json").write_text(json.dumps({"name": "syn", "model": {"encoder": "resnet18"}}))
     (seg / "versions.json").write_text(json.dumps({"python": "3.11", "torch": "x"}))
+    record_experiment(
+        Experiment(name="syn", model=ModelConfig(encoder="resnet18"), output_root=str(root / "models"))
+    )
+    evaluate([exp])  # stages write artifacts; the report only reads them
     return exp
 
 
@@ -204,8 +213,8 @@ def test_table_matches_direct_metrics(built):
         "best threshold": (OP["threshold"], None),
         "threshold + min area": (OP["threshold_area"], None),
         "triplet": (OP["triplet"], None),
-        "classifier gate": (OP["threshold"], "test"),
-        "classifier AND min area": (OP["threshold_area"], "test_area"),
+        "classifier gate": (OP["threshold"], "test/classifier"),
+        "classifier AND min area": (OP["threshold_area"], "test/classifier_and_area"),
     }
     for name, (rule, dec) in cases.items():
         inter, area, true, npix = _counts(exp, rule, dec)
@@ -324,13 +333,13 @@ def test_metrics_json_has_intervals(built):
 
 def test_missing_inputs_give_not_run_notes(tmp_path):
     exp = make_experiment(tmp_path)
-    shutil.rmtree(exp / "final" / "test_area")
+    shutil.rmtree(exp / "final" / "test" / "classifier_and_area")
     shutil.rmtree(exp / "classifier")
     res = build_report(exp, out=tmp_path / "out", resamples=1000, gallery=2)
     names = set(res["table"]["gate"])
     assert "classifier AND min area" not in names and "threshold + min area" in names
     html = Path(res["report_html"]).read_text()
-    assert "final/test_area/decisions.csv missing" in html
+    assert "final/test/classifier_and_area/decisions.csv missing" in html
     assert "classifier/table2.csv missing" in html and "test_probabilities.csv missing" in html
     m = json.loads(Path(res["metrics_json"]).read_text())
     assert "classifier AND min area" in m["comparison"]["skipped"]
@@ -351,3 +360,28 @@ def test_cli(built, tmp_path, capsys):
     )
     assert "report:" in capsys.readouterr().out and (tmp_path / "r" / "report.html").is_file()
     assert report_main(["--exp", str(tmp_path / "nope")]) == 2
+
+
+def test_paper_siblings_found_by_saved_config(tmp_path):
+    """A paper experiment under any folder name joins the backbone table through its saved config."""
+    from dualstage.config import ReportConfig
+
+    exp = make_experiment(tmp_path)
+    sib = Experiment(
+        name="renamed_run",
+        model=ModelConfig(encoder="se_resnext50_32x4d"),
+        report=ReportConfig(paper_table="progressive"),
+        output_root=str(tmp_path / "models"),
+    )
+    record_experiment(sib)
+    row = {"experiment": "renamed_run", "backbone": "se_resnext50_32x4d", "operating_point": "threshold 0.5",
+           "n": 10, "mean_dice": 0.81, "pos_dice": 0.4, "neg_dice": 0.9, "pos_accuracy": 0.7}  # fmt: skip
+    (tmp_path / "models" / "renamed_run" / "evaluation").mkdir(parents=True)
+    pd.DataFrame([row]).to_csv(tmp_path / "models" / "renamed_run" / "evaluation" / "progressive_table2.csv")
+    res = build_report(exp, out=tmp_path / "out", resamples=200, gallery=0)
+    md = Path(res["report_md"]).read_text()
+    table2 = md.split("Table 2: backbones")[1].split("\n\n")[1:4]
+    text = "\n".join(table2)
+    assert "SE-ResNeXt-50" in text and "renamed_run" in text and "0.81" in text
+    assert "ResNet34" not in text.split("not run")[0]  # the paper's other backbones: named as not run
+    assert "EfficientNet" in md

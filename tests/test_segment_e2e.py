@@ -87,6 +87,7 @@ def _experiment(tmp: Path, root: Path, name: str = "tiny") -> Path:
         },
         "model": {"encoder": "resnet18", "weights": "none", "decoder_channels": [32, 16, 16, 8, 8]},
         "train": {"batch_size": {64: 8}, "workers": 0, "amp": "off", "phases": PHASES},
+        "features": {"weights": "none", "image_size": 64},
     }
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -107,12 +108,23 @@ def _weights(path: Path) -> dict:
 
 def test_kill_and_resume_is_exact(tiny, tmp_path):
     cfg, exp = tiny
-    _run("-m", "dualstage.segment", "train", "--config", str(cfg), "--stop-after", "2", "--no-progress")
+    _run(
+        "-m",
+        "dualstage.segment",
+        "train",
+        "--exp",
+        str(cfg),
+        "--fold",
+        "main",
+        "--stop-after",
+        "2",
+        "--no-progress",
+    )
     log = pd.read_csv(exp / "segmenter" / "main" / "log.csv")
     assert len(log) == 2 and not (exp / "segmenter" / "main" / "done.json").exists()
-    again = _cli("train", "--config", str(cfg), "--no-progress", expect=2)
+    again = _cli("train", "--exp", str(cfg), "--fold", "main", "--no-progress", expect=2)
     assert "--resume" in again.stderr
-    _run("-m", "dualstage.segment", "train", "--config", str(cfg), "--resume", "--no-progress")
+    _run("-m", "dualstage.segment", "train", "--exp", str(cfg), "--fold", "main", "--resume", "--no-progress")
     resumed = pd.read_csv(exp / "segmenter" / "main" / "log.csv")
     assert resumed["phase"].tolist() == [0, 1, 2, 2]
     # the same experiment uninterrupted, in another folder (same prepared data via a link)
@@ -120,7 +132,7 @@ def test_kill_and_resume_is_exact(tiny, tmp_path):
     other = _experiment(tmp_path, other_root)
     (other_root / "tiny").mkdir(parents=True)
     os.symlink(exp / "prepared", other_root / "tiny" / "prepared")
-    _cli("train", "--config", str(other), "--no-progress")
+    _cli("train", "--exp", str(other), "--fold", "main", "--no-progress")
     straight = pd.read_csv(other_root / "tiny" / "segmenter" / "main" / "log.csv")
     np.testing.assert_allclose(resumed["lr"], straight["lr"], rtol=0, atol=0)
     np.testing.assert_allclose(resumed["train_loss"], straight["train_loss"], rtol=1e-6)
@@ -129,20 +141,20 @@ def test_kill_and_resume_is_exact(tiny, tmp_path):
         _weights(other_root / "tiny" / "segmenter" / "main" / "last.pt"),
     )
     assert all(torch.equal(a[k], b[k]) for k in a)
-    skipped = _cli("train", "--config", str(cfg), "--no-progress")
+    skipped = _cli("train", "--exp", str(cfg), "--fold", "main", "--no-progress")
     assert "finished already" in skipped.stdout
 
 
 def test_folds_predict_sweep_evaluate(tiny, tmp_path):
     cfg, exp = tiny
     if not (exp / "segmenter" / "main" / "done.json").exists():
-        _cli("train", "--config", str(cfg), "--no-progress")
-    _cli("train", "--config", str(cfg), "--fold", "all", "--no-progress")
+        _cli("train", "--exp", str(cfg), "--fold", "main", "--no-progress")
+    _cli("train", "--exp", str(cfg), "--fold", "all", "--no-progress")
     for fold in ("fold_0", "fold_1", "fold_2"):
         assert (exp / "segmenter" / fold / "best.pt").exists()
     pred = exp / "predictions"
     for split in ("oof", "val", "test"):
-        _cli("predict", "--model", str(exp), "--split", split, "--out", str(pred / split), "--workers", "0")
+        _cli("predict", "--exp", str(exp), "--split", split, "--workers", "0")
     splits = pd.read_csv(exp / "prepared" / "splits.csv", dtype={"image_id": str}).set_index("image_id")
     oof = pd.read_csv(pred / "oof" / "index.csv", dtype={"image_id": str})
     assert set(oof["image_id"]) == set(splits.index[splits.split != "test"])
@@ -155,19 +167,19 @@ def test_folds_predict_sweep_evaluate(tiny, tmp_path):
     q = np.asarray(Image.open(pred / "test" / "maps" / f"{one}.png"))
     assert q.shape == (128, 128) and q.dtype == np.uint8  # the image's own grid, not the 64 px model grid
     # resumable: a second run predicts nothing new
-    again = _cli(
-        "predict", "--model", str(exp), "--split", "test", "--out", str(pred / "test"), "--workers", "0"
-    )
+    again = _cli("predict", "--exp", str(exp), "--split", "test", "--workers", "0")
     assert json.loads(again.stdout)["predicted_now"] == 0
-    # new images without annotations, with flip TTA, from one fold folder
+    # new images without annotations, with flip TTA, from one model
     new = tmp_path / "new"
     new.mkdir()
     Image.fromarray(np.full((90, 70), 100, np.uint8)).save(new / "outside.png")
     (new / "broken.dcm").write_bytes(b"not a dicom")
     _cli(
         "predict",
-        "--model",
-        str(exp / "segmenter" / "main"),
+        "--exp",
+        str(exp),
+        "--folds",
+        "main",
         "--input",
         str(new),
         "--out",
@@ -180,27 +192,43 @@ def test_folds_predict_sweep_evaluate(tiny, tmp_path):
     rejected = pd.read_csv(tmp_path / "newpred" / "rejected.csv")
     assert rejected["item"].str.endswith("broken.dcm").tolist() == [True]
     # sweep: chosen on oof, test only reported
-    _cli("sweep", "--pred", str(pred), "--lcc")
+    _cli("sweep", "--exp", str(exp), "--lcc")
     op = json.loads((exp / "operating_point.json").read_text())
     assert op["chosen_on"] == "oof" and op["best_rule"] in ("threshold", "threshold_area", "triplet", "lcc")
     assert (exp / "sweep" / "test" / "table4_threshold_area.csv").exists()
-    refused = _cli("sweep", "--pred", str(pred), "--select-on", "test", expect=2)
-    assert "test" in refused.stderr
-    _cli(
-        "predict",
-        "--model",
-        str(exp),
-        "--split",
-        "test",
-        "--folds",
-        "fold_0",
-        "--out",
-        str(pred / "test_fold_0"),
-        "--workers",
-        "0",
-    )
+    with pytest.raises(SystemExit):  # argparse refuses the choice: never chosen on test
+        _cli("sweep", "--exp", str(exp), "--select-on", "test")
+    _cli("predict", "--exp", str(exp), "--split", "test", "--folds", "fold_0", "--workers", "0")
+    # regression: --folds reaches predict; the set holds fold_0's own maps, not the ensemble's
+    single = pd.read_csv(pred / "test_fold_0" / "index.csv", dtype={"image_id": str})
+    assert set(single["fold_model"]) == {"fold_0"}
+    differ = [
+        not np.array_equal(
+            np.asarray(Image.open(pred / "test_fold_0" / "maps" / f"{i}.png")),
+            np.asarray(Image.open(pred / "test" / "maps" / f"{i}.png")),
+        )
+        for i in single["image_id"]
+    ]
+    assert any(differ)
     out = _cli("evaluate", "--exp", str(exp))
     assert "Table 2" in out.stdout and "Table 1" in out.stdout
+    # regression: when the largest-component rule wins, evaluate (and run's evaluate step) finish and
+    # score it from the sweep's map-based test table (histograms cannot express it)
+    from dataclasses import replace
+
+    from dualstage.segment.operating_points import OperatingPoints
+
+    points = OperatingPoints.read(exp / "operating_point.json")
+    original = points.best_rule
+    replace(points, best_rule="lcc").write(exp / "operating_point.json")
+    try:
+        _run("-m", "dualstage", "run", str(exp), "--steps", "evaluate")
+        row = pd.read_csv(exp / "evaluation" / "progressive_table2.csv").iloc[0]
+        lcc = pd.read_csv(exp / "sweep" / "test" / "chosen.csv").set_index("name").loc["lcc"]
+        assert json.loads(row["chosen_rule"]).get("lcc") is True
+        assert row["chosen_mean_dice"] == pytest.approx(lcc["mean_dice"])
+    finally:
+        replace(points, best_rule=original).write(exp / "operating_point.json")
     cv = pd.read_csv(exp / "evaluation" / "tiny_cv.csv")
     assert len(cv) == 3 and cv["val_mean_dice"].notna().all() and cv["test_mean_dice"].notna().sum() == 1
 
@@ -221,8 +249,10 @@ def test_two_process_gloo_training(tiny, tmp_path):
         "-m",
         "dualstage.segment",
         "train",
-        "--config",
+        "--exp",
         str(ddp),
+        "--fold",
+        "main",
         "--no-progress",
         "--device",
         "cpu",
@@ -252,25 +282,34 @@ def test_stage_two_end_to_end(tiny):
         text = out.getvalue()  # the summary JSON comes last (the search may log lines before it)
         return json.loads(text[text.index("{") if text.startswith("{") else text.rindex("\n{") + 1 :])
 
-    feats = run("features", "--pred", str(pred), "--weights", "none", "--image-size", "64")
+    feats = run("features", "--exp", str(exp), "--weights", "none", "--image-size", "64")
     assert {"oof", "test"} <= set(feats)
     data = np.load(exp / "features" / "oof" / "features.npz")
     assert data["X"].shape == (len(pd.read_csv(pred / "oof" / "index.csv")), 2048 + 11)
-    single = run("features", "--pred", str(pred / "test"), "--weights", "none", "--image-size", "64")
+    single = run("features", "--exp", str(exp), "--set", "test", "--weights", "none", "--image-size", "64")
     assert list(single) == ["test"] and (exp / "features" / "test" / "features.npz").exists()
-    run("tune", "--exp", str(exp), "--n-iter", "2", "--threads", "1", "--device", "cpu")
+    run("tune", "--exp", str(exp), "--n-iter", "2", "--threads", "1")
     assert (exp / "classifier" / "model.ubj").exists() and not list((exp / "classifier").glob("*.pkl"))
     table2 = pd.read_csv(exp / "classifier" / "table2.csv")
     assert {"default", "tuned"} <= set(table2["model"])
     gate = run("gate", "fit", "--exp", str(exp), "--mode", "both", "--threads", "1")
     assert gate["classifier"]["chosen_on"] == "oof"
-    applied = run("gate", "apply", "--exp", str(exp), "--set", "test")
-    final = exp / "final" / "test"
+    applied = run("gate", "apply", "--exp", str(exp), "--set", "test", "--mode", "classifier")["classifier"]
+    final = exp / "final" / "test" / "classifier"
     sub = pd.read_csv(final / "submission.csv", dtype=str, keep_default_na=False)
     assert list(sub.columns) == ["ImageId", "EncodedPixels"] and len(sub) == applied["n"]
     for image_id, encoded in sub.itertuples(index=False):
         mask = np.asarray(Image.open(final / "masks" / f"{image_id}.png")) > 127
         np.testing.assert_array_equal(rle.decode(encoded, *mask.shape), mask)
+    # the README's new-radiograph flow, each step with the experiment's own settings
+    new = exp.parent.parent / "incoming"
+    new.mkdir(exist_ok=True)
+    Image.fromarray(np.full((80, 72), 90, np.uint8)).save(new / "walk_in.png")
+    _cli("predict", "--exp", str(exp), "--input", str(new), "--set", "new", "--workers", "0")
+    run("features", "--exp", str(exp), "--set", "new")
+    walk = run("gate", "apply", "--exp", str(exp), "--set", "new")
+    assert set(walk) == {"classifier", "classifier_and_area"} and walk["classifier"]["n"] == 1
+    assert (exp / "final" / "new" / "classifier_and_area" / "submission.csv").is_file()
     decisions = pd.read_csv(final / "decisions.csv", dtype={"image_id": str})
     assert (
         sub.set_index("ImageId").loc[decisions.loc[decisions.decision == 0, "image_id"], "EncodedPixels"]

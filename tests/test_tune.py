@@ -13,15 +13,20 @@ from PIL import Image
 from sklearn.model_selection import PredefinedSplit
 
 from dualstage import gating
+from dualstage.classify.feature_set import load_feature_table
 from dualstage.classify.tune import (
     SEARCH_SPACE_DOC,
-    cv_folds,
     estimator_from_params,
     load_classifier,
-    load_feature_table,
     search_space,
     tune,
 )
+from dualstage.data.splits import read_folds
+from dualstage.segment.operating_points import OperatingPoints
+
+
+def cv_folds(exp: Path, ids: np.ndarray, splits: Path | None = None) -> np.ndarray:
+    return read_folds(splits or exp / "prepared" / "splits.csv", ids)
 
 SMALL_SPACE = {"n_estimators": [20, 40], "max_depth": [2, 3]}
 FAST = {"device": "cpu", "threads": 1}  # no torch import, no OpenMP spinning on a shared 2-core box
@@ -107,14 +112,13 @@ def make_experiment(root: Path, n_oof: int = 300, n_test: int = 120, n_new: int 
     )
     (exp / "prepared").mkdir()
     splits.to_csv(exp / "prepared" / "splits.csv", index=False)
-    op = {
-        "chosen_on": "oof",
-        "default": {"rule": "threshold", "threshold": 0.5, "metrics": {}},
-        "threshold": {"rule": "threshold", "threshold": 0.5, "metrics": {"mean_dice": 0.5}},
-        "threshold_area": {"rule": "threshold_area", "threshold": 0.5, "min_area": 10000, "metrics": {}},
-        "best_rule": "threshold_area",
+    rules = {
+        "default": {"rule": "threshold", "threshold": 0.5},
+        "threshold": {"rule": "threshold", "threshold": 0.5},
+        "threshold_area": {"rule": "threshold_area", "threshold": 0.5, "min_area": 10000},
     }
-    (exp / "operating_point.json").write_text(json.dumps(op))
+    metrics = {"threshold": {"mean_dice": 0.5}}
+    OperatingPoints("oof", n_oof, "threshold_area", rules, metrics).write(exp / "operating_point.json")
     return exp
 
 

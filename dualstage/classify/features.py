@@ -30,7 +30,8 @@ from scipy import ndimage
 from torch.utils.data import DataLoader, Dataset
 
 from dualstage.data.cache import pick_cache_size
-from dualstage.data.prepare import cache_paths, read_image_file
+from dualstage.data.images import read_image_file
+from dualstage.data.prepare import cache_paths
 from dualstage.gating import REF_PIXELS, levels
 from dualstage.io import (
     atomic_write,

@@ -107,9 +107,12 @@ def _py(value):
 
 
 def resolve_device(device: str = "auto") -> str:
-    """Device for XGBoost: "auto" is "cuda" when torch sees a GPU, else "cpu"; others pass through."""
+    """Device for XGBoost: "auto" is "cuda" when torch sees a GPU and this XGBoost build has CUDA
+    (the default ``xgboost-cpu`` has not), else "cpu"; others pass through."""
     if device != "auto":
         return device
+    if not xgboost.build_info().get("USE_CUDA", False):
+        return "cpu"
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"

@@ -187,7 +187,7 @@ def generate(
     Existing files of the same names are overwritten with identical content; other files in
     ``out_dir`` are left alone.
     """
-    from tqdm.auto import tqdm
+    from dualstage.progress import progress as progress_iter
 
     if layout not in ("siim", "png"):
         raise ValueError(f"layout must be 'siim' or 'png', got {layout!r}")
@@ -200,7 +200,7 @@ def generate(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     specs = plan_cases(n, seed, jpeg_share, lesion_contrast)
-    bar = tqdm(total=n, desc=f"phantom {layout} {size}px", unit="img", disable=not progress)
+    bar = progress_iter(total=n, desc=f"phantom {layout} {size}px", unit="img", enabled=progress)
     if workers > 1:
         from joblib import Parallel, delayed
 

@@ -28,15 +28,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
-from tqdm.auto import tqdm
 
 from dualstage import rle
 from dualstage.data.annotations import masks_from_rows, read_rle_csv
-from dualstage.data.dicom import read_dicom_header, read_dicom_pixels
+from dualstage.data.images import read_image_file, read_mask_file
 from dualstage.data.layouts import Item, scan
 from dualstage.data.splits import PAPER_TEST_FRACTION, PAPER_VAL_FRACTION, make_splits
 from dualstage.data.workers import WorkerPool, sigterm_interrupts
 from dualstage.io import atomic_write, atomic_write_text, clean_stale_tmp, ensure_inside, write_csv_atomic
+from dualstage.progress import progress as progress_iter
 
 __all__ = [
     "prepare",
@@ -44,8 +44,6 @@ __all__ = [
     "process_item",
     "cache_paths",
     "load_cached",
-    "read_image_file",
-    "image_shape",
     "MANIFEST_COLUMNS",
     "check_options",
     "SIZE_RANGE",
@@ -91,49 +89,6 @@ def load_cached(out: str | Path, size: int, image_id: str) -> tuple[np.ndarray, 
     return np.asarray(Image.open(img_path)), np.asarray(Image.open(mask_path)) > 127
 
 
-def read_image_file(path: str | Path) -> tuple[np.ndarray, dict]:
-    """Read a DICOM or PNG/JPEG radiograph as uint8 (H, W) grayscale plus header fields."""
-    path = Path(path)
-    if path.suffix.lower() in (".dcm", ".dicom"):
-        return read_dicom_pixels(path)
-    try:
-        with Image.open(path) as im:
-            if im.mode in ("I;16", "I;16B", "I", "F"):
-                arr = np.asarray(im, dtype=np.float64)
-                lo, hi = arr.min(), arr.max()
-                img = np.zeros(arr.shape, np.uint8) if hi <= lo else np.rint((arr - lo) / (hi - lo) * 255)
-                img = img.astype(np.uint8)
-            else:
-                img = np.asarray(im.convert("L"))
-    except Exception as exc:
-        raise ValueError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from exc
-    return img, {"height": img.shape[0], "width": img.shape[1]}
-
-
-def image_shape(path: str | Path) -> tuple[int, int]:
-    """(height, width) of a DICOM / PNG / JPEG file from its header, without decoding the pixels."""
-    path = Path(path)
-    if path.suffix.lower() in (".dcm", ".dicom"):
-        header = read_dicom_header(path)
-        return header["height"], header["width"]
-    try:
-        with Image.open(path) as im:
-            return im.height, im.width
-    except Exception as exc:
-        raise ValueError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from exc
-
-
-def _read_mask_file(path: str, shape: tuple[int, int]) -> np.ndarray:
-    try:
-        with Image.open(path) as im:
-            mask = np.asarray(im.convert("L")) > 127
-    except Exception as exc:
-        raise ValueError(f"{path}: cannot read mask ({type(exc).__name__}: {exc})") from exc
-    if mask.shape != shape:
-        raise ValueError(f"{path}: mask is {mask.shape[0]}x{mask.shape[1]}, image is {shape[0]}x{shape[1]}")
-    return mask
-
-
 def _save_png(array: np.ndarray, path: Path) -> None:
     image = Image.fromarray(array)
     atomic_write(path, lambda tmp: image.save(tmp, format="PNG", compress_level=1))
@@ -162,7 +117,7 @@ def process_item(item: Item, out: str, sizes: list[int]) -> dict:
             mask, n_lesions = masks_from_rows(rows, shape[0], shape[1], source=item.rle_source)
             mask = np.ascontiguousarray(mask)
         else:
-            mask = _read_mask_file(item.mask_path, shape)
+            mask = read_mask_file(item.mask_path, shape)
             n_lesions = int(mask.any())
         area = int(np.count_nonzero(mask))
         if item.has_pneumo is not None and item.has_pneumo != int(area > 0):
@@ -275,8 +230,9 @@ def _decode(
     rows, rejected = [], []
     job = partial(process_item, out=str(out), sizes=sizes)
     with WorkerPool(workers if len(todo) > 8 else 1) as pool:
-        bar = tqdm(pool.imap(job, todo), total=len(todo), desc=desc, unit="img", disable=not progress)
-        for result in bar:
+        for result in progress_iter(
+            pool.imap(job, todo), total=len(todo), desc=desc, unit="img", enabled=progress
+        ):
             if "rejected" not in result:
                 rows.append(result["row"])
             elif strict:

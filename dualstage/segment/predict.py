@@ -26,8 +26,9 @@ from torch.utils.data import DataLoader, Dataset
 from dualstage import rle
 from dualstage.data.annotations import read_rle_csv
 from dualstage.data.dataset import load_split_table
+from dualstage.data.images import image_shape, read_image_file
 from dualstage.data.layouts import IMAGE_EXTS
-from dualstage.data.prepare import image_shape, load_cached, read_image_file
+from dualstage.data.prepare import load_cached
 from dualstage.layout import ExperimentDir
 from dualstage.progress import progress as progress_iter
 from dualstage.segment.distributed import pick_device

@@ -27,12 +27,13 @@ import pandas as pd
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from dualstage import metrics
 from dualstage.config import Experiment, PhaseConfig, to_dict
 from dualstage.data.dataset import CachedDataset, EpochSampler, build_augment, cached_sizes, load_split_table
 from dualstage.io import write_csv_atomic, write_json_atomic
+from dualstage.progress import progress as progress_iter
+from dualstage.progress import progress_write
 from dualstage.segment import losses, models, schedule
 from dualstage.segment.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state, unwrap
 from dualstage.segment.distributed import Runtime, all_gather_objects, setup_runtime, teardown
@@ -243,10 +244,10 @@ class _Trainer:
         accum = max(1, self.exp.train.accumulation)
         total, count = 0.0, 0
         self.optimizer.zero_grad(set_to_none=True)
-        bar = tqdm(
+        bar = progress_iter(
             loader,
             desc=f"{self.fold} e{self.state['epoch']} {phase.name or phase.unfreeze}",
-            disable=not self.progress,
+            enabled=self.progress,
             leave=False,
             unit="batch",
         )
@@ -361,7 +362,7 @@ class _Trainer:
                     self.state.update(phase=self.state["phase"] + 1, epoch_in_phase=0, early=None)
                     if stop_early and self.rt.is_main:
                         patience = phase.early_stopping
-                        tqdm.write(f"[{self.fold}] early stop: no val-loss gain in {patience} epochs")
+                        progress_write(f"[{self.fold}] early stop: no val-loss gain in {patience} epochs")
                 self._checkpoint(None if phase_done else scheduler, None if phase_done else early, val)
                 ran += 1
                 if phase_done:
@@ -394,7 +395,7 @@ class _Trainer:
         )
         if self.rt.is_main:
             r = self.log_rows[-1]
-            tqdm.write(
+            progress_write(
                 f"[{self.fold}] epoch {r['epoch']} phase {p_idx} ({phase.name or phase.unfreeze}) "
                 f"lr {r['lr']:.2e} train {train_loss:.4f} val {val['loss']:.4f} "
                 f"dice {val['mean_dice']:.4f} (pos {val['pos_dice']:.3f} neg {val['neg_dice']:.3f}) "

@@ -1,0 +1,89 @@
+"""Radiograph readers: DICOM (pydicom) and PNG / JPEG (Pillow) to uint8 (H, W) grayscale.
+
+Every failure for a bad file is a one-line ``ValueError`` that names the file and the reason,
+so a batch can record it and go on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from dualstage.data.dicom import read_dicom_header, read_dicom_pixels
+
+__all__ = ["read_image_file", "image_shape", "read_mask_file", "is_dicom_file", "DICOM_EXTS"]
+
+DICOM_EXTS = (".dcm", ".dicom")
+
+
+def is_dicom_file(path: str | Path) -> bool:
+    """True for a ``.dcm`` / ``.dicom`` name or a file with the 'DICM' marker at byte 128."""
+    path = Path(path)
+    if path.suffix.lower() in DICOM_EXTS:
+        return True
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return head[128:132] == b"DICM"
+
+
+def _to_gray(im: Image.Image) -> np.ndarray:
+    """A Pillow image (first frame) as uint8 (H, W); deeper grayscale min-max scaled."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(im, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        if hi <= lo:
+            return np.zeros(arr.shape, np.uint8)
+        return np.rint((arr - lo) / (hi - lo) * 255).astype(np.uint8)
+    return np.asarray(im.convert("L"))
+
+
+def read_image_file(path: str | Path) -> tuple[np.ndarray, dict]:
+    """Read a DICOM or PNG / JPEG radiograph as (image uint8 (H, W), info).
+
+    ``info`` has at least height, width, frame (always 0: the first frame) and n_frames;
+    DICOM adds its header fields (see :func:`dualstage.data.dicom.read_dicom_header`).
+    Raises a one-line ``ValueError`` naming the file for anything unreadable.
+    """
+    path = Path(path)
+    if is_dicom_file(path):
+        return read_dicom_pixels(path)
+    try:
+        with Image.open(path) as im:
+            n_frames = int(getattr(im, "n_frames", 1) or 1)
+            img = _to_gray(im)
+    except Exception as exc:  # Pillow raises OSError, SyntaxError, DecompressionBombError, ...
+        reason = " ".join(str(exc).split())
+        raise ValueError(f"{path}: cannot read image ({type(exc).__name__}: {reason})") from exc
+    return img, {"height": img.shape[0], "width": img.shape[1], "frame": 0, "n_frames": n_frames}
+
+
+def image_shape(path: str | Path) -> tuple[int, int]:
+    """(height, width) of a DICOM / PNG / JPEG file from its header, without decoding the pixels."""
+    path = Path(path)
+    if is_dicom_file(path):
+        header = read_dicom_header(path)
+        return header["height"], header["width"]
+    try:
+        with Image.open(path) as im:
+            return im.height, im.width
+    except Exception as exc:
+        reason = " ".join(str(exc).split())
+        raise ValueError(f"{path}: cannot read image ({type(exc).__name__}: {reason})") from exc
+
+
+def read_mask_file(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
+    """A PNG / JPEG mask as bool (H, W) (foreground ``> 127``); ``ValueError`` when unreadable or
+    its size differs from the image's ``shape`` (H, W)."""
+    try:
+        with Image.open(path) as im:
+            mask = np.asarray(im.convert("L")) > 127
+    except Exception as exc:
+        raise ValueError(f"{path}: cannot read mask ({type(exc).__name__}: {exc})") from exc
+    if mask.shape != shape:
+        raise ValueError(f"{path}: mask is {mask.shape[0]}x{mask.shape[1]}, image is {shape[0]}x{shape[1]}")
+    return mask
