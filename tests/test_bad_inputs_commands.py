@@ -124,32 +124,53 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL], ids=lambda s: s.name)
-def test_interrupted_prepare_stops_its_workers(tmp_path: Path, sig: signal.Signals) -> None:
-    ids = [f"w{i:02d}" for i in range(40)]
-    data = siim_layout(tmp_path / "data", ids, [(i, "-1") for i in ids])
-    cmd = [
-        sys.executable,
-        "-m",
-        "dualstage.segment",
-        *map(str, prepare_args(data, tmp_path / "out", "--workers", 2)),
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
-    workers: set[int] = set()
-    deadline = time.monotonic() + 30
-    while len(workers) < 2 and proc.poll() is None and time.monotonic() < deadline:
-        workers |= _children(proc.pid)
+def _default_sigint() -> None:
+    """In the child: SIGINT as in a terminal (a background shell job inherits it ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _wait_for(condition, proc: subprocess.Popen, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert workers, "prepare finished before its workers were seen"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+@pytest.mark.parametrize(
+    ("sig", "when"),
+    [
+        (signal.SIGTERM, "starting"),
+        (signal.SIGTERM, "working"),
+        (signal.SIGINT, "working"),
+        (signal.SIGKILL, "working"),
+    ],  # fmt: skip
+    ids=lambda v: v.name if isinstance(v, signal.Signals) else v,
+)
+def test_interrupted_prepare_stops_its_workers(tmp_path: Path, sig: signal.Signals, when: str) -> None:
+    ids = [f"w{i:03d}" for i in range(240)]
+    data, out = siim_layout(tmp_path / "data", ids, [(i, "-1") for i in ids]), tmp_path / "out"
+    cmd = [sys.executable, "-m", "dualstage.segment", *map(str, prepare_args(data, out, "--workers", 2))]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, preexec_fn=_default_sigint
+    )
+    cache = out / "cache" / str(64) / "masks"
+    if when == "starting":  # while the pool starts its workers
+        _wait_for(lambda: bool(_children(proc.pid)), proc)
+    else:  # while the workers write the cache
+        _wait_for(lambda: cache.is_dir() and any(cache.iterdir()), proc)
+    workers = _children(proc.pid)
+    assert proc.poll() is None and workers, "prepare ended before it could be interrupted"
     proc.send_signal(sig)
+    while proc.poll() is None:
+        workers |= _children(proc.pid)
     _, stderr = proc.communicate(timeout=30)
     if sig != signal.SIGKILL:
-        assert (
-            proc.returncode == 130
-            and stderr.strip() == f"error: interrupted{' (SIGTERM)' if sig == signal.SIGTERM else ''}"
-        ), stderr
+        expected = "error: interrupted (SIGTERM)" if sig == signal.SIGTERM else "error: interrupted"
+        assert proc.returncode == 130 and stderr.strip() == expected, stderr
     deadline = time.monotonic() + 10
     while any(_alive(p) for p in workers) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(_alive(p) for p in workers)
+    written = len(list(cache.iterdir())) if cache.is_dir() else 0
+    time.sleep(0.5)
+    assert (len(list(cache.iterdir())) if cache.is_dir() else 0) == written  # nobody writes on

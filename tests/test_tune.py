@@ -28,6 +28,7 @@ from dualstage.segment.operating_points import OperatingPoints
 def cv_folds(exp: Path, ids: np.ndarray, splits: Path | None = None) -> np.ndarray:
     return read_folds(splits or exp / "prepared" / "splits.csv", ids)
 
+
 SMALL_SPACE = {"n_estimators": [20, 40], "max_depth": [2, 3]}
 FAST = {"device": "cpu", "threads": 1}  # no torch import, no OpenMP spinning on a shared 2-core box
 SIZE = 32  # map grid; min_area 10000 at 1024 x 1024 = 9.77 px here

@@ -34,7 +34,7 @@ from dualstage.data.annotations import masks_from_rows, read_rle_csv
 from dualstage.data.images import read_image_file, read_mask_file
 from dualstage.data.layouts import Item, scan
 from dualstage.data.splits import PAPER_TEST_FRACTION, PAPER_VAL_FRACTION, make_splits
-from dualstage.data.workers import WorkerPool, sigterm_interrupts
+from dualstage.data.workers import WorkerPool, interruptible
 from dualstage.io import atomic_write, atomic_write_text, clean_stale_tmp, ensure_inside, write_csv_atomic
 from dualstage.progress import progress as progress_iter
 
@@ -275,7 +275,7 @@ def prepare(
     rows = _reusable(_previous(out), items, out, sizes)
     todo = [it for it in items if it.image_id not in rows]
     t_decode = time.perf_counter()
-    with sigterm_interrupts():
+    with interruptible():
         new_rows, bad = _decode(todo, out, sizes, workers, strict, f"prepare {layout}", progress)
     rows.update((r["image_id"], r) for r in new_rows)
     rejected.extend(bad)
