@@ -136,6 +136,7 @@ class TrainConfig:
     channels_last: bool = True
     seed: int = 0
     val_threshold: float = _opt(0.5, min=0.0, max=1.0)  # the default operating point ("no gate")
+    checkpoint: str = _opt("last", choices=("last", "best"))  # fixed schedules keep the last epoch
     max_train_images: int | None = _opt(None, positive=True)
     max_val_images: int | None = _opt(None, positive=True)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -147,7 +148,7 @@ class PredictConfig:
     """``segment predict``: probability maps for every prediction set."""
 
     tta: bool = False  # horizontal-flip test-time augmentation
-    checkpoint: str = _opt("best", choices=("best", "last", "both"))
+    checkpoint: str | None = _opt(None, choices=("best", "last", "both"))  # None: train.checkpoint
     batch_size: int = _opt(8, positive=True)
     workers: int = _opt(0, min=0)
 

@@ -10,7 +10,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["GateSpec", "GATES", "BASELINE", "REFERENCE", "CLASSIFIER_GATES", "gate_spec", "COLORS", "LABELS"]
+__all__ = [
+    "GateSpec",
+    "GATES",
+    "BASELINE",
+    "REFERENCE",
+    "CLASSIFIER_GATES",
+    "gate_spec",
+    "COLORS",
+    "LABELS",
+    "SUMMARY_NAMES",
+]
 
 
 @dataclass(frozen=True)
@@ -22,21 +32,30 @@ class GateSpec:
     color: str
     rule: str | None  # operating_point.json key; None: no pixel rule (all empty)
     classifier: bool = False
+    summary: str = ""  # its name in report/summary.json
 
 
 GATES: tuple[GateSpec, ...] = (
-    GateSpec("default", "no gate (0.5)", "#e6b800", "default"),
-    GateSpec("threshold", "best threshold", "#1e90ff", "threshold"),
-    GateSpec("threshold_area", "threshold + min area", "#ff8c00", "threshold_area"),
-    GateSpec("triplet", "triplet", "#a64dff", "triplet"),
-    GateSpec("classifier", "classifier gate", "#ff2020", "threshold", classifier=True),
-    GateSpec("classifier_and_area", "classifier AND min area", "#ff00ff", "threshold_area", classifier=True),
+    GateSpec("default", "no gate (0.5)", "#e6b800", "default", summary="no_gate"),
+    GateSpec("threshold", "best threshold", "#1e90ff", "threshold", summary="best_threshold"),
+    GateSpec("threshold_area", "threshold + min area", "#ff8c00", "threshold_area", summary="threshold_area"),
+    GateSpec("triplet", "triplet", "#a64dff", "triplet", summary="triplet"),
+    GateSpec("classifier", "classifier gate", "#ff2020", "threshold", True, "classifier"),
+    GateSpec(
+        "classifier_and_area",
+        "classifier AND min area",
+        "#ff00ff",
+        "threshold_area",
+        True,
+        "classifier_and_area",
+    ),  # fmt: skip
 )
-BASELINE = GateSpec("empty", "all empty (baseline)", "#000000", None)
+BASELINE = GateSpec("empty", "all empty (baseline)", "#000000", None, summary="all_empty")
 REFERENCE = "threshold_area"  # the gate every other one is compared with
 CLASSIFIER_GATES: dict[str, GateSpec] = {g.key: g for g in GATES if g.classifier}
 COLORS: dict[str, str] = {g.key: g.color for g in (*GATES, BASELINE)}
 LABELS: dict[str, str] = {g.key: g.label for g in (*GATES, BASELINE)}
+SUMMARY_NAMES: dict[str, str] = {g.key: g.summary for g in (*GATES, BASELINE)}
 
 
 def gate_spec(key: str) -> GateSpec:

@@ -15,7 +15,9 @@ module joins folder names of an experiment or guesses an experiment from a folde
       features/<set>/                     features.npz, index.csv, features.json
       classifier/                         model.ubj, params.json, gate.json, tables
       final/<set>/<gate mode>/            masks/, submission.csv, decisions.csv, summary.json, seg/
-      report/                             report.md, report.html, metrics.json, figures/
+      crossfit/fold_<k>/                  cross-fitted rules and classifier for the studies of fold k,
+                                          chosen on the other folds' out-of-fold maps and features only
+      report/                             report.md, report.html, metrics.json, summary.json, figures/
 """
 
 from __future__ import annotations
@@ -131,6 +133,20 @@ class ExperimentDir:
     def final(self, pred_set: str, mode: str) -> Path:
         """``final/<set>/<gate mode>/``: masks, submission.csv, decisions.csv, summary.json."""
         return self.root / "final" / pred_set / mode
+
+    @property
+    def crossfit(self) -> Path:
+        return self.root / "crossfit"
+
+    def crossfit_fold(self, k: int) -> Path:
+        """``crossfit/fold_<k>/``: operating_point.json, sweep tables, classifier/ for fold k's studies."""
+        return self.crossfit / f"fold_{int(k)}"
+
+    def crossfit_folds(self) -> list[int]:
+        """Folds with cross-fitted rules, ascending."""
+        if not self.crossfit.is_dir():
+            return []
+        return sorted(int(p.name[5:]) for p in self.crossfit.glob("fold_*") if p.name[5:].isdigit())
 
     @property
     def report(self) -> Path:

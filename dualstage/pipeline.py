@@ -2,13 +2,14 @@
 
     data      phantoms (when data.source is "phantom") and prepare (skipped when finished)
     train     the fold models (train.folds: main | all | both)
-    predict   oof (fold models) and/or val (main), and test
-    sweep     operating points chosen on oof / val
+    predict   oof (cross-fitting: every study by the fold model that never saw it) and/or
+              val + test (holdout view: the main model)
+    sweep     operating points: per fold on the other folds' oof maps; holdout on val
     evaluate  the papers' stage-one tables
     features  DenseNet features of image + map for every prediction set
-    tune      XGBoost random search on the out-of-fold features (Table 2)
-    gate      classifier gate fitted on oof, applied to test (gate.modes)
-    report    the comparison of every gate on test with bootstrap intervals (report.md / .html)
+    tune      XGBoost random search: per fold on the other folds' oof features; holdout on val
+    gate      final masks of the classifier gates (gate.modes) for every study / the test split
+    report    the comparison of every gate with bootstrap intervals (report.md / .html, summary.json)
 
 One line per step with its time; the whole run's time at the end. ``--data DIR`` overrides
 ``data.source``.
@@ -59,7 +60,13 @@ def _predict(exp: Experiment) -> str:
 
 def _sweep(exp: Experiment) -> str:
     s = steps.sweep_experiment(exp)
-    return f"chosen on {s['chosen_on']}: best rule {s['best_rule']}"
+    parts = []
+    if "crossfit" in s:
+        rules = ", ".join(f"fold {k}: {r}" for k, r in s["crossfit"]["folds"].items())
+        parts.append(f"cross-fitted best rules {rules}")
+    if "holdout" in s:
+        parts.append(f"holdout chosen on {s['holdout']['chosen_on']}: best rule {s['holdout']['best_rule']}")
+    return "; ".join(parts)
 
 
 def _evaluate(exp: Experiment) -> str:
@@ -76,18 +83,30 @@ def _features(exp: Experiment) -> str:
 
 
 def _tune(exp: Experiment) -> str:
-    if (exp.dir.classifier / "model.ubj").exists():
+    d = exp.dir
+    folds = d.crossfit_folds()
+    done_cf = not steps.crossfit(exp) or (folds and all(
+        (d.crossfit_fold(k) / "classifier" / "gate.json").is_file() for k in folds))  # fmt: skip
+    done_ho = not steps.holdout(exp) or (d.classifier / "model.ubj").is_file()
+    if done_cf and done_ho:
         return "done before"
     s = steps.tune_experiment(exp)
-    t = exp.tune
-    return f"{t.n_iter} candidates, best CV {t.scoring} {s.get('best_cv_score', float('nan')):.4f}"
+    parts = [f"{exp.tune.n_iter} candidates per search"]
+    if "crossfit" in s:
+        parts.append("per-fold gate thresholds " + str(s["crossfit"]))
+    if "holdout" in s:
+        parts.append(f"holdout best CV {exp.tune.scoring} {s['holdout']['best_cv_score']:.4f}")
+    return "; ".join(parts)
 
 
 def _gate(exp: Experiment) -> str:
-    res = steps.gate_experiment(exp, "test")
-    n = next(iter(res.values()))["n"]
-    counts = " / ".join(str(r["n_nonempty"]) for r in res.values())
-    return f"test: {counts} non-empty masks of {n} ({' / '.join(res)})"
+    res = steps.gate_experiment(exp)
+    parts = []
+    for view, modes in res.items():
+        n = next(iter(modes.values()))["n"]
+        counts = " / ".join(str(r["n_nonempty"]) for r in modes.values())
+        parts.append(f"{view}: {counts} non-empty masks of {n} ({' / '.join(modes)})")
+    return "; ".join(parts)
 
 
 def _report(exp: Experiment) -> str:

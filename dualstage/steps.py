@@ -100,39 +100,60 @@ def prepare_folder(args: argparse.Namespace, progress: bool = False) -> dict:
     )  # fmt: skip
 
 
+def crossfit(exp: Experiment) -> bool:
+    """Whether the experiment has the cross-fitted view (k fold models)."""
+    return exp.train.folds in ("all", "both")
+
+
+def holdout(exp: Experiment) -> bool:
+    """Whether the experiment has the papers' holdout view (the main model: train / val / test)."""
+    return exp.train.folds in ("main", "both")
+
+
 def prediction_sets(exp: Experiment) -> list[str]:
-    """The prediction sets ``run`` makes: oof (fold models) and/or val (main model), and test."""
-    sets = []
-    if exp.train.folds in ("all", "both"):
-        sets.append("oof")
-    if exp.train.folds in ("main", "both"):
-        sets.append("val")
-    return [*sets, "test"]
+    """The prediction sets ``run`` makes: oof (cross-fitting: every study by the fold model that
+    never saw it) and/or val + test (holdout view: the main model alone, the kind its rules are
+    chosen on)."""
+    return (["oof"] if crossfit(exp) else []) + (["val", "test"] if holdout(exp) else [])
 
 
 def predict_experiment(exp: Experiment, split: str, progress: bool = False) -> dict:
-    """``segment predict --split <split>`` into ``predictions/<split>`` with the experiment's options."""
+    """``segment predict --split <split>`` into ``predictions/<split>`` with the experiment's options
+    (val and test with the main model only: matched with the maps its rules are chosen on)."""
     from dualstage.segment.predict import predict
 
     p = exp.predict
+    only = ["main"] if split in ("val", "test") and holdout(exp) else None
     return predict(
-        exp.folder, exp.dir.prediction_set(split), split=split, tta=p.tta, checkpoint=p.checkpoint,
-        batch_size=p.batch_size, workers=p.workers, progress=progress,
+        exp.folder, exp.dir.prediction_set(split), split=split, tta=p.tta, checkpoint=p.checkpoint or
+        exp.train.checkpoint, batch_size=p.batch_size, workers=p.workers, progress=progress, only=only,
     )  # fmt: skip
 
 
 def sweep_experiment(exp: Experiment, progress: bool = False) -> dict:
-    """Operating points chosen on oof / val; ``default`` is ``train.val_threshold``."""
+    """Cross-fitted operating points per fold (oof), and the holdout view's (chosen on val).
+
+    ``default`` is ``train.val_threshold``.
+    """
+    from dualstage.crossfit.rules import crossfit_sweep
     from dualstage.segment.sweep import run_sweep
 
     d = exp.dir
     if exp.sweep.lcc:
         d.require(d.masks_csv, "segment prepare")
-    return run_sweep(
-        d.predictions, d.root, select_on=exp.sweep.select_on, lcc=exp.sweep.lcc,
-        truth=d.masks_csv if exp.sweep.lcc else None, progress=progress,
-        default_threshold=exp.train.val_threshold,
-    )  # fmt: skip
+    out = {}
+    if crossfit(exp) and (d.prediction_set("oof") / "histograms.npz").is_file():
+        out["crossfit"] = crossfit_sweep(exp, progress)
+    if holdout(exp) and (d.prediction_set("val") / "histograms.npz").is_file():
+        select = "val" if exp.sweep.select_on == "auto" else exp.sweep.select_on
+        out["holdout"] = run_sweep(
+            d.predictions, d.root, select_on=select, lcc=exp.sweep.lcc,
+            truth=d.masks_csv if exp.sweep.lcc else None, progress=progress,
+            default_threshold=exp.train.val_threshold,
+        )  # fmt: skip
+    if not out:
+        raise FileNotFoundError(f"{d.predictions}: no oof or val predictions; run `segment predict` first")
+    return out
 
 
 def features_experiment(exp: Experiment, pred_set: str, progress: bool = False) -> dict:
@@ -149,19 +170,35 @@ def features_experiment(exp: Experiment, pred_set: str, progress: bool = False) 
 
 
 def tune_experiment(exp: Experiment, progress: bool = False) -> dict:
-    """``classify tune`` with ``tune.*``."""
+    """Per-fold classifiers (cross-fitting) and the holdout classifier (on val), with ``tune.*``."""
     from dualstage.classify.tune import tune
+    from dualstage.crossfit.classifier import crossfit_classifier
 
-    t = exp.tune
-    return tune(
-        exp.folder, n_iter=t.n_iter, scoring=t.scoring, seed=t.seed, n_jobs=t.n_jobs, max_bin=t.max_bin,
-        dice_rule=t.dice_rule, threads=t.threads, progress=progress,
-    )  # fmt: skip
+    d, t, out = exp.dir, exp.tune, {}
+    if crossfit(exp) and (d.feature_set("oof") / "features.npz").is_file():
+        out["crossfit"] = crossfit_classifier(exp, progress)
+    if holdout(exp) and (d.feature_set("val") / "features.npz").is_file():
+        out["holdout"] = tune(
+            exp.folder, n_iter=t.n_iter, scoring=t.scoring, seed=t.seed, n_jobs=t.n_jobs, max_bin=t.max_bin,
+            dice_rule=t.dice_rule, threads=t.threads, progress=progress, train_set="val",
+        )  # fmt: skip
+    if not out:
+        raise FileNotFoundError(f"{d.features}: no oof or val features; run `classify features` first")
+    return out
 
 
-def gate_experiment(exp: Experiment, pred_set: str = "test", progress: bool = False) -> dict:
-    """Fit every ``gate.modes`` on oof, apply each to ``pred_set`` into ``final/<set>/<mode>/``."""
+def gate_experiment(exp: Experiment, progress: bool = False) -> dict:
+    """Final masks: cross-fitted over every study (final/oof/<mode>/) and the holdout view's
+    gate fitted on val, applied to test (final/test/<mode>/)."""
     from dualstage.classify.gate import apply_gate, fit_gate
+    from dualstage.crossfit.final import crossfit_final
 
-    fit_gate(exp.folder, mode=list(exp.gate.modes), threads=exp.gate.threads)
-    return {m: apply_gate(exp.folder, pred_set, mode=m, progress=progress) for m in exp.gate.modes}
+    out = {}
+    if crossfit(exp) and exp.dir.crossfit_folds():
+        out["crossfit"] = crossfit_final(exp, progress)
+    if holdout(exp) and (exp.dir.classifier / "model.ubj").is_file():
+        fit_gate(exp.folder, mode=list(exp.gate.modes), threads=exp.gate.threads, train_set="val")
+        out["holdout"] = {
+            m: apply_gate(exp.folder, "test", mode=m, progress=progress) for m in exp.gate.modes
+        }
+    return out

@@ -59,7 +59,7 @@ def test_gate_sweep_shapes_and_errors() -> None:
 def gated(tmp_path_factory) -> Path:
     exp = make_experiment(tmp_path_factory.mktemp("gate"))
     tune(exp, n_iter=2, space=SMALL_SPACE, progress=False, **FAST)
-    fit_gate(exp, mode="both", threads=1)
+    fit_gate(exp, mode="both", threads=1, train_set="oof")
     return exp
 
 

@@ -15,6 +15,7 @@ from dualstage.segment.losses import (
     focal,
     lovasz,
     soft_dice,
+    soft_dice_batch,
     symmetric_lovasz,
     weighted_bce,
     weighted_sum,
@@ -53,27 +54,43 @@ def test_weighted_bce_by_hand() -> None:
     close(weighted_bce(pos_weight=3)(X, Y), (5 * LN2 + 4 * LN43) / 4)
 
 
-def test_soft_dice_by_hand() -> None:
+def test_soft_dice_batch_by_hand() -> None:
     # I = sum p*y = 1/2 + 3/4 = 5/4; sum p = 9/4; sum y = 2
     # smooth 0: dice = 2I / (sum p + sum y) = (5/2) / (17/4) = 10/17 -> loss 7/17
-    close(soft_dice()(X, Y), 7 / 17)
+    close(soft_dice_batch()(X, Y), 7 / 17)
     # smp's smooth s enters as (I + s) / ((sum p + sum y) / 2 + s) = (5/4 + 1) / (17/8 + 1) = 18/25
     # -> loss 7/25 (the paper's form (2I + s)/(P + Y + s) would give 1 - 2/3: smp's s counts double)
-    close(soft_dice(smooth=1.0)(X, Y), 7 / 25)
+    close(soft_dice_batch(smooth=1.0)(X, Y), 7 / 25)
 
 
-def test_soft_dice_pools_the_batch_and_ignores_an_all_negative_batch() -> None:
+def test_soft_dice_batch_pools_the_batch_and_ignores_an_all_negative_batch() -> None:
     # image 2: empty target, logits 0 -> p = 1/2 on 4 pixels (sum p = 2)
     x = torch.cat([X, torch.zeros_like(X)])
     y = torch.cat([Y, torch.zeros_like(Y)])
     # one pooled score: 2 * 5/4 / (9/4 + 2 + 2) = (5/2) / (25/4) = 2/5 -> loss 3/5 (not (7/17 + 0) / 2)
-    close(soft_dice()(x, y), 3 / 5)
+    close(soft_dice_batch()(x, y), 3 / 5)
     # all-negative batch: loss exactly 0 and no gradient, however confident the false positives
     logits = torch.full((2, 1, 2, 2), 5.0, requires_grad=True)
-    loss = soft_dice(smooth=1.0)(logits, torch.zeros(2, 1, 2, 2))
+    loss = soft_dice_batch(smooth=1.0)(logits, torch.zeros(2, 1, 2, 2))
     loss.backward()
     assert loss.item() == 0.0
     assert torch.count_nonzero(logits.grad) == 0
+
+
+def test_soft_dice_is_per_image_with_the_papers_smoothing() -> None:
+    # the paper's eq. 14 per image: (2I + e) / (P + Y + e), e = 1
+    # image 1: I = 5/4, P = 9/4, Y = 2 -> (5/2 + 1) / (17/4 + 1) = (7/2) / (21/4) = 2/3 -> loss 1/3
+    close(soft_dice()(X, Y), 1 / 3)
+    # image 2: empty truth, p = 1/2 on 4 pixels: (0 + 1) / (2 + 0 + 1) = 1/3 -> loss 2/3 (the mass costs)
+    x = torch.cat([X, torch.zeros_like(X)])
+    y = torch.cat([Y, torch.zeros_like(Y)])
+    close(soft_dice()(x, y), (1 / 3 + 2 / 3) / 2)
+    # an all-negative batch still carries a gradient pushing the false positives down
+    logits = torch.full((2, 1, 2, 2), 5.0, requires_grad=True)
+    loss = soft_dice()(logits, torch.zeros(2, 1, 2, 2))
+    loss.backward()
+    assert loss.item() > 0.5 and (logits.grad > 0).all()
+    close(soft_dice(smooth=2.0)(X, Y), 1 - (5 / 2 + 2) / (17 / 4 + 2))
 
 
 # Lovasz case: x = [2, -1 | 0.5, -3], y = [1, 0 | 0, 1]
@@ -136,7 +153,7 @@ def test_combo_is_the_weighted_sum() -> None:
             "name": "combo",
             "terms": [
                 {"name": "bce", "weight": 1.0},
-                {"name": "soft_dice", "weight": 0.5},
+                {"name": "soft_dice_batch", "weight": 0.5},
                 {"name": "focal", "weight": 2, "gamma": 2},
             ],
         }
@@ -144,8 +161,8 @@ def test_combo_is_the_weighted_sum() -> None:
     assert isinstance(loss, WeightedSum)
     expected = (3 * LN2 + 2 * LN43) / 4 + 0.5 * 7 / 17 + 2 * (22 * LN2 + 2 * LN43) / 64
     close(loss(X, Y), expected)
-    close(weighted_sum([(1.0, bce()), (3.0, soft_dice())])(X, Y), (3 * LN2 + 2 * LN43) / 4 + 3 * 7 / 17)
-    assert repr(loss) == "combo(1*bce() + 0.5*soft_dice(smooth=0) + 2*focal(gamma=2, alpha=None))"
+    close(weighted_sum([(1.0, bce()), (3.0, soft_dice_batch())])(X, Y), (3 * LN2 + 2 * LN43) / 4 + 3 * 7 / 17)
+    assert repr(loss) == "combo(1*bce() + 0.5*soft_dice_batch(smooth=0) + 2*focal(gamma=2, alpha=None))"
     assert loss.describe() == repr(loss)
 
 

@@ -19,12 +19,12 @@ from dualstage.segment.models import (
     encoder_groups_of,
     freeze_bn_of_frozen,
     get_spec,
-    load_weights,
     normalization,
     set_trainable,
     to_input,
     trainable_groups,
 )
+from dualstage.segment.weights import load_weights
 
 FAMILY_EXAMPLES = [
     "resnet34",

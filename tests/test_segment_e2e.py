@@ -103,7 +103,7 @@ def tiny(tmp_path_factory):
 
 
 def _weights(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=False)["model"]
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
 
 
 def test_kill_and_resume_is_exact(tiny, tmp_path):

@@ -27,15 +27,35 @@ def test_paper_proportions_and_stratification():
         assert abs(part["has_pneumothorax"].mean() - overall) < 0.01, name
 
 
+def _patients(n: int = 1800, per: int = 4, seed: int = 2) -> pd.DataFrame:
+    """Every patient has ``per`` images (presence varies within a patient)."""
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame(
+        {
+            "image_id": [f"img{i:05d}" for i in range(n)],
+            "patient_id": [f"pat{i // per:04d}" for i in range(n)],
+            "has_pneumothorax": (rng.random(n) < 0.22).astype(int),
+        }
+    )
+
+
 def test_no_patient_in_two_splits_or_folds():
-    splits = make_splits(_manifest(2000))
-    assert (splits.groupby("group")["split"].nunique() == 1).all()
-    dev = splits[splits["split"] != "test"]
-    assert (dev.groupby("group")["fold"].nunique() == 1).all()
-    assert set(dev["fold"]) == set(range(10))
-    assert (splits.loc[splits["split"] == "test", "fold"] == -1).all()
-    sizes = dev["fold"].value_counts()
+    manifest = _patients()
+    splits = make_splits(manifest).merge(manifest[["image_id", "patient_id"]], on="image_id")
+    # judged by the input's patient ids, not by the output's own group column
+    assert (splits.groupby("patient_id")["split"].nunique() == 1).all()
+    assert (splits.groupby("patient_id")["fold"].nunique() == 1).all()
+    assert set(splits["fold"]) == set(range(10))  # cross-fitting: every study, test split included
+    sizes = splits["fold"].value_counts()
     assert sizes.max() - sizes.min() <= 0.1 * sizes.mean()
+
+
+def test_folds_are_stratified_by_presence():
+    manifest = _patients(n=3000, per=1, seed=5)
+    splits = make_splits(manifest, n_folds=5)
+    overall = splits["has_pneumothorax"].mean()
+    shares = splits.groupby("fold")["has_pneumothorax"].mean()
+    assert (shares - overall).abs().max() < 0.01, shares.to_dict()
 
 
 def test_stable_under_row_order_and_seeded():
@@ -55,5 +75,4 @@ def test_images_without_patient_are_their_own_group():
 
 def test_tiny_set_gets_fewer_folds():
     splits = make_splits(_manifest(12), n_folds=10)
-    dev = splits[splits["split"] != "test"]
-    assert dev["fold"].min() == 0 and dev["fold"].nunique() <= len(dev)
+    assert splits["fold"].min() == 0 and splits["fold"].nunique() <= len(splits)

@@ -30,7 +30,8 @@ def cv_folds(exp: Path, ids: np.ndarray, splits: Path | None = None) -> np.ndarr
 
 
 SMALL_SPACE = {"n_estimators": [20, 40], "max_depth": [2, 3]}
-FAST = {"device": "cpu", "threads": 1}  # no torch import, no OpenMP spinning on a shared 2-core box
+# no torch import, no OpenMP spinning on a shared 2-core box
+FAST = {"device": "cpu", "threads": 1, "train_set": "oof"}
 SIZE = 32  # map grid; min_area 10000 at 1024 x 1024 = 9.77 px here
 LESION = (slice(8, 16), slice(8, 16))  # 64 px true lesion
 BLOB = (slice(2, 4), slice(2, 4))  # 4 px false-positive blob

@@ -43,8 +43,9 @@ from dualstage.io import (
 )
 from dualstage.progress import progress as progress_iter
 from dualstage.segment.distributed import pick_device
-from dualstage.segment.models import _DENSENET_LEGACY, IMAGENET_MEAN, IMAGENET_STD, _read_state_dict
+from dualstage.segment.models import IMAGENET_MEAN, IMAGENET_STD
 from dualstage.segment.prediction_set import PredictionSet
+from dualstage.segment.weights import DENSENET_LEGACY, read_state_dict
 
 __all__ = ["extract_features", "map_statistics", "feature_names", "load_densenet", "embed", "STAT_NAMES"]
 
@@ -108,12 +109,12 @@ def _load_file(net: torchvision.models.DenseNet, path: Path) -> None:
     """Load the ``features.*`` tensors of a densenet121 state dict (any head, or none) strictly."""
     target = net.features.state_dict()
     source: dict[str, torch.Tensor] = {}
-    for key, value in _read_state_dict(path).items():
+    for key, value in read_state_dict(path).items():
         for strip in ("module.", "_orig_mod."):
             key = key.removeprefix(strip)
         if "features." in key:  # features.x, densenet121.features.x, model.features.x ...
             key = key[key.index("features.") + len("features.") :]
-        legacy = _DENSENET_LEGACY.match(key)  # old checkpoints: denselayer1.norm.1.weight
+        legacy = DENSENET_LEGACY.match(key)  # old checkpoints: denselayer1.norm.1.weight
         source[legacy.group(1) + legacy.group(2) if legacy else key] = value
     needed = [k for k in target if not k.endswith("num_batches_tracked")]
     matched = [k for k in needed if k in source]

@@ -109,15 +109,18 @@ def _check_names(classifier_dir: Path, names: np.ndarray, source: str) -> None:
 
 
 def oof_probabilities(
-    exp_dir: str | Path, classifier_dir: str | Path | None = None, threads: int | None = None
+    exp_dir: str | Path,
+    classifier_dir: str | Path | None = None,
+    threads: int | None = None,
+    train_set: str = "val",
 ) -> pd.DataFrame:
-    """Out-of-fold probabilities on the oof set: cross_val_predict(tuned params, PredefinedSplit)."""
+    """Out-of-fold probabilities on the training set: cross_val_predict(tuned params, its folds)."""
     exp = ExperimentDir(exp_dir)
     cdir = Path(classifier_dir) if classifier_dir else exp.classifier
     params = read_params(cdir)
-    ids, X, names, index = load_feature_table(exp.feature_set("oof"))
-    _check_names(cdir, names, "features/oof")
-    y, folds = labels_of(index, "features/oof"), read_folds(exp.splits_csv, ids)
+    ids, X, names, index = load_feature_table(exp.feature_set(train_set))
+    _check_names(cdir, names, f"features/{train_set}")
+    y, folds = labels_of(index, f"features/{train_set}"), read_folds(exp.splits_csv, ids)
     est = estimator_from_params(params, threads=threads)
     probs = cross_val_predict(est, X, y, cv=PredefinedSplit(folds), method="predict_proba")[:, 1]
     return pd.DataFrame({"image_id": ids, "fold": folds, "has_pneumothorax": y, "probability": probs})
@@ -165,8 +168,10 @@ def fit_gate(
     classifier_dir: str | Path | None = None,
     candidates=CANDIDATES,
     threads: int | None = None,
+    train_set: str = "val",
 ) -> dict:
-    """Choose the gate threshold(s) on oof, merge them into gate.json (keyed by mode); returns gate.json.
+    """Choose the gate threshold(s) on the classifier's training set (out-of-fold probabilities),
+    merge them into gate.json (keyed by mode); returns gate.json.
 
     ``mode``: "classifier", "classifier_and_area", "both" or a list; ``out``: gate.json path
     (default ``<classifier_dir>/gate.json``, classifier_dir default ``<exp>/classifier``).
@@ -175,11 +180,11 @@ def fit_gate(
     cdir = Path(classifier_dir) if classifier_dir else exp.classifier
     out = Path(out) if out else cdir / "gate.json"
     modes = _modes(mode)
-    oof = oof_probabilities(exp.root, cdir, threads)
+    oof = oof_probabilities(exp.root, cdir, threads, train_set)
     write_csv_atomic(oof, cdir / "oof_probabilities.csv")
     ids, probs, y = oof["image_id"].to_numpy(str), oof["probability"].to_numpy(), oof["has_pneumothorax"]
     points = OperatingPoints.read(exp.operating_point)
-    oof_set = PredictionSet(exp.prediction_set("oof"))
+    oof_set = PredictionSet(exp.prediction_set(train_set))
     gate = load_gate(out)
     for m in modes:
         rule = points.rule(GATE_MODES[m])
@@ -187,14 +192,14 @@ def fit_gate(
         res = choose_gate(probs, counts, candidates)
         curve = pd.DataFrame({"threshold": res["candidates"], **gate_sweep(probs, counts, res["candidates"])})
         write_csv_atomic(curve, cdir / f"gate_curve_{m}.csv")
-        gate[m] = _gate_entry(m, rule, res, y, probs, cdir)
+        gate[m] = {**_gate_entry(m, rule, res, y, probs, cdir), "chosen_on": train_set}
     fitted = [m for m in GATE_MODES if m in gate]
     gate["best_mode"] = max(fitted, key=lambda m: (gate[m]["mean_dice_oof"], -fitted.index(m)))
     write_json_atomic(out, gate)
     return gate
 
 
-def _gate_context(exp: ExperimentDir, cdir: Path, gate_file: Path, mode: str) -> tuple[float, dict]:
+def _gate_context(exp: ExperimentDir, cdir: Path, gate_file: Path, mode: str) -> tuple[float, dict, str]:
     """(threshold, pixel rule) of a fitted mode, after checking the classifier and rules did not change."""
     gate = load_gate(gate_file)
     if mode not in gate:
@@ -207,7 +212,7 @@ def _gate_context(exp: ExperimentDir, cdir: Path, gate_file: Path, mode: str) ->
     points = OperatingPoints.read_or_none(exp.operating_point)
     if points is not None and points.rule(GATE_MODES[mode]) != entry["pixel_rule"]:
         raise ValueError(f"{exp.operating_point} changed since the gate was fit: re-run `classify gate fit`")
-    return float(entry["threshold"]), entry["pixel_rule"]
+    return float(entry["threshold"]), entry["pixel_rule"], str(entry.get("chosen_on", "?"))
 
 
 def _write_masks(
@@ -264,7 +269,9 @@ def apply_gate(
     exp = ExperimentDir(exp_dir)
     _modes(mode)
     cdir = Path(classifier_dir) if classifier_dir else exp.classifier
-    thr, rule = _gate_context(exp, cdir, Path(gate_path) if gate_path else cdir / "gate.json", mode)
+    thr, rule, chosen_on = _gate_context(
+        exp, cdir, Path(gate_path) if gate_path else cdir / "gate.json", mode
+    )
     fset = features_set or pred_set
     fdir = exp.feature_set(fset)
     check_same_settings(read_params(cdir).get("features") or {}, fdir, f"the classifier in {cdir}")
@@ -283,7 +290,7 @@ def apply_gate(
         "features_set": fset,
         "mode": mode,
         "threshold": thr,
-        "chosen_on": "oof",
+        "chosen_on": chosen_on,
         "pixel_rule": rule,
         "n": int(ids.size),
         "n_present": int(keep.sum()),

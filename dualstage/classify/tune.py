@@ -49,6 +49,10 @@ __all__ = [
     "SEARCH_SPACE_DOC",
     "estimator_from_params",
     "load_classifier",
+    "random_search",
+    "check_labels",
+    "save_model",
+    "scorer_for",
     "read_params",
     "make_classifier",
     "rule_counts_for",
@@ -174,7 +178,7 @@ def read_params(directory: str | Path) -> dict:
         raise ValueError(f"{path}: not valid JSON ({exc})") from None
 
 
-def _save_model(clf: XGBClassifier, path: Path) -> None:
+def save_model(clf: XGBClassifier, path: Path) -> None:
     """save_model picks the format from the extension: write ``<tmp>.ubj``, then move atomically."""
 
     def _write(tmp: str) -> None:
@@ -201,21 +205,21 @@ def _gated_dice(y_true, prob, counts) -> float:
     return float(summarize_counts(c[:, 0] * keep, c[:, 1] * keep, c[:, 2], c[:, 3])["mean_dice"])
 
 
-def _scorer(scoring: str, exp_dir: Path, ids: np.ndarray, dice_rule: str):
+def scorer_for(scoring: str, exp_dir: Path, ids: np.ndarray, dice_rule: str, train_set: str = "oof"):
     """(scorer, fit params, context, rule) for ``scoring``; dice routes per-row counts to the scorer."""
     if scoring not in SCORINGS:
         raise ValueError(f"unknown scoring {scoring!r}; valid: {', '.join(SCORINGS)}")
     if scoring != "dice":
         return scoring, {}, nullcontext(), None
     rule = OperatingPoints.read(ExperimentDir(exp_dir).operating_point).rule(dice_rule)
-    counts = rule_counts_for(exp_dir, "oof", ids, rule)
+    counts = rule_counts_for(exp_dir, train_set, ids, rule)
     ctx = sklearn.config_context(enable_metadata_routing=True)
     with sklearn.config_context(enable_metadata_routing=True):
         scorer = make_scorer(_gated_dice, response_method="predict_proba").set_score_request(counts=True)
     return scorer, {"counts": counts}, ctx, rule
 
 
-def _search(X, y, folds, dims, scoring_parts, make, n_iter, n_jobs, seed, progress):
+def random_search(X, y, folds, dims, scoring_parts, make, n_iter, n_jobs, seed, progress):
     """(fitted RandomizedSearchCV, default-parameter CV scores, search seconds)."""
     scorer, fit_params, ctx, _ = scoring_parts
     cv = PredefinedSplit(folds)
@@ -250,7 +254,7 @@ def _save_search(out: Path, search, dims: dict) -> None:
     write_csv_atomic(results, out / "cv_results.csv")
 
 
-def _check_labels(y: np.ndarray, folds: np.ndarray, source: str) -> tuple[int, int]:
+def check_labels(y: np.ndarray, folds: np.ndarray, source: str) -> tuple[int, int]:
     """(n_pos, n_neg); ValueError when a class is missing or there are fewer positives than folds."""
     n_pos, n_neg = int(y.sum()), int(y.size - y.sum())
     if n_pos == 0 or n_neg == 0:
@@ -279,8 +283,12 @@ def tune(
     space: dict | None = None,
     dice_rule: str = "threshold",
     threads: int | None = None,
+    train_set: str = "val",
 ) -> dict:
-    """Random search on oof, refit on all oof rows, Table 2 on test; returns a JSON-able summary.
+    """Random search on ``train_set``, refit on all its rows, Table 2 on test; returns a summary.
+
+    The holdout view trains on ``val`` (the main model's maps, the kind its test maps are); the
+    cross-fitted view has its own per-fold classifiers (:mod:`dualstage.crossfit.classifier`).
 
     ``space`` overrides / adds search dimensions (name -> scipy distribution or list);
     ``dice_rule`` is the operating-point rule behind ``scoring="dice"``; ``threads``: XGBoost threads
@@ -289,24 +297,24 @@ def tune(
     start = time.perf_counter()
     exp = ExperimentDir(exp_dir)
     out = Path(out_dir) if out_dir else exp.classifier
-    oof_dir = exp.feature_set("oof")
+    oof_dir = exp.feature_set(train_set)
     ids, X, names, index = load_feature_table(oof_dir)
-    y = labels_of(index, "features/oof")
+    y = labels_of(index, f"features/{train_set}")
     folds = read_folds(exp.splits_csv, ids)
-    n_pos, n_neg = _check_labels(y, folds, str(oof_dir))
+    n_pos, n_neg = check_labels(y, folds, str(oof_dir))
     dims = {**search_space(n_neg / n_pos), **(space or {})}
-    scoring_parts = _scorer(scoring, exp.root, ids, dice_rule)
+    scoring_parts = scorer_for(scoring, exp.root, ids, dice_rule, train_set)
     xgb_jobs = threads if threads is not None else None if n_jobs == 1 else 1  # no oversubscription
 
     def make() -> XGBClassifier:
         return make_classifier(seed, max_bin, device, n_jobs=xgb_jobs)
 
-    search, default_cv, search_seconds = _search(
+    search, default_cv, search_seconds = random_search(
         X, y, folds, dims, scoring_parts, make, n_iter, n_jobs, seed, progress
     )
     default, tuned = make().fit(X, y), search.best_estimator_
-    _save_model(tuned, out / "model.ubj")
-    _save_model(default, out / "default_model.ubj")
+    save_model(tuned, out / "model.ubj")
+    save_model(default, out / "default_model.ubj")
     write_json_atomic(out / "feature_names.json", names.tolist())
     _save_search(out, search, dims)
     test_metrics = table2(exp, out, names, {"default": default, "tuned": tuned})

@@ -19,8 +19,8 @@ AREA_RANGE_1024 = (55.0, 161421.0)
 RENDER_MAX = 512  # anatomy is rendered at clip(size, 256, RENDER_MAX) px, then resized to size
 UID_PREFIX = "1.2.826.0.1.3680043.8.498.77."  # pydicom's UID root + a dualstage arc
 _PATIENT_STREAM = 1
-_MAX_DEPTH = 0.8  # deepest collapse towards the hilum (fraction of the hilum-wall distance)
-_TWO_PI = 2.0 * math.pi
+MAX_DEPTH = 0.8  # deepest collapse towards the hilum (fraction of the hilum-wall distance)
+TWO_PI = 2.0 * math.pi
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -94,12 +94,12 @@ def plan_cases(
             extra = 0 if u_cap < 0.88 else (1 if u_cap < 0.97 else 2)
             if extra:
                 open_patients.append([p, extra])
-        prng = _patient_rng(seed, p)
+        prng = patient_rng(seed, p)
         pid = str(uuid.UUID(bytes=prng.bytes(16), version=4))
         sex = "M" if prng.random() < 0.55 else "F"
         base_age = int(np.clip(prng.normal(48, 17), 2, 92))
 
-        rng = np.random.default_rng(_image_streams(seed, index)[0])
+        rng = np.random.default_rng(image_streams(seed, index)[0])
         positive = sample_presence(rng)
         two = rng.random() < TWO_LESION_SHARE
         union = sample_lesion_area(rng)
@@ -130,7 +130,7 @@ def plan_cases(
     return specs
 
 
-def _image_streams(seed: int, index: int) -> list[np.random.SeedSequence]:
+def image_streams(seed: int, index: int) -> list[np.random.SeedSequence]:
     """Independent streams of image ``index``: spec, anatomy, lesion shapes, look-alikes/devices.
 
     A positive and its negative twin (the same spec without lesions) share the anatomy and the
@@ -139,5 +139,6 @@ def _image_streams(seed: int, index: int) -> list[np.random.SeedSequence]:
     return np.random.SeedSequence([seed, index]).spawn(4)
 
 
-def _patient_rng(seed: int, patient_index: int) -> np.random.Generator:
+def patient_rng(seed: int, patient_index: int) -> np.random.Generator:
+    """The generator of one patient's habitus (shared by all images of the patient)."""
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_PATIENT_STREAM, patient_index)))

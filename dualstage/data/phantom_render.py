@@ -1,6 +1,9 @@
-"""Phantom rendering: anatomy, vessels, ribs, devices and pneumothorax crescents from a CaseSpec.
+"""Phantom rendering: densities of body, lungs, vessels, ribs, devices and pneumothorax crescents.
 
-See :mod:`dualstage.data.phantom` for what the images are meant to show.
+The geometry (pose, lung outlines, lesion shapes and masks) is in
+:mod:`dualstage.data.phantom_anatomy`; see :mod:`dualstage.data.phantom` for what the images
+are meant to show. Every step draws from its generator in a fixed order: output is
+byte-identical for a given spec.
 """
 
 from __future__ import annotations
@@ -11,263 +14,18 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from dualstage.data.phantom_cases import (
-    _MAX_DEPTH,
-    _TWO_PI,
-    RENDER_MAX,
-    CaseSpec,
-    _image_streams,
-    _patient_rng,
+from dualstage.data.phantom_anatomy import (
+    TABLE_N,
+    Lung,
+    Pose,
+    body_coords,
+    make_lungs,
+    pixel_block,
+    place_lesions,
 )
+from dualstage.data.phantom_cases import RENDER_MAX, TWO_PI, CaseSpec, image_streams, patient_rng
 
 __all__ = ["render_case"]
-
-
-# ----------------------------------------------------------------------------- geometry
-@dataclass
-class _Pose:
-    """Similarity transform body coords -> image coords, both normalised to [0, 1]."""
-
-    rot: float
-    scale: float
-    tx: float
-    ty: float
-
-    def to_body(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        c, s = math.cos(self.rot), math.sin(self.rot)
-        dx, dy = (x - 0.5 - self.tx) / self.scale, (y - 0.5 - self.ty) / self.scale
-        return 0.5 + c * dx + s * dy, 0.5 - s * dx + c * dy
-
-    def to_image(self, bx: np.ndarray, by: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        c, s = math.cos(self.rot), math.sin(self.rot)
-        dx, dy = bx - 0.5, by - 0.5
-        return 0.5 + self.tx + self.scale * (c * dx - s * dy), 0.5 + self.ty + self.scale * (s * dx + c * dy)
-
-
-_TABLE_N = 360
-_TABLE_THETA = np.linspace(-math.pi, math.pi, _TABLE_N, endpoint=False)
-
-
-@dataclass
-class _Lung:
-    """A lung in local polar coords: theta 0 lateral, -pi/2 apex, +pi/2 base, +-pi medial."""
-
-    cx: float
-    cy: float
-    ax: float
-    ay: float
-    out: float  # -1 for the image-left lung (lateral is -x), +1 for the image-right lung
-    outline: np.ndarray  # (P, 2) closed boundary in body coords, densely sampled
-    table: np.ndarray | None = None  # (360,) boundary radius per angle around (cx, cy), local units
-
-    def __post_init__(self) -> None:
-        if self.table is None:
-            lx = (self.outline[:, 0] - self.cx) * self.out / self.ax
-            ly = (self.outline[:, 1] - self.cy) / self.ay
-            th, rr = np.arctan2(ly, lx), np.hypot(lx, ly)
-            # nearest wall crossing per angle bin (the outline need not be star-shaped from here)
-            bins = ((th + math.pi) / _TWO_PI * _TABLE_N).astype(int) % _TABLE_N
-            table = np.full(_TABLE_N, np.inf)
-            np.minimum.at(table, bins, rr)
-            ok = np.isfinite(table)
-            table = np.interp(_TABLE_THETA, _TABLE_THETA[ok], table[ok], period=_TWO_PI)
-            self.table = table.astype(np.float32)
-
-    def about(self, cx: float, cy: float) -> _Lung:
-        """The same lung seen from another centre (e.g. the hilum)."""
-        return _Lung(cx, cy, self.ax, self.ay, self.out, self.outline)
-
-    def polar(self, bx: np.ndarray, by: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Local (rho, theta, boundary radius r(theta)) for body coords; arrays like bx."""
-        lx = (bx - self.cx) * (self.out / self.ax)
-        ly = (by - self.cy) * (1.0 / self.ay)
-        theta = np.arctan2(ly, lx)
-        r = np.interp(theta, _TABLE_THETA, self.table, period=_TWO_PI).astype(np.float32)
-        return np.hypot(lx, ly), theta, r
-
-    def radial_px(self, theta: np.ndarray, px_per_unit: float) -> np.ndarray:
-        """Pixels per local radial unit at angle theta."""
-        return px_per_unit * np.hypot(self.ax * np.cos(theta), self.ay * np.sin(theta))
-
-
-# lung outlines (body coords, chest half-width 0.44, apex at y 0.17); the costophrenic corner is
-# repeated so that corner-cutting keeps it sharp
-_RIGHT_LUNG = [
-    (0.29, 0.165),
-    (0.35, 0.18),
-    (0.405, 0.23),
-    (0.425, 0.32),
-    (0.43, 0.45),
-    (0.425, 0.56),
-    (0.415, 0.64),
-    (0.37, 0.645),
-    (0.30, 0.625),
-    (0.22, 0.64),
-    (0.15, 0.69),
-    (0.095, 0.755),
-    (0.095, 0.755),
-    (0.095, 0.755),
-    (0.085, 0.62),
-    (0.09, 0.48),
-    (0.11, 0.34),
-    (0.15, 0.25),
-    (0.21, 0.19),
-]
-_LEFT_LUNG = [
-    (0.71, 0.17),
-    (0.65, 0.185),
-    (0.595, 0.23),
-    (0.57, 0.31),
-    (0.565, 0.36),
-    (0.58, 0.44),
-    (0.62, 0.50),
-    (0.665, 0.57),
-    (0.705, 0.655),
-    (0.75, 0.67),
-    (0.80, 0.665),
-    (0.86, 0.70),
-    (0.905, 0.77),
-    (0.905, 0.77),
-    (0.905, 0.77),
-    (0.915, 0.63),
-    (0.91, 0.48),
-    (0.89, 0.34),
-    (0.85, 0.25),
-    (0.79, 0.19),
-]
-
-
-def _chaikin(p: np.ndarray, iterations: int) -> np.ndarray:
-    """Corner-cutting smoothing of a closed polygon (P, 2)."""
-    for _ in range(iterations):
-        q = np.roll(p, -1, axis=0)
-        p = np.stack([0.75 * p + 0.25 * q, 0.25 * p + 0.75 * q], axis=1).reshape(-1, 2)
-    return p
-
-
-def _make_lungs(rng: np.random.Generator, w: float, lung_h: float, top: float) -> list[_Lung]:
-    """The image-left (patient right) and image-right (patient left, heart side) lungs."""
-    lungs = []
-    for outline, center, out in ((_RIGHT_LUNG, (0.26, 0.44), -1.0), (_LEFT_LUNG, (0.755, 0.44), 1.0)):
-        p = np.array(outline) + rng.normal(0, 0.005, (len(outline), 2))
-        p = _chaikin(p, 3)
-        p = np.column_stack([0.5 + (p[:, 0] - 0.5) * w / 0.44, top + (p[:, 1] - 0.17) * lung_h])
-        cx, cy = 0.5 + (center[0] - 0.5) * w / 0.44, top + (center[1] - 0.17) * lung_h
-        ax, ay = 0.17 * w / 0.44, 0.3 * lung_h
-        t = np.linspace(0, 1, 8, endpoint=False)[:, None, None]
-        dense = ((1 - t) * p[None] + t * np.roll(p, -1, axis=0)[None]).transpose(1, 0, 2).reshape(-1, 2)
-        lungs.append(_Lung(cx, cy, ax, ay, out, dense))
-    return lungs
-
-
-@dataclass
-class _Lesion:
-    """A pneumothorax: the part of ``lung`` beyond ``1 - depth * shape(theta)`` of the way from the
-    hilum to the wall, along rays from the hilum (``frame``). Small depths give a crescent hugging
-    the wall; depths near 1 collapse the lung towards the hilum."""
-
-    lung: _Lung
-    frame: _Lung  # the same lung seen from its hilum
-    center: float  # ray angle of the thickest part (0 lateral, -pi/2 up)
-    h_neg: float  # angular half-width towards smaller theta (apex side)
-    h_pos: float
-    power: float
-    wobble_f: float
-    wobble_p: float
-    depth: float = 0.0  # max relative depth (0.._MAX_DEPTH), fitted to the target area
-
-    def shape(self, theta: np.ndarray) -> np.ndarray:
-        """Relative depth profile along the wall, 0 outside the angular span; like theta."""
-        dth = (theta - self.center + math.pi) % _TWO_PI - math.pi
-        z = dth / np.where(dth < 0, self.h_neg, self.h_pos)
-        prof = np.clip(1.0 - z * z, 0.0, 1.0) ** self.power
-        return prof * (1.0 + 0.03 * np.sin(self.wobble_f * theta + self.wobble_p))
-
-    def depth_key(self, rho: np.ndarray, theta: np.ndarray, r: np.ndarray, in_lung: np.ndarray) -> np.ndarray:
-        """Per pixel, the smallest ``depth`` that puts it inside the lesion (inf if never).
-
-        ``rho, theta, r`` are ``frame.polar`` of the pixels; all arrays of one shape.
-        """
-        s = self.shape(theta)
-        valid = (s > 0) & (rho < r) & in_lung
-        q = np.full(rho.shape, np.inf, dtype=np.float32)
-        q[valid] = (1.0 - rho[valid] / r[valid]) / s[valid]
-        return q
-
-    def fields(self, bx: np.ndarray, by: np.ndarray, px: float) -> tuple[np.ndarray, np.ndarray]:
-        """(px distance past the visceral line, + = in the air; shape), arrays like bx."""
-        rho, theta, r = self.frame.polar(bx, by)
-        s = self.shape(theta)
-        return (rho - r * (1.0 - self.depth * s)) * self.frame.radial_px(theta, px), s
-
-
-def _pixel_block(pose: _Pose, lung: _Lung, size: int) -> tuple[slice, slice]:
-    """Row and column slices of a ``size`` px image that cover ``lung`` (with a small margin)."""
-    x, y = pose.to_image(lung.outline[:, 0], lung.outline[:, 1])
-    c0, c1 = np.clip([x.min() * size - 3, x.max() * size + 4], 0, size).astype(int)
-    r0, r1 = np.clip([y.min() * size - 3, y.max() * size + 4], 0, size).astype(int)
-    return slice(r0, r1), slice(c0, c1)
-
-
-def _body_coords(pose: _Pose, size: int, rows: slice, cols: slice) -> tuple[np.ndarray, np.ndarray]:
-    """Body coords of pixel centres, float32 arrays of shape (rows, cols)."""
-    g = (np.arange(size, dtype=np.float32) + 0.5) / size
-    bx, by = pose.to_body(g[None, cols], g[rows, None])
-    return bx.astype(np.float32), by.astype(np.float32)
-
-
-def _place_lesions(
-    spec: CaseSpec, lungs: list[_Lung], rng: np.random.Generator, pose: _Pose, size: int
-) -> tuple[list[_Lesion], list[np.ndarray]]:
-    """Shape one crescent per target area and fit its depth so the mask at ``size`` px has that area.
-
-    Returns the lesions and their bool masks of shape (size, size).
-    """
-    lesions: list[_Lesion] = []
-    masks: list[np.ndarray] = []
-    side = int(rng.random() < 0.5)
-    for k, area_1024 in enumerate(spec.lesion_areas_1024):
-        other_lung = k > 0 and rng.random() < 0.25
-        lung = lungs[1 - side if other_lung else side]
-        h = float(np.clip(0.3 + 0.22 * math.log(area_1024 / 1500.0), 0.2, 1.7))
-        if k > 0 and not other_lung:
-            prev = lesions[-1]
-            # beside the previous one on the same wall, towards the lateral side if it is apical
-            gap = prev.h_pos + 0.9 * h + 0.1 if prev.center < -0.6 else -(prev.h_neg + 0.9 * h + 0.1)
-            center = prev.center + gap
-        else:
-            center = rng.uniform(-1.45, 0.1)
-        skew = rng.uniform(-0.3, 0.3)
-        hilum = lung.about(lung.cx - lung.out * 0.5 * lung.ax, lung.cy + 0.08 * lung.ay)
-        les = _Lesion(
-            lung,
-            hilum,
-            center,
-            h * (1 + skew),
-            h * (1 - skew),
-            rng.uniform(0.5, 0.9),
-            float(round(rng.uniform(4, 9))),
-            rng.uniform(0, _TWO_PI),
-        )
-        rows, cols = _pixel_block(pose, lung, size)
-        bx, by = _body_coords(pose, size, rows, cols)
-        rho, _, r = lung.polar(bx, by)
-        in_lung = rho < r
-        frame_polar = hilum.polar(bx, by)
-        n_px = max(1, round(area_1024 * (size / 1024.0) ** 2))
-        for _ in range(10):  # widen the span until the target fits at depth <= MAX_DEPTH
-            q = les.depth_key(*frame_polar, in_lung)
-            reachable = np.sort(q[q <= _MAX_DEPTH])
-            if reachable.size >= n_px:
-                break
-            les.h_neg, les.h_pos = min(les.h_neg * 1.25, 3.0), min(les.h_pos * 1.25, 3.0)
-        n_px = min(n_px, reachable.size)
-        les.depth = float(reachable[n_px - 1]) if n_px else 0.0
-        mask = np.zeros((size, size), dtype=bool)
-        mask[rows, cols] = q <= les.depth if n_px else False
-        lesions.append(les)
-        masks.append(mask)
-    return lesions, masks
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -292,7 +50,7 @@ def _bezier(p: np.ndarray, n: int = 40) -> np.ndarray:
 class _Canvas:
     """A PIL 'L' layer at ``res`` px drawn in body coordinates through the pose."""
 
-    def __init__(self, res: int, pose: _Pose, supersample: int) -> None:
+    def __init__(self, res: int, pose: Pose, supersample: int) -> None:
         self.res, self.pose, self.ss = res, pose, supersample
         self.im = Image.new("L", (res * supersample, res * supersample), 0)
         self.draw = ImageDraw.Draw(self.im)
@@ -318,7 +76,7 @@ class _Canvas:
         return np.asarray(im, dtype=np.float32) * (1.0 / 255.0)
 
 
-def _grow_vessels(canvas: _Canvas, lung: _Lung, rng: np.random.Generator, gens: int) -> None:
+def _grow_vessels(canvas: _Canvas, lung: Lung, rng: np.random.Generator, gens: int) -> None:
     """Draw a branching vessel tree from the hilum of ``lung``; thinner and fainter outwards."""
     hx, hy = -0.7 * lung.ax, 0.05 * lung.ay  # lateral-positive frame relative to the centre
     trunks = np.linspace(-1.5, 1.25, 10) + rng.normal(0, 0.08, 10)
@@ -339,7 +97,7 @@ def _grow_vessels(canvas: _Canvas, lung: _Lung, rng: np.random.Generator, gens: 
     c, sn, sc = math.cos(pose.rot), math.sin(pose.rot), pose.scale * f
     ox, oy = (0.5 + pose.tx) * f, (0.5 + pose.ty) * f
     cx, cy, out, ax, ay, table = lung.cx, lung.cy, lung.out, lung.ax, lung.ay, lung.table.tolist()
-    k_tab = _TABLE_N / _TWO_PI
+    k_tab = TABLE_N / TWO_PI
     draw = canvas.draw
     while stack:
         x, y, ang, length, width, g = stack.pop()
@@ -349,7 +107,7 @@ def _grow_vessels(canvas: _Canvas, lung: _Lung, rng: np.random.Generator, gens: 
                 ang += 0.35 * (next(u) - 0.5)
                 nx, ny = x + 0.5 * length * math.cos(ang), y + 0.5 * length * math.sin(ang)
                 lx, ly = nx / ax, ny / ay
-                if math.hypot(lx, ly) > 0.97 * table[int((math.atan2(ly, lx) + math.pi) * k_tab) % _TABLE_N]:
+                if math.hypot(lx, ly) > 0.97 * table[int((math.atan2(ly, lx) + math.pi) * k_tab) % TABLE_N]:
                     break
                 x, y = nx, ny
             bx, by = cx + out * x - 0.5, cy + y - 0.5
@@ -379,119 +137,176 @@ def _anatomy(prng: np.random.Generator, rng: np.random.Generator) -> dict:
     }
 
 
-def render_case(spec: CaseSpec, size: int = 1024) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Render one phantom: image uint8 (size, size) and one bool mask (size, size) per lesion."""
-    _, render_ss, lesion_ss, device_ss = _image_streams(spec.seed, spec.index)
-    rng = np.random.default_rng(render_ss)
-    A = _anatomy(_patient_rng(spec.seed, spec.patient_index), rng)
-    res = min(max(size, 256), RENDER_MAX)
-    pose = _Pose(rng.normal(0, 0.03), rng.uniform(0.93, 1.05), rng.normal(0, 0.015), rng.normal(0.01, 0.015))
-    px = res * pose.scale  # px per body unit at render resolution
-    bx, by = _body_coords(pose, res, slice(None), slice(None))
-    dx = bx - 0.5
-    adx = np.abs(dx)
-    w, top = A["w"], A["top"]
+@dataclass
+class _Grid:
+    """The render grid: pixel centres in body coords (res, res) float32 and px per body unit."""
 
-    # body outline with rounded shoulders; soft-tissue thickness (bright = dense)
-    t = np.clip((by - 0.0) / (top + 0.06), 0, 1)
-    hw = A["neck"] + (w + 0.02 - A["neck"]) * np.sqrt(t * t * (3 - 2 * t)) - 0.02 * np.clip(by - 0.7, 0, None)
-    body = _sig((hw - adx) * px / 2.0)
-    thick = np.sqrt(np.clip(1 - (dx / np.maximum(hw, 0.05)) ** 2, 0, 1))
+    pose: Pose
+    res: int
+    px: float
+    bx: np.ndarray
+    by: np.ndarray
+    dx: np.ndarray  # bx - 0.5
+    adx: np.ndarray  # |bx - 0.5|
+
+
+def _torso(A: dict, g: _Grid, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(density D, body mask, soft-tissue thickness), each (res, res): outline with rounded
+    shoulders, thickness (bright = dense) and sometimes the arms at the sides."""
+    w, top = A["w"], A["top"]
+    t = np.clip((g.by - 0.0) / (top + 0.06), 0, 1)
+    hw = (
+        A["neck"]
+        + (w + 0.02 - A["neck"]) * np.sqrt(t * t * (3 - 2 * t))
+        - 0.02 * np.clip(g.by - 0.7, 0, None)
+    )
+    body = _sig((hw - g.adx) * g.px / 2.0)
+    thick = np.sqrt(np.clip(1 - (g.dx / np.maximum(hw, 0.05)) ** 2, 0, 1))
     D = body * (0.30 + (0.30 + 0.1 * A["fat"]) * thick)
     if rng.random() < 0.45:  # arms at the sides
         arm_x = w + rng.uniform(0.05, 0.08)
-        D += 0.5 * _sig((0.035 - np.abs(adx - arm_x)) * px / 2.0) * _sig((by - top + 0.02) * px / 3.0)
+        D += 0.5 * _sig((0.035 - np.abs(g.adx - arm_x)) * g.px / 2.0) * _sig((g.by - top + 0.02) * g.px / 3.0)
+    return D, body, thick
 
-    # lungs (air lowers density, most in the middle of each lung)
-    lungs = _make_lungs(rng, w, A["lung_h"], top)
-    blocks = [_pixel_block(pose, lung, res) for lung in lungs]
-    polar = [lung.polar(bx[blk], by[blk]) for lung, blk in zip(lungs, blocks, strict=True)]
-    air = np.zeros_like(D)
+
+def _lung_air(lungs: list[Lung], g: _Grid, like: np.ndarray) -> tuple[list, list, np.ndarray]:
+    """(pixel block per lung, its polar coords, air (res, res)): air lowers density, most in the
+    middle of each lung."""
+    blocks = [pixel_block(g.pose, lung, g.res) for lung in lungs]
+    polar = [lung.polar(g.bx[blk], g.by[blk]) for lung, blk in zip(lungs, blocks, strict=True)]
+    air = np.zeros_like(like)
     for lung, blk, (rho, theta, r) in zip(lungs, blocks, polar, strict=True):
-        m = _sig((r - rho) * lung.radial_px(theta, px) / 1.0)
+        m = _sig((r - rho) * lung.radial_px(theta, g.px) / 1.0)
         air[blk] += m * (0.55 + 0.45 * np.sqrt(np.clip(1 - rho / r, 0, 1)))
-    dome = lungs[0].cy + 0.75 * lungs[0].ay  # abdomen below the domes
-    D += 0.12 * body * _sig((by - dome) / 0.05) * thick
+    return blocks, polar, air
 
-    # parenchyma: haze, hilar density, branching vessels
-    ss = 2 if res < 384 else 1
-    vessels = _Canvas(res, pose, ss)
+
+def _parenchyma(lungs: list[Lung], g: _Grid, rng: np.random.Generator) -> np.ndarray:
+    """Lung tissue density (res, res): haze, hilar density, branching vessels."""
+    vessels = _Canvas(g.res, g.pose, _supersample(g.res))
     for lung in lungs:
         _grow_vessels(vessels, lung, rng, gens=8)
-    haze = 0.08 + 0.02 * _smooth_noise(rng, res, 10) + 0.012 * _smooth_noise(rng, res, max(8, res // 6))
+    haze = 0.08 + 0.02 * _smooth_noise(rng, g.res, 10) + 0.012 * _smooth_noise(rng, g.res, max(8, g.res // 6))
     hilum = sum(
-        np.exp(-(((bx - lung.cx + lung.out * 0.7 * lung.ax) / 0.05) ** 2 + ((by - lung.cy) / 0.08) ** 2))
+        np.exp(-(((g.bx - lung.cx + lung.out * 0.7 * lung.ax) / 0.05) ** 2 + ((g.by - lung.cy) / 0.08) ** 2))
         for lung in lungs
     )
-    paren = haze + 0.08 * hilum + rng.uniform(0.13, 0.17) * vessels.array(blur=1.0)
+    return haze + 0.08 * hilum + rng.uniform(0.13, 0.17) * vessels.array(blur=1.0)
 
-    # pneumothorax: no parenchyma inside the crescent, bright visceral pleural line at its inner edge
-    lesions, masks = _place_lesions(spec, lungs, np.random.default_rng(lesion_ss), pose, size)
-    pleura = np.zeros_like(D)
-    line_w = 1.1 * res / 512  # px at render resolution (about 2 px at 1024)
+
+def _pneumothorax(
+    spec: CaseSpec, lungs: list[Lung], lung_px: tuple, paren: np.ndarray, g: _Grid, lesion_rng, size: int
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Clear ``paren`` (in place) inside each crescent; (pleural line density (res, res), masks).
+
+    ``lung_px``: (blocks, polar) of :func:`_lung_air`; masks are bool (size, size), one per lesion.
+    """
+    blocks, polar = lung_px
+    lesions, masks = place_lesions(spec, lungs, lesion_rng, g.pose, size)
+    pleura = np.zeros_like(paren)
+    line_w = 1.1 * g.res / 512  # px at render resolution (about 2 px at 1024)
     for les in lesions:
         i = lungs.index(les.lung)
         blk, (rho, theta, r) = blocks[i], polar[i]
-        in_this_lung = _sig((r - rho) * les.lung.radial_px(theta, px) / 0.7)
-        dist, s = les.fields(bx[blk], by[blk], px)
+        in_this_lung = _sig((r - rho) * les.lung.radial_px(theta, g.px) / 0.7)
+        dist, s = les.fields(g.bx[blk], g.by[blk], g.px)
         air_soft = _sig(dist / 0.6) * in_this_lung
         paren[blk] = paren[blk] - spec.lesion_contrast * (paren[blk] + 0.045) * air_soft
         # the visceral pleura is lung tissue: centre the line just on the lung side of the mask edge
         pleura[blk] += np.exp(-(((dist + 0.8 * line_w) / line_w) ** 2)) * np.sqrt(s) * in_this_lung
-    D += air * (paren - 0.42) + rng.uniform(0.09, 0.14) * pleura
+    return pleura, masks
 
-    # spine, heart
-    D += 0.07 * _sig((0.03 - adx) * px / 2) * (0.9 + 0.1 * np.cos(by * _TWO_PI / 0.045) ** 2) * body
-    hr = ((bx - 0.55) / (0.12 * A["heart"])) ** 2 + ((by - lungs[1].cy - 0.17) / (0.1 * A["heart"])) ** 2
+
+def _mediastinum(D: np.ndarray, g: _Grid, lungs: list[Lung], A: dict, body: np.ndarray) -> None:
+    """Add spine, heart and trachea to D (in place)."""
+    D += 0.07 * _sig((0.03 - g.adx) * g.px / 2) * (0.9 + 0.1 * np.cos(g.by * TWO_PI / 0.045) ** 2) * body
+    hr = ((g.bx - 0.55) / (0.12 * A["heart"])) ** 2 + ((g.by - lungs[1].cy - 0.17) / (0.1 * A["heart"])) ** 2
     D += 0.06 * _sig((1 - hr) * 5)
-
-    trachea = _sig((0.016 - adx) * px / 2) * _sig((lungs[0].cy - 0.1 - by) * px / 6)
+    trachea = _sig((0.016 - g.adx) * g.px / 2) * _sig((lungs[0].cy - 0.1 - g.by) * g.px / 6)
     D -= 0.07 * trachea
 
-    # ribs and clavicles: one phase field per family, u = |x - midline| / half-width
-    u = adx / w
+
+def _ribs(D: np.ndarray, g: _Grid, A: dict, body: np.ndarray, rng: np.random.Generator) -> None:
+    """Add ribs and clavicles to D (in place): one phase field per family, u = |x - midline| / half-width."""
+    w, top, px = A["w"], A["top"], g.px
+    u = g.adx / w
     cage = _sig((1.03 - u) * w * px / 2) * _sig((u - 0.07) * w * px / 2) * body
     rib_amp = rng.uniform(0.05, 0.08)
     rib_edge = 0.15 if rng.random() < 0.7 else rng.uniform(0.6, 1.0)  # some with prominent rib edges
     shade = 1.0 - 0.6 * _sig((0.2 - u) * w * px / 3)  # ribs fade behind the mediastinum
     arch = 0.2 * (u - 0.3) ** 2 + 0.5 * np.clip(u - 0.7, 0, None) ** 2
-    post = (by - top + 0.02 - arch) / (0.056 * A["lung_h"])
+    post = (g.by - top + 0.02 - arch) / (0.056 * A["lung_h"])
     D += rib_amp * _rib_profile(post, 0.45, rib_edge, 10) * cage * shade
-    ant = (by - top - 0.01 - 0.2 * (1.0 - u)) / (0.062 * A["lung_h"])
+    ant = (g.by - top - 0.01 - 0.2 * (1.0 - u)) / (0.062 * A["lung_h"])
     D += 0.5 * rib_amp * _rib_profile(ant, 0.4, 0.2, 7) * cage * _sig((u - 0.35) * w * px / 6)
-    clav = (by - top - 0.06 + 0.1 * u - 0.02 * u * u) / 0.026
+    clav = (g.by - top - 0.06 + 0.1 * u - 0.02 * u * u) / 0.026
     clav_span = _sig((u - 0.05) * w * px / 2) * _sig((0.75 - u) * w * px / 3)
     D += 0.14 * _rib_profile(clav + 0.5, 0.9, 0.5, 1) * clav_span
 
-    # female breast shadows, gastric bubble
+
+def _soft_tissue(D: np.ndarray, spec: CaseSpec, g: _Grid, w: float, dome: float, rng) -> None:
+    """Add female breast shadows and (often) a gastric bubble to D (in place)."""
     if spec.sex == "F":
         for sgn in (-1.0, 1.0):
             ecy = dome - 0.02
-            e = ((bx - 0.5 - sgn * 0.3 * w / 0.44) / 0.15) ** 2 + ((by - ecy) / 0.11) ** 2
-            D += 0.04 * _sig((1 - e) * np.where(by > ecy, 30.0, 3.0))
+            e = ((g.bx - 0.5 - sgn * 0.3 * w / 0.44) / 0.15) ** 2 + ((g.by - ecy) / 0.11) ** 2
+            D += 0.04 * _sig((1 - e) * np.where(g.by > ecy, 30.0, 3.0))
     if rng.random() < 0.6:
-        e = ((bx - 0.5 - 0.2 * w / 0.44) / 0.05) ** 2 + ((by - dome - 0.06) / 0.03) ** 2
+        e = ((g.bx - 0.5 - 0.2 * w / 0.44) / 0.05) ** 2 + ((g.by - dome - 0.06) / 0.03) ** 2
         D -= 0.1 * _sig((1 - e) * 4)
 
-    # confounders and devices
-    drng = np.random.default_rng(device_ss)
-    dev = _Canvas(res, pose, ss)
-    _draw_devices(dev, spec, lungs, drng, w)
-    if drng.random() < (0.08 if spec.positive else 0.25):
-        D += _skin_fold(drng, lungs[int(drng.random() < 0.5)], bx, by, px)
+
+def _confounders(D: np.ndarray, spec: CaseSpec, lungs: list[Lung], g: _Grid, w: float, device_rng) -> None:
+    """Add devices (tubes, lines, leads, marker) and sometimes a skin fold to D (in place)."""
+    dev = _Canvas(g.res, g.pose, _supersample(g.res))
+    _draw_devices(dev, spec, lungs, device_rng, w)
+    if device_rng.random() < (0.08 if spec.positive else 0.25):
+        D += _skin_fold(device_rng, lungs[int(device_rng.random() < 0.5)], g.bx, g.by, g.px)
     D += 0.5 * dev.array(blur=0.5)
 
-    # exposure, contrast, noise
+
+def _expose(D: np.ndarray, g: _Grid, rng: np.random.Generator, size: int) -> np.ndarray:
+    """Density (res, res) -> uint8 image (size, size): exposure, contrast, resize, noise."""
     lo, hi = rng.uniform(0.0, 0.08), rng.uniform(0.85, 1.0)
     img = np.clip((D - lo) / (hi - lo), 0, 1) ** rng.uniform(0.8, 1.25)
-    img = img * (1 + rng.uniform(-0.06, 0.06) * (bx - 0.5) + rng.uniform(-0.06, 0.06) * (by - 0.5))
-    img = 255.0 * img + rng.uniform(0.5, 2.0) * _smooth_noise(rng, res, res // 2)
-    if res != size:
-        kind = Image.BICUBIC if size > res else Image.BOX
+    img = img * (1 + rng.uniform(-0.06, 0.06) * (g.bx - 0.5) + rng.uniform(-0.06, 0.06) * (g.by - 0.5))
+    img = 255.0 * img + rng.uniform(0.5, 2.0) * _smooth_noise(rng, g.res, g.res // 2)
+    if g.res != size:
+        kind = Image.BICUBIC if size > g.res else Image.BOX
         img = np.asarray(Image.fromarray(img.astype(np.float32), "F").resize((size, size), kind))
     img = img + rng.standard_normal((size, size), dtype=np.float32) * rng.uniform(1.0, 3.0)
-    img = np.clip(img + 0.5, 0, 255).astype(np.uint8)
-    return img, masks
+    return np.clip(img + 0.5, 0, 255).astype(np.uint8)
+
+
+def _supersample(res: int) -> int:
+    """Canvas supersampling of thin drawn lines: 2x below 384 px."""
+    return 2 if res < 384 else 1
+
+
+def render_case(spec: CaseSpec, size: int = 1024) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Render one phantom: image uint8 (size, size) and one bool mask (size, size) per lesion."""
+    _, render_ss, lesion_ss, device_ss = image_streams(spec.seed, spec.index)
+    rng = np.random.default_rng(render_ss)
+    A = _anatomy(patient_rng(spec.seed, spec.patient_index), rng)
+    res = min(max(size, 256), RENDER_MAX)
+    pose = Pose(rng.normal(0, 0.03), rng.uniform(0.93, 1.05), rng.normal(0, 0.015), rng.normal(0.01, 0.015))
+    bx, by = body_coords(pose, res, slice(None), slice(None))
+    g = _Grid(pose, res, res * pose.scale, bx, by, bx - 0.5, np.abs(bx - 0.5))
+    D, body, thick = _torso(A, g, rng)
+    lungs = make_lungs(rng, A["w"], A["lung_h"], A["top"])
+    blocks, polar, air = _lung_air(lungs, g, D)
+    dome = lungs[0].cy + 0.75 * lungs[0].ay  # abdomen below the domes
+    D += 0.12 * body * _sig((by - dome) / 0.05) * thick
+    paren = _parenchyma(lungs, g, rng)
+    # pneumothorax: no parenchyma inside the crescent, bright visceral pleural line at its inner edge
+    lesion_rng = np.random.default_rng(lesion_ss)
+    pleura, masks = _pneumothorax(spec, lungs, (blocks, polar), paren, g, lesion_rng, size)
+    D += air * (paren - 0.42) + rng.uniform(0.09, 0.14) * pleura
+    _mediastinum(D, g, lungs, A, body)
+    _ribs(D, g, A, body, rng)
+    _soft_tissue(D, spec, g, A["w"], dome, rng)
+    _confounders(D, spec, lungs, g, A["w"], np.random.default_rng(device_ss))
+    return _expose(D, g, rng, size), masks
 
 
 def _rib_profile(phase: np.ndarray, width: float, edge: float, count: int) -> np.ndarray:
@@ -511,9 +326,7 @@ def _rib_profile(phase: np.ndarray, width: float, edge: float, count: int) -> np
     return lut[idx]
 
 
-def _skin_fold(
-    rng: np.random.Generator, lung: _Lung, bx: np.ndarray, by: np.ndarray, px: float
-) -> np.ndarray:
+def _skin_fold(rng: np.random.Generator, lung: Lung, bx: np.ndarray, by: np.ndarray, px: float) -> np.ndarray:
     """A skin fold over the lateral lung: density ramps up towards a curved edge, then drops
     sharply; a PTX look-alike without the avascular region. Density increment like bx."""
     y0, y1 = lung.cy - lung.ay * rng.uniform(0.3, 0.9), lung.cy + lung.ay * rng.uniform(0.3, 1.0)
@@ -528,7 +341,7 @@ def _skin_fold(
 
 
 def _draw_devices(
-    canvas: _Canvas, spec: CaseSpec, lungs: list[_Lung], rng: np.random.Generator, w: float
+    canvas: _Canvas, spec: CaseSpec, lungs: list[Lung], rng: np.random.Generator, w: float
 ) -> None:
     """Tubes, lines, ECG leads and a side marker, in body coordinates."""
     ap = spec.view == "AP"

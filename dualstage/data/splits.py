@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 
-__all__ = ["make_splits", "read_folds", "PAPER_TEST_FRACTION", "PAPER_VAL_FRACTION"]
+__all__ = ["make_splits", "read_folds", "inner_split", "PAPER_TEST_FRACTION", "PAPER_VAL_FRACTION"]
 
 PAPER_TEST_FRACTION = 1068 / 10675
 PAPER_VAL_FRACTION = 964 / 10675
@@ -55,8 +55,9 @@ def make_splits(
     """Split a manifest (columns image_id, has_pneumothorax, optional patient_id).
 
     Returns one row per image: image_id, group (patient id, or ``image:<id>`` when unknown), has_pneumothorax,
-    split (train / val / test) and fold (0..n_folds-1 over train+val; -1 for test).
-    No patient is in two splits or two folds; presence is stratified in both. Seeded and
+    split (train / val / test: the papers' holdout view) and fold (0..n_folds-1 over every study: the
+    cross-fitted view, where each fold is a test fold once). No patient is in two splits or two
+    folds; presence is stratified in both. Seeded and
     stable: the same manifest and seed give the same table whatever the row order.
     """
     if not 0 <= test_fraction < 1 or not 0 <= val_fraction < 1 or test_fraction + val_fraction >= 1:
@@ -70,7 +71,7 @@ def make_splits(
     holdout = _assign_holdout(groups, {"test": test_fraction, "val": val_fraction}, seed)
     df["split"] = df["group"].map(holdout)
     df["fold"] = -1
-    dev = df.index[df["split"] != "test"]
+    dev = df.index
     n_groups = df.loc[dev, "group"].nunique()
     k = min(n_folds, n_groups)
     if k >= 2:
@@ -89,8 +90,9 @@ def make_splits(
     return df[["image_id", "group", "has_pneumothorax", "split", "fold"]]
 
 
-def read_folds(splits_csv: str | Path, ids: np.ndarray) -> np.ndarray:
-    """(N,) int fold of each id from ``splits.csv``; ValueError for test-split or fold-less rows."""
+def read_folds(splits_csv: str | Path, ids: np.ndarray, allow_test: bool = False) -> np.ndarray:
+    """(N,) int fold of each id from ``splits.csv``; ValueError for fold-less rows and, unless
+    ``allow_test`` (cross-fitting over every study), for rows of the holdout test split."""
     path = Path(splits_csv)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: splits file not found; run `segment prepare` first")
@@ -99,7 +101,7 @@ def read_folds(splits_csv: str | Path, ids: np.ndarray) -> np.ndarray:
         raise ValueError(f"{path}: no 'fold' column")
     rows = table.reindex(ids)
     test = rows["split"].astype(str).eq("test").to_numpy() if "split" in rows else np.zeros(ids.size, bool)
-    if test.any():
+    if test.any() and not allow_test:
         raise ValueError(f"{path}: {test.sum()} oof rows are test-split images (e.g. {ids[test][0]})")
     fold = rows["fold"].to_numpy(dtype=np.float64)
     bad = np.isnan(fold) | (fold < 0)
@@ -109,3 +111,28 @@ def read_folds(splits_csv: str | Path, ids: np.ndarray) -> np.ndarray:
             "cross-validated on the project's own folds only"
         )
     return fold.astype(np.int64)
+
+
+def inner_split(table: pd.DataFrame, k: int, fraction: float = PAPER_VAL_FRACTION, seed: int = 0):
+    """(train ids, inner-validation ids) of fold model k: every study outside fold k, of which a
+    patient-grouped, presence-stratified share ``fraction`` validates (checkpoint choice, early
+    stopping). Fold k itself is never seen: its maps are the model's out-of-fold predictions.
+
+    ``table`` needs image_id, group, has_pneumothorax and fold columns (splits.csv).
+    """
+    dev = table[table["fold"] != k].sort_values("image_id", kind="stable").reset_index(drop=True)
+    n_groups = dev["group"].nunique()
+    n_splits = int(min(max(2, round(1 / max(fraction, 1e-6))), n_groups))
+    if n_splits < 2:
+        raise ValueError(f"fold {k}: {n_groups} patient group(s) outside the fold; cannot carve a validation")
+    y, g = dev["has_pneumothorax"], dev["group"]
+    smallest = g.groupby(y).nunique().min() if y.nunique() == 2 else 0
+    cv = (
+        StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed + 1000 + k)
+        if smallest >= n_splits
+        else GroupKFold(n_splits=n_splits)
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        train_idx, val_idx = next(iter(cv.split(dev, y, g)))
+    return dev.loc[train_idx, "image_id"].tolist(), dev.loc[val_idx, "image_id"].tolist()

@@ -20,11 +20,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from dualstage import gating
 from dualstage.gates import BASELINE
 from dualstage.io import atomic_write_text, json_safe, write_csv_atomic, write_json_atomic
 from dualstage.layout import ExperimentDir
 from dualstage.report import figures as F
-from dualstage.report.compare import compare
+from dualstage.report.compare import compare, compare_counts
 from dualstage.report.document import (
     Code,
     Figure,
@@ -38,6 +39,7 @@ from dualstage.report.document import (
 from dualstage.report.gallery import gallery as draw_gallery
 from dualstage.report.html import render_html
 from dualstage.report.provenance import provenance
+from dualstage.report.summary import summary_json, threshold_table
 from dualstage.report.tables import comparison_display, comparison_frame, paper_tables
 from dualstage.segment.operating_points import OperatingPoints
 
@@ -57,10 +59,13 @@ def _headline(cmp: dict) -> list:
     md = g[best]["metrics"]["mean_dice"]
     names = ", ".join(f"\u201c{g[k]['name']}\u201d" for k in cmp["tied"])
     lead = f"the best gates (tied) are {names}" if len(cmp["tied"]) > 1 else f"the best gate is {names}"
-    text = (
-        f"On {cmp['n']} held-out test studies ({cmp['n_pos']} positive), under the challenge metric {lead}: "
-        f"mean Dice {_ci(md)} (95 % bootstrap interval)."
+    where = (
+        f"all {cmp['n']} studies ({cmp['n_pos']} positive), each scored by a pipeline that never saw it "
+        f"(cross-fitted over {len(cmp['fold_model'])} folds)"
+        if cmp["split"] == "crossfit"
+        else f"{cmp['n']} held-out test studies ({cmp['n_pos']} positive)"
     )
+    text = f"On {where}, under the challenge metric {lead}: mean Dice {_ci(md)} (95 % bootstrap interval)."
     w = cmp["winner"]
     if w:
         sure = "clearly ahead" if w["lo"] > 0 else "not clearly ahead: the interval includes 0"
@@ -78,23 +83,50 @@ def _headline(cmp: dict) -> list:
     return [Paragraph(text, "lead")]
 
 
+def _how(cmp: dict, op: OperatingPoints | None) -> str:
+    if cmp["split"] == "crossfit":
+        return (
+            "Cross-fitted: for the studies of fold k, the segmenter is fold model k (never trained on "
+            "fold k), "
+            "every operating point is chosen on the other folds' out-of-fold maps "
+            "(crossfit/fold_k/operating_point.json) and the classifier and its gate threshold are fitted on "
+            "the other folds' out-of-fold features (crossfit/fold_k/classifier/): every rule is applied to "
+            f"maps of the kind it was chosen on. {cmp['n']} studies, {cmp['n_pos']} positive, "
+            f"{cmp['n_neg']} negative; folds {', '.join(cmp['fold_model'])}."
+        )
+    return (
+        f"The papers' holdout view: operating points chosen on {cmp['chosen_on'] or '?'} "
+        f"({op.n_images if op else '?'} images, operating_point.json); classifier and gate thresholds "
+        "fitted on "
+        f"val (classifier/). Scored on the test split only ({cmp['n']} studies, {cmp['n_pos']} positive, "
+        f"{cmp['n_neg']} negative), maps from {', '.join(cmp['fold_model']) or '?'}."
+    )
+
+
+def _per_fold_table(cmp: dict) -> Table:
+    rows = [
+        {"Gate": cmp["gates"][k]["name"], "Mean Dice, mean over folds": f"{v['mean']:.3f}",
+         "sd": f"{v['sd']:.3f}", "Folds": v["n_folds"],
+         **{f"fold {f}": f"{x:.3f}" for f, x in v["folds"].items()}}
+        for k, v in cmp["per_fold"].items()
+    ]  # fmt: skip
+    return Table("per_fold", "Mean Dice per fold (each fold a test fold once): mean and sd over folds",
+                 pd.DataFrame(rows))  # fmt: skip
+
+
 def _comparison_section(
-    exp: Path, cmp: dict | None, op: OperatingPoints | None, error: str | None
+    exp: Path, cmp: dict | None, op: OperatingPoints | None, error: str | None, key: str = "comparison"
 ) -> Section:
-    sec = Section("Which gate wins (test split)")
+    crossfit = cmp is not None and cmp["split"] == "crossfit"
+    title = "Which gate wins (every study, cross-fitted)" if crossfit else "Which gate wins (test split)"
+    if key == "holdout":
+        title = "The papers' holdout view (test split)"
+    sec = Section(title)
     if cmp is None:
-        sec.blocks.append(Table("comparison", "Gate comparison on the test split", None, error))
+        sec.blocks.append(Table(key, "Gate comparison", None, error))
         return sec
     sec.blocks += _headline(cmp)
-    sec.blocks.append(
-        Paragraph(
-            f"Operating points as chosen on {cmp['chosen_on'] or '?'} ({op.n_images if op else '?'} images, "
-            "operating_point.json); classifier gate thresholds chosen on out-of-fold probabilities "
-            f"(classifier/gate.json). Scored on the test split only ({cmp['n']} studies, "
-            f"{cmp['n_pos']} positive, {cmp['n_neg']} negative), maps from "
-            f"{', '.join(cmp['fold_model']) or '?'}."
-        )
-    )
+    sec.blocks.append(Paragraph(_how(cmp, op)))
     display = comparison_display(cmp)
     order = list(cmp["gates"])
     classes = {order.index(cmp["best"]): "best"} if cmp["best"] else {}
@@ -102,18 +134,20 @@ def _comparison_section(
     ref = cmp["gates"][cmp["reference"]]["name"] if cmp["reference"] else "-"
     sec.blocks.append(
         Table(
-            "comparison",
-            f"Gate comparison on the test split: value [95 % bootstrap interval], "
+            key,
+            f"Gate comparison ({cmp['split']}): value [95 % bootstrap interval], "
             f"{cmp['resamples']} resamples, seed {cmp['seed']}",
             display,
             None,
             "Mean Dice: challenge metric (empty vs empty = 1). Positive accuracy: share of positive "
             "studies with a non-empty mask (= recall). Precision / recall / F1 / specificity: image-level "
             "presence (non-empty final mask vs true pneumothorax). \u0394: paired bootstrap difference of "
-            f"mean Dice from \u201c{ref}\u201d.",
+            f"mean Dice from \u201c{ref}\u201d (the same resampled studies for every gate).",
             classes,
         )
     )
+    if cmp.get("per_fold"):
+        sec.blocks.append(_per_fold_table(cmp))
     sec.blocks += [Note(f"{name}: {why}") for name, why in cmp["skipped"].items()]
     return sec
 
@@ -155,6 +189,40 @@ def _provenance_section(prov: dict) -> Section:
     return sec
 
 
+def _comparisons(exp: Path, resamples: int, seed: int) -> tuple[dict | None, dict | None, str | None]:
+    """(primary comparison, holdout view or None, why the primary is missing).
+
+    The primary comparison is cross-fitted over every study when the experiment has it, else the
+    holdout test split.
+    """
+    from dualstage.crossfit.compare import crossfit_gates  # crossfit reuses report.compare's Gate
+
+    cross, holdout, errors = None, None, []
+    try:
+        cross = compare_counts(crossfit_gates(exp), resamples, seed, split="crossfit")
+    except FileNotFoundError as exc:
+        errors.append(f"cross-fitted view not run: {exc}")
+    try:
+        holdout = compare(exp, resamples, seed)
+    except FileNotFoundError as exc:
+        errors.append(f"holdout view not run: {exc}")
+    if cross is None:
+        return holdout, None, None if holdout else "; ".join(errors)
+    return cross, holdout, None
+
+
+def _write_summary(exp: Path, out: Path, cmp: dict | None, holdout: dict | None) -> None:
+    """report/summary.json (see :mod:`dualstage.report.summary`)."""
+    if cmp is None:
+        return
+    d = ExperimentDir(exp)
+    pset = d.prediction_set("oof" if cmp["split"] == "crossfit" else "test")
+    hist = gating.load_histograms(pset) if (pset / "histograms.npz").is_file() else None
+    protocol = "crossfit" if cmp["split"] == "crossfit" else "holdout"
+    thresholds = threshold_table(hist) if hist is not None else None
+    write_json_atomic(out / "summary.json", summary_json(cmp, protocol, thresholds, holdout))
+
+
 def build_report(
     exp_dir: str | Path, out: str | Path | None = None, resamples: int = 2000, seed: int = 0, gallery: int = 8
 ) -> dict:
@@ -170,11 +238,7 @@ def build_report(
     out = Path(out) if out else exp / "report"
     figdir = out / "figures"
     op = OperatingPoints.read_or_none(ExperimentDir(exp).operating_point)
-    cmp, error = None, None
-    try:
-        cmp = compare(exp, resamples, seed)
-    except FileNotFoundError as exc:
-        error = f"not run: {exc}"
+    cmp, holdout, error = _comparisons(exp, resamples, seed)
     tables, eval_notes = paper_tables(exp, out, op)
     figs = [
         F.dice_vs_threshold(exp, op, figdir),
@@ -187,11 +251,13 @@ def build_report(
     prov = provenance(exp, cmp)
     sections = [
         _comparison_section(exp, cmp, op, error),
+        *([_comparison_section(exp, holdout, op, None, key="holdout")] if holdout is not None else []),
         Section("The papers' tables", [*tables, *(Note(n) for n in eval_notes)]),
         Section("Figures", figs),
         Section("Gallery: where the gates disagree", [gal]),
         _provenance_section(prov),
     ]
+    _write_summary(exp, out, cmp, holdout)
     title = f"dualstage report: {exp.name}"
     atomic_write_text(out / "report.md", render_markdown(title, sections, out))
     atomic_write_text(out / "report.html", render_html(title, sections))
@@ -210,6 +276,7 @@ def build_report(
         json_safe(
             {
                 "comparison": summary or {"error": error},
+                "holdout": {k: v for k, v in holdout.items() if k != "per_image"} if holdout else None,
                 "tables": {
                     t.key: {"caption": t.caption, "run": t.frame is not None, "note": t.note} for t in tables
                 },

@@ -33,6 +33,7 @@ __all__ = [
     "Gate",
     "bootstrap_indices",
     "compare",
+    "compare_counts",
     "describe_rule",
     "interval",
     "load_gates",
@@ -153,6 +154,7 @@ def load_gates(exp_dir: str | Path) -> dict:
         "skipped": skipped,
         "chosen_on": op.chosen_on if op else None,
         "fold_model": fold_model,
+        "pred_set": "test",
     }
 
 
@@ -232,13 +234,29 @@ def compare(exp_dir: str | Path, resamples: int = 2000, seed: int = 0) -> dict:
     best, tied (gates with the best mean Dice), winner (best vs the best gate below it), baseline (best
     vs all empty), per_image (DataFrame)}. Differences carry ``share_above_zero`` of the resamples.
     """
+    return compare_counts(load_gates(exp_dir), resamples, seed, split="test")
+
+
+def _per_fold(per_image: pd.DataFrame, keys: list[str]) -> dict:
+    """{gate: {mean, sd, n_folds, folds: {k: mean Dice}}} of mean Dice per fold (cross-fitting)."""
+    out = {}
+    for key in keys:
+        by = per_image.groupby("fold")[f"{key}_dice"].mean()
+        out[key] = {"mean": float(by.mean()), "sd": float(by.std(ddof=1)) if len(by) > 1 else float("nan"),
+                    "n_folds": int(len(by)), "folds": {str(k): float(v) for k, v in by.items()}}  # fmt: skip
+    return out
+
+
+def compare_counts(g: dict, resamples: int = 2000, seed: int = 0, split: str = "test") -> dict:
+    """The comparison of per-image gate counts ``g`` (as :func:`load_gates` returns them)."""
     if resamples < 1:
         raise ValueError(f"resamples must be >= 1, got {resamples}")
-    g = load_gates(exp_dir)
     true_area, n_pix = g["true_area"], g["n_pixels"]
     idx = bootstrap_indices(true_area.size, resamples, seed)
     gates, boot = {}, {}
     per_image = {"image_id": g["image_id"], "true_area": true_area, "has_pneumothorax": (true_area > 0) * 1}
+    if g.get("fold") is not None:
+        per_image["fold"] = g["fold"]
     for gate in g["gates"]:
         point = point_metrics(gate.inter, gate.pred_area, true_area, n_pix)
         boot[gate.key] = resampled_metrics(gate.inter, gate.pred_area, true_area, idx)
@@ -276,8 +294,9 @@ def compare(exp_dir: str | Path, resamples: int = 2000, seed: int = 0) -> dict:
         value = gates[a]["metrics"]["mean_dice"]["value"] - gates[b]["metrics"]["mean_dice"]["value"]
         return {"gate": a, "other": b, **_paired(boot[a]["mean_dice"], boot[b]["mean_dice"], value)}
 
+    frame = pd.DataFrame(per_image)
     return {
-        "split": "test",
+        "split": split,
         "n": int(true_area.size),
         "n_pos": int((true_area > 0).sum()),
         "n_neg": int((true_area == 0).sum()),
@@ -294,5 +313,7 @@ def compare(exp_dir: str | Path, resamples: int = 2000, seed: int = 0) -> dict:
         "tied": tied,
         "winner": vs(ranked[0], behind[0]) if ranked and behind else None,
         "baseline": vs(ranked[0], BASELINE.key) if ranked else None,
-        "per_image": pd.DataFrame(per_image),
+        "per_fold": _per_fold(frame, list(gates)) if "fold" in frame else None,
+        "pred_set": g.get("pred_set", "test"),
+        "per_image": frame,
     }

@@ -64,16 +64,17 @@ def _outline(ax, mask: np.ndarray, color: str, lw: float = 1.3) -> None:
 def gallery(exp: Path, cmp: dict, out: Path, n: int = 8) -> Figure:
     """Draw ``gallery.png``: one row per chosen study, columns truth + each gate."""
     key = "gallery"
-    caption = "Test studies where the gates disagree"
+    caption = "Studies where the gates disagree"
     gates = [(k, g) for k, g in cmp["gates"].items() if g.get("params") is not None]
     if n <= 0:
         return Figure(key, caption, None, "not drawn: --gallery 0")
     if len(gates) < 2:
         return Figure(key, caption, None, "not drawn: fewer than two gates to compare")
     size = pick_cache_size(exp / "prepared", DISPLAY, at_most=True)
-    maps = exp / "predictions" / "test" / "maps"
+    pred_set = cmp.get("pred_set", "test")
+    maps = exp / "predictions" / pred_set / "maps"
     if size is None or not maps.is_dir():
-        missing = "prepared/cache" if size is None else "predictions/test/maps"
+        missing = "prepared/cache" if size is None else f"predictions/{pred_set}/maps"
         return Figure(key, caption, None, f"not run: {missing} missing")
     keys = [k for k, _ in gates]
     chosen = choose_studies(cmp["per_image"], keys, n)
@@ -103,7 +104,8 @@ def gallery(exp: Path, cmp: dict, out: Path, n: int = 8) -> Figure:
         kept, emptied = [], []
         for c, (k, g) in enumerate(gates, start=1):
             keep = int(row.get(f"{k}_decision", 1))
-            mask = gating.apply_rule(q, g["params"]) if keep else np.zeros(q.shape, bool)
+            rule = g["params"]["per_fold"][int(row["fold"])] if "per_fold" in g["params"] else g["params"]
+            mask = gating.apply_rule(q, rule) if keep else np.zeros(q.shape, bool)
             ax = axes[r, c]
             ax.imshow(img, cmap="gray", vmin=0, vmax=255)
             _outline(ax, truth, "#00d000")

@@ -75,7 +75,8 @@ def _predict(args: argparse.Namespace) -> int:
                  batch_size=args.batch_size, workers=args.workers).predict  # fmt: skip
     out = args.out or exp.dir.prediction_set(default_set_name(args.split, args.folds, args.set))
     summary = predict(
-        exp.folder, out, split=args.split, input_dir=args.input, tta=p.tta, checkpoint=p.checkpoint,
+        exp.folder, out, split=args.split, input_dir=args.input, tta=p.tta,
+        checkpoint=p.checkpoint or exp.train.checkpoint,
         batch_size=p.batch_size, workers=p.workers, device=args.device, progress=not args.no_progress,
         only=args.folds,
     )  # fmt: skip

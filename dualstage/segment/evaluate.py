@@ -8,8 +8,8 @@ never from test. A table whose inputs are missing says so instead of disappearin
   (default operating point 0.5, and the chosen operating point);
 - Table 3: metrics per confidence threshold 0.1..0.9 (test), chosen threshold marked;
 - Table 4: per minimum-pixel value, the threshold chosen on validation/OOF, its test metrics;
-- 10-fold CV: mean +- std over fold models of mean Dice on their validation fold (OOF maps)
-  and on test (``predictions/test_fold_K`` from ``predict --split test --folds fold_K``);
+- 10-fold CV: mean +- std over fold models of mean Dice on their own held-out fold (each fold
+  a test fold once: its out-of-fold maps), the inner-validation Dice of the kept epoch beside it;
 - dual-stage paper Table 1: validation loss (best epoch), IoU and pixel accuracy per backbone.
 """
 
@@ -73,18 +73,33 @@ def _best_loss(exp: Path) -> float:
     return float(np.mean([log.loc[log["val_mean_dice"].idxmax(), "val_loss"] for log in logs]))
 
 
-def _backbone_rows(exp: Path, notes: list[str]) -> tuple[dict | None, dict | None]:
+def _evaluation_set(exp: Path) -> tuple[gating.Histograms | None, str]:
+    """(histograms, how the maps were made): the holdout test split (main model) when predicted,
+    else every study's cross-fitted out-of-fold map (fold model k on fold k)."""
     test = _load(exp / "predictions" / "test")
+    if test is not None:
+        return test, "holdout test split"
+    oof = _load(exp / "predictions" / "oof")
+    return oof, "cross-fitted out-of-fold maps, every study"
+
+
+def _backbone_rows(exp: Path, notes: list[str]) -> tuple[dict | None, dict | None]:
+    test, maps = _evaluation_set(exp)
     if test is None:
-        notes.append(f"{exp.name}: no predictions/test/histograms.npz (run segment predict --split test)")
+        notes.append(f"{exp.name}: no predictions/test or predictions/oof histograms (run segment predict)")
         return None, None
-    op = OperatingPoints.read_or_none(ExperimentDir(exp).operating_point)
+    op = (
+        OperatingPoints.read_or_none(ExperimentDir(exp).operating_point)
+        if maps.startswith("holdout")
+        else None
+    )
     default_point = op.rule("default") if op is not None else default_rule()
     default = _scores(test, default_point)
     row2 = {
         "experiment": exp.name,
         "backbone": _encoder(exp),
         "operating_point": f"threshold {default_point['threshold']:g}",
+        "maps": maps,
         "n": default["n"],
     }
     row2.update({k: default[k] for k in KEYS})
@@ -106,6 +121,12 @@ def _backbone_rows(exp: Path, notes: list[str]) -> tuple[dict | None, dict | Non
 
 def _table3(exp: Path, notes: list[str]) -> pd.DataFrame | None:
     path = exp / "sweep" / "test" / "table3_thresholds.csv"
+    hist, maps = _evaluation_set(exp)
+    if not path.exists() and hist is not None and not maps.startswith("holdout"):
+        thresholds = np.round(np.arange(1, 10) / 10, 2)
+        res = gating.sweep_threshold(hist.hist, thresholds)
+        table = pd.DataFrame({"threshold": thresholds, **{k: np.ravel(v) for k, v in res.items()}})
+        return table[["threshold", *KEYS]].assign(maps=maps)
     if not path.exists():
         notes.append(f"{exp.name}: Table 3 not available ({path} missing: run segment sweep)")
         return None
@@ -145,35 +166,44 @@ def _table4(exp: Path, notes: list[str]) -> pd.DataFrame | None:
     return pd.DataFrame(rows)
 
 
+def _kept_val_dice(fold_dir: Path, checkpoint: str) -> float:
+    """Inner-validation mean Dice of the epoch the model keeps (last, or best by that Dice)."""
+    path = fold_dir / "log.csv"
+    if not path.is_file():
+        return float("nan")
+    log = pd.read_csv(path)
+    if log.empty or "val_mean_dice" not in log:
+        return float("nan")
+    return float(log["val_mean_dice"].max() if checkpoint == "best" else log["val_mean_dice"].iloc[-1])
+
+
 def _cv_summary(exp: Path, notes: list[str]) -> pd.DataFrame | None:
+    """The progressive paper's k-fold CV: each fold model on its own held-out fold (a test fold:
+    its out-of-fold maps), with the inner-validation Dice of its kept epoch beside it."""
     folds = sorted(p.name for p in (exp / "segmenter").glob("fold_*") if (p / "last.pt").exists())
     if not folds:
         notes.append(f"{exp.name}: no fold models: the k-fold summary needs segment train --fold all")
         return None
+    checkpoint = (ExperimentDir(exp).read_config().get("train") or {}).get("checkpoint", "last")
     oof_dir = exp / "predictions" / "oof"
     oof = _load(oof_dir)
     index = pd.read_csv(oof_dir / "index.csv", dtype={"image_id": str}) if oof is not None else None
     rows = []
     for fold in folds:
-        row = {"fold": fold, "val_mean_dice": np.nan, "test_mean_dice": np.nan}
+        row = {"fold": fold, "val_mean_dice": _kept_val_dice(exp / "segmenter" / fold, checkpoint),
+               "test_mean_dice": np.nan, "n_test": 0}  # fmt: skip
         if oof is not None:
-            ids = set(index.loc[index["fold_model"] == fold, "image_id"])
-            keep = np.isin(oof.image_id, list(ids))
+            keep = np.isin(oof.image_id, index.loc[index["fold_model"] == fold, "image_id"].to_numpy())
             if keep.any():
                 part = gating.Histograms(
                     oof.image_id[keep], oof.hist[keep], oof.height[keep], oof.width[keep]
                 )
-                row["val_mean_dice"] = _scores(part, {"rule": "threshold", "threshold": 0.5})["mean_dice"]
-        test = _load(exp / "predictions" / f"test_{fold}")
-        if test is not None:
-            row["test_mean_dice"] = _scores(test, {"rule": "threshold", "threshold": 0.5})["mean_dice"]
+                row["test_mean_dice"] = _scores(part, default_rule())["mean_dice"]
+                row["n_test"] = int(keep.sum())
         rows.append(row)
     table = pd.DataFrame(rows)
     if table["test_mean_dice"].isna().all():
-        notes.append(
-            f"{exp.name}: per-fold test Dice not run (segment predict --split test --folds fold_K "
-            f"--out {exp}/predictions/test_fold_K)"
-        )
+        notes.append(f"{exp.name}: per-fold test Dice not run (segment predict --split oof)")
     return table
 
 

@@ -12,7 +12,7 @@ import torch
 from dualstage.layout import ExperimentDir
 from dualstage.segment import models
 from dualstage.segment.checkpoint import load_checkpoint
-from dualstage.segment.train import autocast_dtype
+from dualstage.segment.precision import autocast_dtype
 
 __all__ = ["LoadedModel", "select_models", "load_models", "probabilities", "autocast_context"]
 

@@ -9,7 +9,10 @@ Recipes covered:
 * progressive paper (Table 1): a curriculum ``weighted_bce`` -> ``soft_dice`` -> ``symmetric_lovasz``;
 * dual-stage paper (eq. 12): ``combo`` of ``bce`` + ``soft_dice`` + ``focal`` (gamma = 2).
 
-Empty-mask behaviour of ``soft_dice`` (smp 0.6 ``DiceLoss(mode="binary")``, read from its source):
+``soft_dice`` (the default in both recipes) is the dual-stage paper's per-image Dice with its
+smoothing term; smp's batch-pooled version is the named option ``soft_dice_batch``.
+
+Empty-mask behaviour of ``soft_dice_batch`` (smp 0.6 ``DiceLoss(mode="binary")``, read from its source):
 in binary mode smp flattens the target to (N, 1, H*W) and reduces over ``dims=(0, 2)``, so the
 Dice is ONE batch-level score (intersection and sums pooled over all images of the batch), not a
 mean of per-image scores. Its empty-channel mask is ``y_true.sum(dims) > 0``, i.e. "does the whole
@@ -170,15 +173,39 @@ def weighted_bce(pos_weight: float) -> SegmentationLoss:
     return _Wrapped("weighted_bce", inner, pos_weight=pos_weight)
 
 
-def soft_dice(smooth: float = 0.0) -> SegmentationLoss:
+class _PerImageDice(SegmentationLoss):
+    """Mean over images of ``1 - (2 I + e) / (sum p + sum t + e)`` (the dual-stage paper's eq. 14)."""
+
+    def _loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        p = torch.sigmoid(logits).flatten(1)
+        t = target.flatten(1)
+        e = self.params["smooth"]
+        score = (2.0 * (p * t).sum(1) + e) / (p.sum(1) + t.sum(1) + e)
+        return (1.0 - score).mean()
+
+
+def soft_dice(smooth: float = 1.0) -> SegmentationLoss:
+    """``1 - soft Dice`` per image, averaged over the batch, with the dual-stage paper's smoothing.
+
+    Image score ``(2 I + e) / (sum p + sum t + e)`` on sigmoid(logits) (eq. 14, ``e = smooth``): an
+    empty truth with predicted mass ``m`` scores ``e / (m + e)`` < 1, so false positives on negative
+    images cost, and every image of an all-negative batch carries a gradient.
+    """
+    smooth = _number("soft_dice smooth", smooth, low=0.0)
+    if smooth == 0:
+        raise ValueError("soft_dice smooth must be > 0 (an empty image would divide 0 by 0)")
+    return _PerImageDice("soft_dice", smooth=smooth)
+
+
+def soft_dice_batch(smooth: float = 0.0) -> SegmentationLoss:
     """``1 - soft Dice`` of sigmoid(logits), smp ``DiceLoss(mode="binary", from_logits=True)``.
 
     One batch-pooled score; an all-negative batch gives exactly 0 (see the module docstring).
     ``smooth`` is smp's: score ``(2 I + 2 smooth) / (sum p + sum t + 2 smooth)``.
     """
-    smooth = _number("soft_dice smooth", smooth, low=0.0)
+    smooth = _number("soft_dice_batch smooth", smooth, low=0.0)
     inner = DiceLoss(mode="binary", from_logits=True, smooth=smooth)
-    return _Wrapped("soft_dice", inner, smooth=smooth)
+    return _Wrapped("soft_dice_batch", inner, smooth=smooth)
 
 
 def lovasz() -> SegmentationLoss:
@@ -235,6 +262,7 @@ LOSSES: dict[str, Callable[..., SegmentationLoss]] = {
     "bce": bce,
     "weighted_bce": weighted_bce,
     "soft_dice": soft_dice,
+    "soft_dice_batch": soft_dice_batch,
     "lovasz": lovasz,
     "symmetric_lovasz": symmetric_lovasz,
     "focal": focal,

@@ -37,6 +37,7 @@ class OperatingPoints:
     rules: dict[str, dict]  # name -> gating rule dict (no metrics)
     metrics: dict[str, dict] = field(default_factory=dict)  # name -> metrics on ``chosen_on``
     grid: dict = field(default_factory=dict)
+    fitted_ids: tuple[str, ...] | None = None  # the studies the rules were chosen on (cross-fitting)
     path: Path | None = None
 
     def rule(self, key: str) -> dict:
@@ -69,6 +70,7 @@ class OperatingPoints:
                 rules=rules,
                 metrics=metrics,
                 grid=dict(raw.get("grid", {})),
+                fitted_ids=tuple(map(str, raw["fitted_ids"])) if raw.get("fitted_ids") is not None else None,
                 path=path,
             )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -86,6 +88,8 @@ class OperatingPoints:
             body[k] = {**r, "metrics": self.metrics.get(k, {})}
         body["best_rule"] = self.best_rule
         body["grid"] = self.grid
+        if self.fitted_ids is not None:
+            body["fitted_ids"] = list(self.fitted_ids)
         return write_json_atomic(path, body)
 
 

@@ -34,7 +34,23 @@ from dualstage.segment.operating_points import OperatingPoints, default_rule
 from dualstage.segment.prediction_set import PredictionSet
 from dualstage.tolerance import TOL, tied_mask
 
-__all__ = ["run_sweep", "find_sets", "selection_set", "lcc_sweep", "truth_from_rle_csv", "COARSE", "FINE"]
+__all__ = [
+    "run_sweep",
+    "find_sets",
+    "selection_set",
+    "lcc_sweep",
+    "truth_from_rle_csv",
+    "sweep_tables",
+    "write_tables",
+    "choose_rules",
+    "score_rules",
+    "best_rule",
+    "make_grids",
+    "grid_record",
+    "COARSE",
+    "FINE",
+    "MIN_AREAS",
+]
 
 COARSE = np.round(np.arange(1, 10) / 10, 2)
 FINE = np.round(np.arange(1, 100) / 100, 2)
@@ -187,12 +203,17 @@ def _describe(values) -> dict:
     return {"values": [_clean(x) for x in v]}
 
 
-def _sweep_set(
-    set_dir: Path, out: Path, grids: dict, lcc_truth: TruthFn | None, progress: bool, selecting: bool
-):
-    """Write one set's tables; returns (histograms, {table name: frame})."""
-    hist = gating.load_histograms(set_dir)
-    _check_index(set_dir, hist, selecting)
+def sweep_tables(
+    hist: gating.Histograms,
+    grids: dict,
+    lcc_truth: TruthFn | None = None,
+    set_dir: Path | None = None,
+    progress: bool = False,
+) -> dict[str, pd.DataFrame]:
+    """Every rule's metrics over its grid on one set of histograms (N images): {table name: frame}.
+
+    ``lcc_truth`` (with ``set_dir``, whose maps the component filter needs) adds ``lcc_thresholds``.
+    """
     h, H, W = hist.hist, hist.height, hist.width
     tables = {
         "table3_thresholds": _frame(
@@ -207,9 +228,55 @@ def _sweep_set(
     if lcc_truth is not None:
         res = lcc_sweep(set_dir, hist, grids["lcc"], lcc_truth, progress)
         tables["lcc_thresholds"] = _frame({"threshold": grids["lcc"]}, res)
+    return tables
+
+
+def write_tables(tables: dict[str, pd.DataFrame], out: Path) -> None:
+    """Each table as ``<out>/<name>.csv``."""
     for name, frame in tables.items():
         write_csv_atomic(frame, out / f"{name}.csv")
+
+
+def _sweep_set(
+    set_dir: Path, out: Path, grids: dict, lcc_truth: TruthFn | None, progress: bool, selecting: bool
+):
+    """Write one set's tables; returns (histograms, {table name: frame})."""
+    hist = gating.load_histograms(set_dir)
+    _check_index(set_dir, hist, selecting)
+    tables = sweep_tables(hist, grids, lcc_truth, set_dir, progress)
+    write_tables(tables, out)
     return hist, tables
+
+
+def choose_rules(tables: dict, default_threshold: float = 0.5) -> dict[str, dict]:
+    """{name: rule}: the default point and the best point of every rule on these tables."""
+    return {"default": default_rule(default_threshold), **_choose(tables)}
+
+
+def score_rules(rules: dict, hist: gating.Histograms, tables: dict) -> dict[str, dict]:
+    """{rule name: metrics} of every rule on one set (lcc rules looked up in that set's tables)."""
+    metric_names = [c for c in tables["thresholds_fine"].columns if c != "threshold"]
+    return {k: _metrics(_score(r, hist, tables), metric_names) for k, r in rules.items()}
+
+
+def best_rule(scored: dict[str, dict]) -> str:
+    """The rule with the highest mean Dice; ties go to the simpler rule (RULE_ORDER)."""
+    dice = {k: scored[k]["mean_dice"] for k in RULE_ORDER if k in scored}
+    return next(k for k, v in dice.items() if v >= max(dice.values()) - TOL)
+
+
+def make_grids(
+    thresholds_coarse: Sequence[float] = COARSE,
+    thresholds_fine: Sequence[float] = FINE,
+    min_areas: Sequence[float] = MIN_AREAS,
+    tops: Sequence[float] = TOPS,
+    bottoms: Sequence[float] = BOTTOMS,
+    lcc_thresholds: Sequence[float] = LCC_THRESHOLDS,
+) -> dict[str, np.ndarray]:
+    """The searched grids as float arrays."""
+    values = {"coarse": thresholds_coarse, "fine": thresholds_fine, "min_areas": min_areas, "tops": tops,
+              "bottoms": bottoms, "lcc": lcc_thresholds}  # fmt: skip
+    return {k: np.asarray(v, dtype=np.float64) for k, v in values.items()}
 
 
 def _choose(tables: dict) -> dict:
@@ -249,14 +316,14 @@ def _score(rule: dict, hist: gating.Histograms, tables: dict) -> dict:
 def _score_all(rules: dict, hist: gating.Histograms, tables: dict, out: Path) -> dict:
     """{rule name: metrics} of every chosen rule on one set; writes that set's chosen.csv."""
     metric_names = [c for c in tables["thresholds_fine"].columns if c != "threshold"]
-    scored = {k: _metrics(_score(r, hist, tables), metric_names) for k, r in rules.items()}
+    scored = score_rules(rules, hist, tables)
     rows = [{"name": k, **r, **scored[k]} for k, r in rules.items()]
     columns = ["name", "rule", "threshold", "min_area", "top", "bottom", "lcc", *metric_names]
     write_csv_atomic(pd.DataFrame(rows).reindex(columns=columns), out / "chosen.csv")
     return scored
 
 
-def _grid(grids: dict, lcc: bool) -> dict:
+def grid_record(grids: dict, lcc: bool) -> dict:
     """The searched grids and conventions, recorded beside the chosen points."""
     return {
         "thresholds_coarse": _describe(grids["coarse"]),
@@ -306,14 +373,7 @@ def run_sweep(
     if lcc and truth is None:
         raise ValueError("lcc=True needs truth masks: pass truth=<prepared>/masks.csv or a loader function")
     truth_fn = (truth if callable(truth) else truth_from_rle_csv(truth)) if lcc else None
-    grids = {
-        "coarse": np.asarray(thresholds_coarse, dtype=np.float64),
-        "fine": np.asarray(thresholds_fine, dtype=np.float64),
-        "min_areas": np.asarray(min_areas, dtype=np.float64),
-        "tops": np.asarray(tops, dtype=np.float64),
-        "bottoms": np.asarray(bottoms, dtype=np.float64),
-        "lcc": np.asarray(lcc_thresholds, dtype=np.float64),
-    }
+    grids = make_grids(thresholds_coarse, thresholds_fine, min_areas, tops, bottoms, lcc_thresholds)
     summary = {"chosen_on": chosen_set, "report": {}, "skipped": skipped}
     rules: dict = {}
     op = None
@@ -322,12 +382,11 @@ def run_sweep(
             root / name, out / "sweep" / name, grids, truth_fn, progress, name == chosen_set
         )
         if op is None:  # the selection set comes first
-            rules = {"default": default_rule(default_threshold), **_choose(tables)}
+            rules = choose_rules(tables, default_threshold)
         scored = _score_all(rules, hist, tables, out / "sweep" / name)
         if op is None:
-            dice = {k: scored[k]["mean_dice"] for k in RULE_ORDER if k in scored}
-            best = next(k for k, v in dice.items() if v >= max(dice.values()) - TOL)
-            op = OperatingPoints(name, len(hist.image_id), best, rules, scored, _grid(grids, lcc))
+            best = best_rule(scored)
+            op = OperatingPoints(name, len(hist.image_id), best, rules, scored, grid_record(grids, lcc))
         summary["report"][name] = {k: m["mean_dice"] for k, m in scored.items()}
     op.write(Path(out_dir) / "operating_point.json")
     summary.update(

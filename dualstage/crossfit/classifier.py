@@ -1,0 +1,109 @@
+"""Per-fold classifier and gate: for fold k, fitted on the other folds' out-of-fold features only.
+
+For each fold k: a random search (the ``tune`` section's candidates and scoring) cross-validated
+on the other folds (``PredefinedSplit``), the best model refit on all their rows; inner
+out-of-fold probabilities (``cross_val_predict`` over the same folds) choose each gate mode's
+threshold with fold k's own pixel rules; then fold k's studies get their probabilities. Writes
+``crossfit/fold_<k>/classifier/`` (model.ubj, params.json and gate.json with ``fitted_ids``,
+probabilities.csv).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import PredefinedSplit, cross_val_predict
+
+from dualstage.classify.feature_set import labels_of, load_feature_table, read_settings
+from dualstage.classify.gate import GATE_MODES, choose_gate
+from dualstage.classify.tune import (
+    check_labels,
+    estimator_from_params,
+    make_classifier,
+    random_search,
+    save_model,
+    scorer_for,
+    search_space,
+)
+from dualstage.config import Experiment
+from dualstage.crossfit.rules import read_fold_rules
+from dualstage.data.splits import read_folds
+from dualstage.io import write_csv_atomic, write_json_atomic
+from dualstage.progress import progress as progress_iter
+from dualstage.segment.prediction_set import PredictionSet
+
+__all__ = ["crossfit_classifier", "fit_fold"]
+
+
+def fit_fold(exp: Experiment, k: int, data: dict, rules, progress: bool = False) -> dict:
+    """Tune, refit and gate the classifier of fold k on the other folds' rows; returns its record."""
+    t = exp.tune
+    ids, X, y, folds = data["ids"], data["X"], data["y"], data["folds"]
+    rows = folds != k
+    n_pos, n_neg = check_labels(y[rows], folds[rows], f"{exp.dir.feature_set('oof')} without fold {k}")
+    if t.scoring == "dice":
+        raise ValueError("tune.scoring: dice is not available for cross-fitting; use roc_auc or f1")
+    parts = scorer_for(t.scoring, exp.folder, ids[rows], t.dice_rule)
+
+    def make():
+        return make_classifier(t.seed, t.max_bin, "auto", n_jobs=t.threads)
+
+    search, default_cv, seconds = random_search(
+        X[rows], y[rows], folds[rows], search_space(n_neg / n_pos), parts, make, t.n_iter, t.n_jobs, t.seed,
+        False,
+    )  # fmt: skip
+    best = {name: v.item() if hasattr(v, "item") else v for name, v in search.best_params_.items()}
+    params = {"best_params": best, "base": {"seed": t.seed, "max_bin": t.max_bin}, "threads": t.threads}
+    inner = cross_val_predict(
+        estimator_from_params(params),
+        X[rows],
+        y[rows],
+        cv=PredefinedSplit(folds[rows]),
+        method="predict_proba",
+    )[:, 1]
+    fitted = ids[rows].tolist()
+    gate = {}
+    for mode in exp.gate.modes:
+        rule = rules[k].rule(GATE_MODES[mode])
+        counts = data["pset"].rule_counts(ids[rows], rule).T
+        res = choose_gate(inner, counts)
+        gate[mode] = {
+            "threshold": res["threshold"], "pixel_rule": rule, "mean_dice_inner_oof": res["mean_dice"],
+            "chosen_on": f"inner out-of-fold probabilities of folds != {k}",
+        }  # fmt: skip
+    out = exp.dir.crossfit_fold(k) / "classifier"
+    save_model(search.best_estimator_, out / "model.ubj")
+    probs = search.best_estimator_.predict_proba(X[~rows])[:, 1].astype(np.float64)
+    record = {
+        **params, "best_cv_score": float(search.best_score_), "default_cv_score": float(np.mean(default_cv)),
+        "scoring": t.scoring, "n_iter": t.n_iter, "n_rows": int(rows.sum()), "n_pos": n_pos,
+        "search_seconds": round(seconds, 3), "features": data["settings"], "fitted_ids": fitted,
+    }  # fmt: skip
+    write_json_atomic(out / "params.json", record)
+    write_json_atomic(out / "gate.json", {**gate, "fitted_ids": fitted})
+    frame = pd.DataFrame(
+        {"image_id": ids[~rows], "fold": k, "has_pneumothorax": y[~rows], "probability": probs}
+    )
+    write_csv_atomic(frame, out / "probabilities.csv")
+    return {"gate": gate, "probabilities": frame, "cv_score": record["best_cv_score"]}
+
+
+def crossfit_classifier(exp: Experiment, progress: bool = False) -> dict:
+    """Fit every fold's classifier and gate; returns {fold: {mode: threshold}}."""
+    d = exp.dir
+    fdir = d.feature_set("oof")
+    ids, X, _, index = load_feature_table(fdir)
+    data = {
+        "ids": ids, "X": X, "y": labels_of(index, str(fdir)),
+        "folds": read_folds(d.splits_csv, ids, allow_test=True), "settings": read_settings(fdir),
+        "pset": PredictionSet(d.prediction_set("oof")),
+    }  # fmt: skip
+    rules = read_fold_rules(d)
+    missing = sorted(set(np.unique(data["folds"]).tolist()) - set(rules))
+    if missing:
+        raise FileNotFoundError(f"{d.crossfit}: no rules for folds {missing}; run `segment sweep` first")
+    out = {}
+    for k in progress_iter(sorted(rules), desc="crossfit classifier", enabled=progress):
+        res = fit_fold(exp, k, data, rules, progress)
+        out[k] = {m: g["threshold"] for m, g in res["gate"].items()}
+    return out

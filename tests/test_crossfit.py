@@ -1,0 +1,145 @@
+"""Cross-fitting guards: no study's decision comes from anything fitted on it, and a study's own
+label cannot change its decision. A synthetic experiment (maps, histograms, features, folds)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from dualstage import gating
+from dualstage.config import Experiment, TuneConfig
+from dualstage.crossfit.classifier import crossfit_classifier
+from dualstage.crossfit.compare import crossfit_gates
+from dualstage.crossfit.final import crossfit_final
+from dualstage.crossfit.rules import crossfit_sweep
+from dualstage.report.compare import compare_counts
+
+SIDE, N, K = 32, 90, 3
+
+
+def _study(rng, signal: bool, positive: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(map, truth): the map is the segmenter's output (fixed by ``signal``), the truth the label."""
+    q, t = rng.integers(0, 60, (SIDE, SIDE)).astype(np.uint8), np.zeros((SIDE, SIDE), bool)
+    r, c, h = rng.integers(2, 14), rng.integers(2, 14), rng.integers(4, 12)
+    if signal:
+        q[r : r + h - 1, c : c + h] = rng.integers(140, 240)
+    if positive:
+        t[r : r + h, c : c + h] = True
+    blob = rng.integers(0, 4)
+    q[28 : 28 + blob, 2 : 2 + blob] = rng.integers(120, 220)  # false-positive specks of 0..9 px
+    return q, t
+
+
+def _write(exp: Path, labels: np.ndarray, signal: np.ndarray, seed: int = 0) -> None:
+    """predictions/oof, features/oof and prepared/splits.csv of N studies in K folds."""
+    rng = np.random.default_rng(seed)
+    ids = np.array([f"s{i:03d}" for i in range(N)])
+    folds = np.arange(N) % K
+    pred, feat = exp / "predictions" / "oof", exp / "features" / "oof"
+    (pred / "maps").mkdir(parents=True, exist_ok=True)
+    feat.mkdir(parents=True, exist_ok=True)
+    hists = []
+    for i, image_id in enumerate(ids):
+        q, t = _study(np.random.default_rng([seed, i]), bool(signal[i]), bool(labels[i]))
+        Image.fromarray(q).save(pred / "maps" / f"{image_id}.png")
+        hists.append(gating.histogram(q, t))
+    gating.write_histograms(pred / "histograms.npz", ids, np.stack(hists), [SIDE] * N, [SIDE] * N)
+    index = pd.DataFrame({"image_id": ids, "split": "train", "fold_model": [f"fold_{f}" for f in folds],
+                          "height": SIDE, "width": SIDE, "has_truth": 1, "has_pneumothorax": labels,
+                          "true_area_px": [h[1].sum() for h in hists]})  # fmt: skip
+    index.to_csv(pred / "index.csv", index=False)
+    X = rng.normal(size=(N, 12)).astype(np.float32)
+    X[:, 0] += 1.5 * signal  # the image and map features: fixed, whatever the label says
+    names = np.array([f"f{j}" for j in range(X.shape[1])])
+    np.savez(feat / "features.npz", image_id=ids, X=X, feature_names=names)
+    index[["image_id", "split", "fold_model", "has_truth", "has_pneumothorax"]].to_csv(
+        feat / "index.csv", index=False
+    )
+    (exp / "prepared").mkdir(exist_ok=True)
+    pd.DataFrame(
+        {"image_id": ids, "group": ids, "has_pneumothorax": labels, "split": "train", "fold": folds}
+    ).to_csv(exp / "prepared" / "splits.csv", index=False)
+
+
+def _run(root: Path, labels: np.ndarray, signal: np.ndarray | None = None) -> Experiment:
+    exp = Experiment(name="cf", output_root=str(root), tune=TuneConfig(n_iter=2, threads=1))
+    shutil.rmtree(exp.folder, ignore_errors=True)
+    _write(exp.folder, labels, labels if signal is None else signal)
+    crossfit_sweep(exp)
+    crossfit_classifier(exp)
+    crossfit_final(exp)
+    return exp
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    labels = (np.random.default_rng(7).random(N) < 0.35).astype(int)
+    return labels, _run(tmp_path_factory.mktemp("cf"), labels)
+
+
+def test_nothing_is_fitted_on_the_study_it_decides(base):
+    labels, exp = base
+    d = exp.dir
+    splits = pd.read_csv(d.splits_csv, dtype={"image_id": str})
+    for k in range(K):
+        own = set(splits.loc[splits.fold == k, "image_id"])
+        others = set(splits.loc[splits.fold != k, "image_id"])
+        op = json.loads((d.crossfit_fold(k) / "operating_point.json").read_text())
+        params = json.loads((d.crossfit_fold(k) / "classifier" / "params.json").read_text())
+        gate = json.loads((d.crossfit_fold(k) / "classifier" / "gate.json").read_text())
+        for fitted in (op["fitted_ids"], params["fitted_ids"], gate["fitted_ids"]):
+            assert set(fitted) == others and not own & set(fitted)
+        probs = pd.read_csv(d.crossfit_fold(k) / "classifier" / "probabilities.csv", dtype={"image_id": str})
+        assert set(probs["image_id"]) == own
+    decisions = pd.read_csv(d.final("oof", "classifier") / "decisions.csv", dtype={"image_id": str})
+    assert len(decisions) == N and (decisions["fold"] == decisions["image_id"].str[1:].astype(int) % K).all()
+
+
+def test_own_label_cannot_change_own_decision(base, tmp_path):
+    labels, exp = base
+    s = 4  # a study of fold 1
+    flipped = labels.copy()
+    flipped[s] = 1 - flipped[s]
+    other = _run(tmp_path, flipped, signal=labels)  # same maps and features, one label changed
+    a = pd.read_csv(exp.dir.final("oof", "classifier") / "decisions.csv", dtype={"image_id": str})
+    b = pd.read_csv(other.dir.final("oof", "classifier") / "decisions.csv", dtype={"image_id": str})
+    a, b = a.set_index("image_id"), b.set_index("image_id")
+    sid = f"s{s:03d}"
+    assert a.loc[sid].equals(b.loc[sid])  # probability, threshold, decision, mask area: all the same
+    fold_s = s % K
+    same_fold = a.index[a["fold"] == fold_s]
+    assert a.loc[same_fold].equals(b.loc[same_fold])  # fold s's whole pipeline never saw its label
+    for k in range(K):
+        ra = json.loads((exp.dir.crossfit_fold(k) / "operating_point.json").read_text())
+        rb = json.loads((other.dir.crossfit_fold(k) / "operating_point.json").read_text())
+        if k == fold_s:
+            assert {x: ra[x] for x in ra if x != "grid"} == {x: rb[x] for x in rb if x != "grid"}
+
+
+def test_comparison_covers_every_study_with_per_fold_spread(base):
+    _, exp = base
+    cmp = compare_counts(crossfit_gates(exp.folder), resamples=200, seed=0, split="crossfit")
+    assert cmp["n"] == N and cmp["split"] == "crossfit"
+    assert set(cmp["gates"]) >= {"default", "threshold", "threshold_area", "triplet", "classifier", "empty"}
+    pf = cmp["per_fold"]["threshold_area"]
+    per = cmp["per_image"].groupby("fold")["threshold_area_dice"].mean()
+    assert (
+        pf["n_folds"] == K
+        and pf["mean"] == pytest.approx(per.mean())
+        and pf["sd"] == pytest.approx(per.std())
+    )
+    # each study scored with its own fold's rule: recompute one by hand
+    i = 10
+    k = i % K
+    rule = json.loads((exp.dir.crossfit_fold(k) / "operating_point.json").read_text())["threshold_area"]
+    rule = {x: v for x, v in rule.items() if x != "metrics"}
+    hist = gating.load_histograms(exp.dir.prediction_set("oof"))
+    inter, area, true, _ = gating.rule_counts(hist.hist[i : i + 1], [SIDE], [SIDE], rule)
+    row = cmp["per_image"].set_index("image_id").loc[f"s{i:03d}"]
+    assert row["threshold_area_pred_area"] == area[0]
