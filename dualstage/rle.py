@@ -20,6 +20,7 @@ import numpy as np
 __all__ = ["decode", "encode", "parse_runs", "area", "EMPTY"]
 
 EMPTY = "-1"
+_INT64_MAX = int(np.iinfo(np.int64).max)
 
 
 def parse_runs(rle: str, n_pixels: int) -> tuple[np.ndarray, np.ndarray]:
@@ -38,11 +39,18 @@ def parse_runs(rle: str, n_pixels: int) -> tuple[np.ndarray, np.ndarray]:
         values = np.array(text.split(), dtype=np.int64)
     except ValueError:
         bad = next(tok for tok in text.split() if not _is_int(tok))
-        raise ValueError(f"RLE has a non-integer token {bad!r}") from None
+        raise ValueError(f"RLE has a non-integer token {bad[:40]!r}") from None
+    except OverflowError:
+        bad = next((t for t in text.split() if _is_int(t) and abs(int(t)) > _INT64_MAX), "?")
+        raise ValueError(f"RLE value {bad[:40]} is out of range (the image has {n_pixels} pixels)") from None
     if values.size % 2:
         raise ValueError(f"RLE has an odd number of values ({values.size}); expected (offset, length) pairs")
     if (values < 0).any():
         raise ValueError(f"RLE has a negative value ({int(values[values < 0][0])})")
+    if (values > n_pixels).any():  # also keeps the cumulative sum below far from int64 overflow
+        raise ValueError(
+            f"RLE value {int(values[values > n_pixels][0])} is larger than the image's {n_pixels} pixels"
+        )
     offsets, lengths = values[0::2], values[1::2]
     if (lengths == 0).any():
         raise ValueError("RLE has a run of length 0")

@@ -78,3 +78,43 @@ def test_masks_from_rows_empty_image():
     mask, n = masks_from_rows(rows, 4, 5)
     assert mask.shape == (4, 5) and not mask.any() and n == 0
     assert np.asarray(mask).dtype == bool
+
+
+def test_non_utf8_csv_names_the_file(tmp_path):
+    path = tmp_path / "latin.csv"
+    path.write_bytes("ImageId,EncodedPixels\ncaf\u00e9,-1\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin\.csv: not UTF-8 text"):
+        read_rle_csv(path)
+    index = tmp_path / "stage_1_train_images.csv"
+    index.write_bytes("new_filename,ImageId,has_pneumo\n\xe9.png,a,0\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"stage_1_train_images\.csv: not UTF-8 text"):
+        read_png_index(index)
+    assert not looks_like_rle_csv(path)
+
+
+def test_truncated_gzip_names_the_file(tmp_path):
+    path = tmp_path / "stage_2_train.csv.gz"
+    body = "ImageId,EncodedPixels\n" + "".join(f"id{i},{i} 3\n" for i in range(2000))
+    path.write_bytes(gzip.compress(body.encode())[:-40])
+    with pytest.raises(ValueError, match=r"stage_2_train\.csv\.gz: truncated or corrupt gzip"):
+        read_rle_csv(path)
+    looks_like_rle_csv(path)  # reads only the first line; must not raise
+
+
+def test_unsafe_ids_raise_or_become_rejected_rows(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("ImageId,EncodedPixels\nok,-1\n../../x,-1\n/abs/x,1 2\n,-1\n")
+    with pytest.raises(ValueError, match=r"t\.csv: line 3: ImageId '\.\./\.\./x'"):
+        read_rle_csv(path)
+    rejected: list[dict] = []
+    table = read_rle_csv(path, rejected=rejected)
+    assert table["image_id"].tolist() == ["ok"]
+    assert [r["reason"].split(":")[0] for r in rejected] == ["t.csv line 3", "t.csv line 4", "t.csv line 5"]
+    assert "absolute path" in rejected[1]["reason"] and "is empty" in rejected[2]["reason"]
+
+
+def test_empty_png_index_names_the_file(tmp_path):
+    path = tmp_path / "stage_1_train_images.csv"
+    path.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"stage_1_train_images\.csv: empty file"):
+        read_png_index(path)

@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from dualstage import rle
-from dualstage.data.layouts import detect_layout
-from dualstage.data.prepare import PrepareError, load_cached, prepare
+from dualstage.data.layouts import Item, detect_layout
+from dualstage.data.prepare import PrepareError, load_cached, prepare, process_item
 
 REAL = "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819"
 
@@ -198,3 +198,60 @@ def test_phantom_to_prepare_through_the_commands(tmp_path, layout):
         set(splits["split"]) <= {"train", "val", "test"}
         and (splits.groupby("group")["split"].nunique() == 1).all()
     )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"sizes": (0,)}, r"--sizes 0: each cache size must be an integer in \[32, 4096\] px"),
+        ({"sizes": (64, 100000)}, "--sizes 100000"),
+        ({"sizes": ()}, "at least one"),
+        ({"n_folds": 1}, "--folds 1: k folds need k >= 2"),
+        ({"workers": -1}, "--workers -1"),
+        ({"test_fraction": 0.0}, r"--test-fraction 0.0: must be in \(0, 1\)"),
+        ({"val_fraction": 1.0}, "--val-fraction 1.0"),
+        ({"test_fraction": 0.5, "val_fraction": 0.5}, "must sum below 1"),
+    ],
+)
+def test_options_are_range_checked_before_anything_is_written(tmp_path, kwargs, message):
+    args = {"sizes": (64,), "n_folds": 3, "workers": 1, "test_fraction": 0.1, "val_fraction": 0.1}
+    with pytest.raises(ValueError, match=message):
+        prepare(tmp_path / "nowhere", tmp_path / "out", progress=False, **{**args, **kwargs})
+    assert not (tmp_path / "out").exists()
+
+
+def test_cache_writer_refuses_paths_outside_out(tmp_path):
+    # defence in depth: an item that skipped the id check, and a cache folder linked elsewhere
+    save = tmp_path / "img.png"
+    Image.fromarray(np.full((40, 40), 7, np.uint8)).save(save)
+    mask = tmp_path / "mask.png"
+    Image.fromarray(np.zeros((40, 40), np.uint8)).save(mask)
+    out = tmp_path / "out"
+    item = Item("../../../../escaped", str(save), "folders", mask_path=str(mask))
+    result = process_item(item, str(out), [32])
+    assert "outside the output folder" in result["rejected"]["reason"]
+    assert not (tmp_path / "escaped.png").exists()
+    (out / "cache" / "32").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    os.symlink(tmp_path / "elsewhere", out / "cache" / "32" / "images")
+    result = process_item(Item("ok", str(save), "folders", mask_path=str(mask)), str(out), [32])
+    assert "outside the output folder" in result["rejected"]["reason"]
+    assert not any((tmp_path / "elsewhere").iterdir())
+
+
+def test_stale_temporary_files_are_removed_on_the_next_run(tmp_path):
+    root = tmp_path / "data"
+    for name in ("images", "masks"):
+        (root / name).mkdir(parents=True)
+    for i in range(2):
+        Image.fromarray(np.full((40, 40), i * 50, np.uint8)).save(root / "images" / f"a{i}.png")
+        Image.fromarray(np.zeros((40, 40), np.uint8)).save(root / "masks" / f"a{i}.png")
+    out = tmp_path / "prep"
+    stale = [out / ".manifest.csv.k1.tmp", out / "cache" / "32" / "masks" / ".a0.png.123.tmp"]
+    for path in stale:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+    keep = out / "notes.txt"
+    keep.write_text("mine")
+    prepare(root, out, sizes=(32,), progress=False, workers=1, n_folds=2)
+    assert not any(p.exists() for p in stale) and keep.exists()

@@ -103,3 +103,28 @@ def test_full_stage2_table_counts_and_speed(siim):
     assert len(areas) == 12047 and len(positive) == 2669
     assert min(positive) == 55 and max(positive) == 161421
     assert seconds < 6.0, f"decoding the full table took {seconds:.1f}s (budget 3 s on an idle machine)"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        # 10**20 - 1 does not fit int64 (max 9223372036854775807): was OverflowError
+        ("99999999999999999999 5", r"value 99999999999999999999 is out of range \(the image has 9 pixels\)"),
+        ("-99999999999999999999 5", "out of range"),
+        # int64 max + 1 wraps negative in the running sum and passed the end check: was IndexError
+        ("9223372036854775807 1", r"RLE value 9223372036854775807 is larger than the image's 9 pixels"),
+        # each half of 2**63: their sum wraps to -2**63
+        ("4611686018427387904 1 4611686018427387904 1", "4611686018427387904 is larger than"),
+        ("10 1", "10 is larger than the image's 9 pixels"),
+        ("9 1", "run ends at pixel 10, past the image's 9 pixels"),
+    ],
+)
+def test_huge_integers_are_a_value_error(text, message):
+    with pytest.raises(ValueError, match=message):
+        rle.decode(text, 3, 3)
+
+
+def test_values_up_to_the_image_size_still_decode():
+    # 3x3: offset 8 + length 1 is the last pixel (row 2, column 2); "0 9" is the full image
+    assert rle.decode("8 1", 3, 3)[2, 2] and rle.decode("8 1", 3, 3).sum() == 1
+    assert rle.decode("0 9", 3, 3).all()

@@ -28,6 +28,7 @@ from dualstage.segment.operating_points import OperatingPoints
 def cv_folds(exp: Path, ids: np.ndarray, splits: Path | None = None) -> np.ndarray:
     return read_folds(splits or exp / "prepared" / "splits.csv", ids)
 
+
 SMALL_SPACE = {"n_estimators": [20, 40], "max_depth": [2, 3]}
 # no torch import, no OpenMP spinning on a shared 2-core box
 FAST = {"device": "cpu", "threads": 1, "train_set": "oof"}

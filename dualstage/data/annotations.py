@@ -11,11 +11,15 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
 
 from dualstage import rle
+from dualstage.data.ids import check_image_id, show_id
 
 __all__ = ["read_rle_csv", "looks_like_rle_csv", "read_png_index", "masks_from_rows"]
 
@@ -28,21 +32,38 @@ def _open_text(path: Path) -> io.TextIOBase:
     return io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
 
 
+@contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Turn decoding errors of a CSV (text or gzip) into a ``ValueError`` naming the file."""
+    try:
+        yield
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save the CSV as UTF-8"
+        ) from None
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise ValueError(f"{path}: truncated or corrupt gzip file ({exc})") from None
+    except csv.Error as exc:
+        raise ValueError(f"{path}: not a readable CSV ({exc})") from None
+
+
 def _is_header(fields: list[str]) -> bool:
     return len(fields) >= 1 and fields[0].strip().lower() in ("imageid", "image_id", "image id")
 
 
-def read_rle_csv(path: str | Path) -> pd.DataFrame:
+def read_rle_csv(path: str | Path, rejected: list[dict] | None = None) -> pd.DataFrame:
     """Read a challenge RLE CSV into a frame with columns image_id, rle, row.
 
     ``row`` is the 1-based line number in the file (the header, when present, is
     line 1), for error messages. Strings are stripped; they are not decoded here
     (that needs each image's size). Raises ``ValueError`` naming the file and line for a
-    row without exactly two fields or with an empty ImageId.
+    row without exactly two fields, and for a file that is not UTF-8 or a truncated gzip.
+    An unsafe ImageId (:func:`check_image_id`) raises too, or, when ``rejected`` is a list,
+    becomes a row ``{"item", "reason"}`` there and is skipped.
     """
     path = Path(path)
     records = []
-    with _open_text(path) as fh:
+    with _reading(path), _open_text(path) as fh:
         for line_no, fields in enumerate(csv.reader(fh), start=1):
             if not fields or all(not f.strip() for f in fields):
                 continue
@@ -52,10 +73,14 @@ def read_rle_csv(path: str | Path) -> pd.DataFrame:
                 raise ValueError(
                     f"{path}: line {line_no}: expected 2 fields (ImageId, EncodedPixels), got {len(fields)}"
                 )
-            image_id, encoded = fields[0].strip(), fields[1].strip()
-            if not image_id:
-                raise ValueError(f"{path}: line {line_no}: empty ImageId")
-            records.append((image_id, encoded, line_no))
+            try:
+                image_id = check_image_id(fields[0].strip())
+            except ValueError as exc:
+                if rejected is None:
+                    raise ValueError(f"{path}: line {line_no}: {exc}") from None
+                rejected.append({"item": show_id(fields[0]), "reason": f"{path.name} line {line_no}: {exc}"})
+                continue
+            records.append((image_id, fields[1].strip(), line_no))
     return pd.DataFrame.from_records(records, columns=list(RLE_COLUMNS))
 
 
@@ -72,7 +97,7 @@ def looks_like_rle_csv(path: str | Path) -> bool:
                     return False
                 token = fields[1].strip().split(" ")[0] if fields[1].strip() else ""
                 return token.lstrip("-").isdigit()
-    except (OSError, UnicodeDecodeError, csv.Error):
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError, csv.Error):
         return False
     return False
 
@@ -103,8 +128,13 @@ def read_png_index(path: str | Path) -> pd.DataFrame:
     after stripping spaces; a missing column raises ``ValueError`` naming the file.
     """
     path = Path(path)
-    with _open_text(path) as fh:
-        df = pd.read_csv(fh, dtype=str, keep_default_na=False)
+    try:
+        with _reading(path), _open_text(path) as fh:
+            df = pd.read_csv(fh, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"{path}: empty file; expected columns new_filename, ImageId, has_pneumo") from None
+    except pd.errors.ParserError as exc:
+        raise ValueError(f"{path}: not a readable CSV ({' '.join(str(exc).split())})") from None
     df.columns = [c.strip() for c in df.columns]
     need = {"new_filename", "ImageId", "has_pneumo"}
     missing = need - set(df.columns)

@@ -29,12 +29,14 @@ import argparse
 import io
 import math
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
+from dualstage.cli import run_cli
 from dualstage.data.phantom_cases import (
     UID_PREFIX,
     CaseSpec,
@@ -189,12 +191,14 @@ def generate(
 
     if layout not in ("siim", "png"):
         raise ValueError(f"layout must be 'siim' or 'png', got {layout!r}")
-    if n < 1 or size < 64:
-        raise ValueError(f"need n >= 1 and size >= 64, got n={n}, size={size}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if n < 1 or not 64 <= size <= 4096:
+        raise ValueError(f"need n >= 1 and 64 <= size <= 4096, got n={n}, size={size}")
     if lesion_contrast <= 0:
         raise ValueError(f"lesion_contrast must be > 0, got {lesion_contrast}")
+    if not 0 <= jpeg_share <= 1:
+        raise ValueError(f"jpeg_share must be in [0, 1], got {jpeg_share}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     specs = plan_cases(n, seed, jpeg_share, lesion_contrast)
     bar = progress_iter(total=n, desc=f"phantom {layout} {size}px", unit="img", enabled=progress)
     if workers > 1:
@@ -291,22 +295,7 @@ def write_preview(
 
 
 # ----------------------------------------------------------------------------- CLI
-def main(argv: list[str] | None = None) -> None:
-    """Command line: ``python -m dualstage.data.phantom --out DIR [--n 600] ...``."""
-    ap = argparse.ArgumentParser(prog="python -m dualstage.data.phantom", description=__doc__.split("\n")[0])
-    ap.add_argument("--out", required=True, help="output folder (created)")
-    ap.add_argument("--n", type=int, default=600, help="number of images")
-    ap.add_argument("--size", type=int, default=1024, help="image side in px")
-    ap.add_argument("--layout", choices=("siim", "png"), default="siim")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument(
-        "--jpeg-share", type=float, default=0.3, help="share of JPEG Baseline DICOMs (siim layout)"
-    )
-    ap.add_argument("--preview", default=None, help="write a contact sheet PNG here")
-    ap.add_argument("--lesion-contrast", type=float, default=1.0, help=">1: darker pneumothoraces (demos)")
-    ap.add_argument("--workers", type=int, default=1)
-    ap.add_argument("--quiet", action="store_true", help="no progress bar")
-    a = ap.parse_args(argv)
+def _generate_cmd(a: argparse.Namespace) -> int:
     table = generate(
         a.out,
         a.n,
@@ -324,7 +313,27 @@ def main(argv: list[str] | None = None) -> None:
         f"wrote {len(table)} images ({int(pos.sum())} positive, {table['patient_id'].nunique()} patients) "
         f"to {a.out}"
     )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: ``python -m dualstage.data.phantom --out DIR [--n 600] ...``; exit status."""
+    ap = argparse.ArgumentParser(prog="python -m dualstage.data.phantom", description=__doc__.split("\n")[0])
+    ap.add_argument("--out", required=True, help="output folder (created)")
+    ap.add_argument("--n", type=int, default=600, help="number of images")
+    ap.add_argument("--size", type=int, default=1024, help="image side in px")
+    ap.add_argument("--layout", choices=("siim", "png"), default="siim")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--jpeg-share", type=float, default=0.3, help="share of JPEG Baseline DICOMs (siim layout)"
+    )
+    ap.add_argument("--preview", default=None, help="write a contact sheet PNG here")
+    ap.add_argument("--lesion-contrast", type=float, default=1.0, help=">1: darker pneumothoraces (demos)")
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    ap.set_defaults(func=_generate_cmd)
+    return run_cli(ap, argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -12,6 +12,9 @@ Output folder::
     cache/<size>/masks/<image_id>.png    uint8 0/255 union of lesions, same grid
 
 Idempotent: images whose manifest row and cache files exist are not decoded again.
+``--out`` may lie inside ``--data`` (it is left out of the scan) but may not be ``--data``
+itself. Temporary files a killed run left behind are removed first; workers are stopped when
+prepare is interrupted (:mod:`dualstage.data.workers`).
 """
 
 from __future__ import annotations
@@ -19,11 +22,11 @@ from __future__ import annotations
 import json
 import os
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from joblib import Parallel, delayed
 from PIL import Image
 
 from dualstage import rle
@@ -31,7 +34,8 @@ from dualstage.data.annotations import masks_from_rows, read_rle_csv
 from dualstage.data.images import read_image_file, read_mask_file
 from dualstage.data.layouts import Item, scan
 from dualstage.data.splits import PAPER_TEST_FRACTION, PAPER_VAL_FRACTION, make_splits
-from dualstage.io import atomic_write_text, write_csv_atomic
+from dualstage.data.workers import WorkerPool, interruptible
+from dualstage.io import atomic_write, atomic_write_text, clean_stale_tmp, ensure_inside, write_csv_atomic
 from dualstage.progress import progress as progress_iter
 
 __all__ = [
@@ -41,7 +45,11 @@ __all__ = [
     "cache_paths",
     "load_cached",
     "MANIFEST_COLUMNS",
+    "check_options",
+    "SIZE_RANGE",
 ]
+
+SIZE_RANGE = (32, 4096)  # cache side in px: below, nothing is learnable; above, memory runs out
 
 MANIFEST_COLUMNS = [
     "image_id",
@@ -82,10 +90,8 @@ def load_cached(out: str | Path, size: int, image_id: str) -> tuple[np.ndarray, 
 
 
 def _save_png(array: np.ndarray, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    Image.fromarray(array).save(tmp, format="PNG", compress_level=1)
-    os.replace(tmp, path)
+    image = Image.fromarray(array)
+    atomic_write(path, lambda tmp: image.save(tmp, format="PNG", compress_level=1))
 
 
 def _resize(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -119,7 +125,7 @@ def process_item(item: Item, out: str, sizes: list[int]) -> dict:
                 f"{item.mask_path}: index says has_pneumo={item.has_pneumo} but the mask has {area} pixels"
             )
         for size in sizes:
-            img_path, mask_path = cache_paths(out, size, item.image_id)
+            img_path, mask_path = (ensure_inside(out, p) for p in cache_paths(out, size, item.image_id))
             small_img, small_mask = _resize(image, mask, size)
             _save_png(small_mask, mask_path)
             _save_png(small_img, img_path)  # image last: its presence marks the entry complete
@@ -165,6 +171,78 @@ def _reusable(previous: pd.DataFrame, items: list[Item], out: Path, sizes: list[
     return keep
 
 
+def check_options(
+    sizes: tuple[int, ...], n_folds: int, workers: int, test_fraction: float, val_fraction: float
+) -> list[int]:
+    """Range-check prepare's options (``ValueError`` naming the option); returns the sorted sizes."""
+    if not sizes:
+        raise ValueError("--sizes: give at least one cache size")
+    lo, hi = SIZE_RANGE
+    for size in sizes:
+        if isinstance(size, bool) or int(size) != size or not lo <= int(size) <= hi:
+            raise ValueError(f"--sizes {size}: each cache size must be an integer in [{lo}, {hi}] px")
+    if isinstance(n_folds, bool) or int(n_folds) != n_folds or n_folds < 2:
+        raise ValueError(f"--folds {n_folds}: k folds need k >= 2")
+    if isinstance(workers, bool) or int(workers) != workers or workers < 0:
+        raise ValueError(f"--workers {workers}: must be an integer >= 0")
+    for name, value in (("--test-fraction", test_fraction), ("--val-fraction", val_fraction)):
+        if not 0 < float(value) < 1:
+            raise ValueError(f"{name} {value}: must be in (0, 1)")
+    if test_fraction + val_fraction >= 1:
+        raise ValueError(f"--test-fraction {test_fraction} + --val-fraction {val_fraction}: must sum below 1")
+    return sorted({int(s) for s in sizes})
+
+
+def _check_out(data: Path, out: Path) -> None:
+    """Refuse an output folder that is the data folder, or a data folder inside the cache."""
+    data_r, out_r = data.resolve(), out.resolve()
+    if data_r == out_r:
+        raise ValueError(
+            f"--out {out} is the --data folder; choose another folder (a subfolder of --data is fine)"
+        )
+    cache = out_r / "cache"
+    if data_r == cache or cache in data_r.parents:
+        raise ValueError(f"--data {data} lies inside the cache of --out {out}; choose another --out")
+
+
+def _clean_tmp(out: Path, sizes: list[int]) -> None:
+    """Remove temporary files a killed run left in the output and cache folders."""
+    folders = [out] + [out / "cache" / str(s) / sub for s in sizes for sub in ("images", "masks")]
+    for folder in folders:
+        if folder.is_dir():
+            clean_stale_tmp(folder)
+
+
+def _previous(out: Path) -> pd.DataFrame:
+    """The previous run's manifest joined with its true masks (empty when there is none)."""
+    manifest_path = out / "manifest.csv"
+    if not (manifest_path.exists() and (out / "masks.csv").exists()):
+        return pd.DataFrame()
+    previous = pd.read_csv(manifest_path, dtype={"image_id": str, "patient_id": str}, keep_default_na=False)
+    truth = read_rle_csv(out / "masks.csv", rejected=[])  # an unsafe id there is just not reused
+    return previous.merge(truth[["image_id", "rle"]], on="image_id", how="inner")
+
+
+def _decode(
+    todo: list[Item], out: Path, sizes: list[int], workers: int, strict: bool, desc: str, progress: bool
+) -> tuple[list[dict], list[dict]]:
+    """Decode the items (in worker processes when there are enough): (rows, rejected)."""
+    rows, rejected = [], []
+    job = partial(process_item, out=str(out), sizes=sizes)
+    with WorkerPool(workers if len(todo) > 8 else 1) as pool:
+        for result in progress_iter(
+            pool.imap(job, todo), total=len(todo), desc=desc, unit="img", enabled=progress
+        ):
+            if "rejected" not in result:
+                rows.append(result["row"])
+            elif strict:
+                bad = result["rejected"]
+                raise PrepareError(f"{bad['item']}: {bad['reason']}")
+            else:
+                rejected.append(result["rejected"])
+    return rows, rejected
+
+
 def prepare(
     data: str | Path,
     out: str | Path,
@@ -182,38 +260,25 @@ def prepare(
     """Prepare a dataset folder for training (see the module docstring for the outputs).
 
     Returns a summary dict (layout, counts, seconds, throughput). Under ``strict`` the
-    first bad item raises :class:`PrepareError` naming it and the reason.
+    first bad item raises :class:`PrepareError` naming it and the reason. SIGTERM is an
+    interrupt here: the workers are stopped before it propagates.
     """
     t0 = time.perf_counter()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    sizes = sorted({int(s) for s in sizes})
-    layout, items, rejected = scan(data, layout, annotations)
+    data, out = Path(data), Path(out)
+    sizes = check_options(sizes, n_folds, workers, test_fraction, val_fraction)
+    _check_out(data, out)
+    layout, items, rejected = scan(data, layout, annotations, exclude=[out])
     if strict and rejected:
         raise PrepareError(f"{rejected[0]['item']}: {rejected[0]['reason']}")
-    manifest_path = out / "manifest.csv"
-    previous = pd.DataFrame()
-    if manifest_path.exists() and (out / "masks.csv").exists():
-        previous = pd.read_csv(
-            manifest_path, dtype={"image_id": str, "patient_id": str}, keep_default_na=False
-        )
-        truth = read_rle_csv(out / "masks.csv")
-        previous = previous.merge(truth[["image_id", "rle"]], on="image_id", how="inner")
-    rows = _reusable(previous, items, out, sizes)
+    out.mkdir(parents=True, exist_ok=True)
+    _clean_tmp(out, sizes)
+    rows = _reusable(_previous(out), items, out, sizes)
     todo = [it for it in items if it.image_id not in rows]
-    jobs = (delayed(process_item)(it, str(out), sizes) for it in todo)
-    runner = Parallel(n_jobs=max(1, workers) if len(todo) > 8 else 1, return_as="generator_unordered")
     t_decode = time.perf_counter()
-    for result in progress_iter(
-        runner(jobs), total=len(todo), desc=f"prepare {layout}", unit="img", enabled=progress
-    ):
-        if "rejected" in result:
-            if strict:
-                bad = result["rejected"]
-                raise PrepareError(f"{bad['item']}: {bad['reason']}")
-            rejected.append(result["rejected"])
-        else:
-            rows[result["row"]["image_id"]] = result["row"]
+    with interruptible():
+        new_rows, bad = _decode(todo, out, sizes, workers, strict, f"prepare {layout}", progress)
+    rows.update((r["image_id"], r) for r in new_rows)
+    rejected.extend(bad)
     decode_seconds = time.perf_counter() - t_decode
     if not rows:
         write_csv_atomic(pd.DataFrame(rejected, columns=["item", "reason"]), out / "rejected.csv")
@@ -228,7 +293,7 @@ def prepare(
         [(r["image_id"], r["rle"]) for r in rows.values()], columns=["ImageId", "EncodedPixels"]
     )
     write_csv_atomic(truth.sort_values("ImageId"), out / "masks.csv")
-    write_csv_atomic(manifest, manifest_path)
+    write_csv_atomic(manifest, out / "manifest.csv")
     write_csv_atomic(pd.DataFrame(rejected, columns=["item", "reason"]), out / "rejected.csv")
     write_csv_atomic(splits, out / "splits.csv")
     train = manifest[manifest["image_id"].isin(splits.loc[splits["split"] == "train", "image_id"])]
