@@ -70,8 +70,8 @@ class DataConfig:
     sizes: tuple[int, ...] = _opt((256, 512, 1024), min=32, max=4096)
     n_folds: int = _opt(10, min=2, max=100)
     split_seed: int = 0
-    test_fraction: float = _opt(PAPER_TEST_FRACTION, min=0.0, max=0.9)
-    val_fraction: float = _opt(PAPER_VAL_FRACTION, min=0.0, max=0.9)
+    test_fraction: float = _opt(PAPER_TEST_FRACTION, positive=True, max=0.9)
+    val_fraction: float = _opt(PAPER_VAL_FRACTION, positive=True, max=0.9)
     workers: int = _opt(2, min=0)
 
 

@@ -41,6 +41,14 @@ def _scores(hist: gating.Histograms, rule: dict) -> dict:
     }
 
 
+def _pooled_iou(hist: gating.Histograms, rule: dict) -> float:
+    """Foreground IoU pooled over every pixel of the set: sum |A n B| / sum |A u B| (the dual-stage
+    paper's Table 1 quantity; not the per-image mean with empty = 1)."""
+    inter, area, true, _ = gating.rule_counts(hist.hist, hist.height, hist.width, rule)
+    union = float(np.sum(area) + np.sum(true) - np.sum(inter))
+    return float(np.sum(inter) / union) if union > 0 else float("nan")
+
+
 def _encoder(exp: Path) -> str:
     config = ExperimentDir(exp).read_config()
     if config:
@@ -111,6 +119,7 @@ def _backbone_rows(exp: Path, notes: list[str]) -> tuple[dict | None, dict | Non
         "experiment": exp.name,
         "backbone": _encoder(exp),
         "val_loss_best_epoch": _best_loss(exp),
+        "iou_pooled": _pooled_iou(test, default_point),
         "iou": default["iou"],
         "iou_pos": default["iou_pos"],
         "pixel_accuracy": default["pixel_accuracy"],

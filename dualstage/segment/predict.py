@@ -2,7 +2,8 @@
 
 Writes one :class:`~dualstage.segment.prediction_set.PredictionSet` (``oof``, ``val``, ``test``,
 ``all`` or new images). Which model predicts what: ``oof`` gives every study the fold model that
-did not train on it (cross-fitting: the folds cover every study); ``val`` uses the ``main`` model (trained on train only);
+did not train on it (cross-fitting: the folds cover every study); ``val`` uses the ``main``
+model (trained on train only);
 ``test``, ``all`` and new images average every selected model (``--folds`` restricts them, e.g.
 ``fold_3`` alone for that fold's own test score). Resumable: finished images are skipped.
 Reading (DataLoader workers) and writing (a thread pool) overlap with compute, and at most a
@@ -26,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from dualstage import rle
 from dualstage.data.annotations import read_rle_csv
 from dualstage.data.dataset import load_split_table
+from dualstage.data.ids import check_image_id
 from dualstage.data.images import image_shape, read_image_file
 from dualstage.data.layouts import IMAGE_EXTS
 from dualstage.data.prepare import load_cached
@@ -116,6 +118,11 @@ def input_jobs(
     path_of: dict[str, Path] = {}
     sizes: dict[str, tuple[int, int]] = {}
     for p in paths:
+        try:
+            check_image_id(p.stem)
+        except ValueError as exc:
+            rejected.append({"item": str(p), "stage": "id", "reason": str(exc)})
+            continue
         if p.stem in path_of:
             rejected.append(
                 {"item": str(p), "stage": "id", "reason": f"id {p.stem!r} also used by {path_of[p.stem]}"}

@@ -54,7 +54,7 @@ __all__ = [
 
 COARSE = np.round(np.arange(1, 10) / 10, 2)
 FINE = np.round(np.arange(1, 100) / 100, 2)
-MIN_AREAS = np.arange(0, 5001, 100)
+MIN_AREAS = np.union1d(np.arange(0, 5001, 100), [250])  # 250: a row of the progressive Table 4
 TOPS = np.round(np.arange(30, 91, 5) / 100, 2)
 BOTTOMS = np.round(np.arange(10, 91, 5) / 100, 2)
 LCC_THRESHOLDS = np.round(np.arange(5, 96, 5) / 100, 2)
