@@ -16,9 +16,9 @@ import pandas as pd
 
 from dualstage import gating
 from dualstage.crossfit.rules import oof_histograms, read_fold_rules, subset
-from dualstage.gates import BASELINE, GATES
+from dualstage.gates import GATES
 from dualstage.layout import ExperimentDir
-from dualstage.report.compare import Gate, describe_rule
+from dualstage.report.compare import Gate, describe_rule, gate_table
 
 __all__ = ["crossfit_gates", "fold_decisions"]
 
@@ -83,16 +83,7 @@ def crossfit_gates(exp_dir: str | Path) -> dict:
             skipped[spec.label] = f"not run: {exc}"
             continue
         gates.append(Gate(spec.key, spec.label, text, {"per_fold": per_fold}, inter, area, decision))
-    zero = np.zeros_like(true_area)
-    gates.append(Gate(BASELINE.key, BASELINE.label, "every mask empty", None, zero, zero, None))
-    return {
-        "image_id": hist.image_id,
-        "true_area": np.asarray(true_area),
-        "n_pixels": np.asarray(n_pix),
-        "gates": gates,
-        "skipped": skipped,
-        "chosen_on": "the other folds' out-of-fold maps (cross-fitted)",
-        "fold_model": [f"fold_{k}" for k in sorted(rules)],
-        "fold": folds,
-        "pred_set": "oof",
-    }
+    chosen = "the other folds' out-of-fold maps (cross-fitted)"
+    folds_named = [f"fold_{k}" for k in sorted(rules)]
+    return gate_table(hist.image_id, true_area, n_pix, gates, skipped, chosen, folds_named, fold=folds,
+                      pred_set="oof")  # fmt: skip

@@ -34,6 +34,7 @@ __all__ = [
     "bootstrap_indices",
     "compare",
     "compare_counts",
+    "gate_table",
     "describe_rule",
     "interval",
     "load_gates",
@@ -142,20 +143,19 @@ def load_gates(exp_dir: str | Path) -> dict:
             text += f"; classifier p >= {thr:g}" if thr is not None else "; classifier decision"
             inter, area = inter * decision, area * decision
         gates.append(Gate(spec.key, spec.label, text, rule, inter, area, decision))
-    zero = np.zeros_like(true_area)
-    gates.append(Gate(BASELINE.key, BASELINE.label, "every mask empty", None, zero, zero, None))
     frame = pset.index() if pset.exists() else pd.DataFrame()
     fold_model = sorted(frame["fold_model"].astype(str).unique().tolist()) if "fold_model" in frame else []
-    return {
-        "image_id": hist.image_id,
-        "true_area": np.asarray(true_area),
-        "n_pixels": np.asarray(n_pix),
-        "gates": gates,
-        "skipped": skipped,
-        "chosen_on": op.chosen_on if op else None,
-        "fold_model": fold_model,
-        "pred_set": "test",
-    }
+    return gate_table(hist.image_id, true_area, n_pix, gates, skipped, op.chosen_on if op else None,
+                      fold_model, pred_set="test")  # fmt: skip
+
+
+def gate_table(ids, true_area, n_pix, gates: list, skipped: dict, chosen_on, fold_model, **extra) -> dict:
+    """The per-image counts of ``gates`` (N,) plus the all-empty baseline, as :func:`compare_counts` takes."""
+    zero = np.zeros_like(np.asarray(true_area))
+    gates = [*gates, Gate(BASELINE.key, BASELINE.label, "every mask empty", None, zero, zero, None)]
+    return {"image_id": ids, "true_area": np.asarray(true_area), "n_pixels": np.asarray(n_pix),
+            "gates": gates, "skipped": skipped, "chosen_on": chosen_on, "fold_model": fold_model,
+            **extra}  # fmt: skip
 
 
 def point_metrics(inter, pred_area, true_area, n_pixels) -> dict[str, float]:
