@@ -95,3 +95,13 @@ def test_folds_and_amp_policy():
     assert autocast_dtype("bf16", cpu) == torch.bfloat16
     with pytest.raises(ValueError, match="fp16 needs CUDA"):
         autocast_dtype("fp16", cpu)
+
+
+def test_every_optimizer_the_config_accepts_is_implemented():
+    import dataclasses
+
+    from dualstage.config import TrainConfig
+    from dualstage.segment.loop import OPTIMIZERS
+
+    choices = {f.name: f for f in dataclasses.fields(TrainConfig)}["optimizer"].metadata["choices"]
+    assert set(choices) == set(OPTIMIZERS)

@@ -82,6 +82,9 @@ def batch_size_for(exp: Experiment, phase: PhaseConfig) -> int:
     return table[phase.resolution]
 
 
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}  # train.optimizer (config checks keys)
+
+
 def make_scheduler(phase: PhaseConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
     """The phase's LR schedule (cyclic, plateau) or None (constant: LR set to ``base_lr``)."""
     if phase.schedule == "cyclic":
@@ -137,7 +140,7 @@ class Trainer:
         ).to(runtime.device)
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.model = self.model.to(memory_format=self.memory_format)
-        self.optimizer = torch.optim.Adam(
+        self.optimizer = OPTIMIZERS[cfg.optimizer](
             self.model.parameters(), lr=exp.train.phases[0].base_lr, weight_decay=cfg.weight_decay
         )
         self.amp_dtype = autocast_dtype(cfg.amp, runtime.device)
