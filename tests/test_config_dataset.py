@@ -78,16 +78,25 @@ def test_ranks_partition_the_epoch():
 
 
 def test_folds_and_amp_policy():
+    ids = list("abcdefghijkl")
     table = pd.DataFrame(
         {
-            "image_id": list("abcdef"),
-            "split": ["train", "train", "val", "val", "test", "train"],
-            "fold": [0, 1, 0, 1, -1, 0],
+            "image_id": ids,
+            "group": ["p1", "p1", "p2", "p3", "p4", "p5", "p6", "p6", "p7", "p8", "p9", "p10"],
+            "has_pneumothorax": [1, 1, 0, 0, 1, 0, 0, 0, 1, 0, 0, 1],
+            "split": ["train", "train", "val", "val", "test", "train"] * 2,
+            "fold": [0, 0, 1, 1, 0, 2, 2, 2, 1, 0, 1, 2],  # folds cover every study, test included
         }
     )
-    assert fold_names("all", table) == ["fold_0", "fold_1"] and fold_names("main", table) == ["main"]
-    assert fold_ids(table, "main") == (["a", "b", "f"], ["c", "d"])
-    assert fold_ids(table, "fold_0") == (["b", "d"], ["a", "c", "f"])
+    assert fold_names("all", table) == ["fold_0", "fold_1", "fold_2"] and fold_names("main", table) == [
+        "main"
+    ]
+    assert fold_ids(table, "main") == (["a", "b", "f", "g", "h", "l"], ["c", "d", "i", "j"])
+    train, val = fold_ids(table, "fold_0")
+    own = {"a", "b", "e", "j"}  # fold 0: never seen by fold model 0, not even as validation
+    assert set(train) | set(val) == set(ids) - own and not set(train) & set(val) and val
+    groups = table.set_index("image_id")["group"]
+    assert not set(groups[train]) & set(groups[val])  # the inner validation is patient-grouped
     with pytest.raises(ValueError, match="expected main, all or one of"):
         fold_names("7", table)
     cpu = torch.device("cpu")
