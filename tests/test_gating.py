@@ -262,7 +262,7 @@ def test_run_sweep(pred_root, tmp_path):
     table4 = pd.read_csv(out / "sweep" / "oof" / "table4_threshold_area.csv")
     assert (
         len(fine) == 99
-        and len(table4) == 99 * 51
+        and len(table4) == 99 * 52
         and list(table4.columns[:3]) == ["threshold", "min_area", "n"]
     )
     assert op["threshold"]["metrics"]["mean_dice"] == pytest.approx(fine["mean_dice"].max())
