@@ -152,8 +152,13 @@ def test_folds_predict_sweep_evaluate(tiny, tmp_path):
     if not (exp / "segmenter" / "main" / "done.json").exists():
         _cli("train", "--exp", str(cfg), "--fold", "main", "--no-progress")
     _cli("train", "--exp", str(cfg), "--fold", "all", "--no-progress")
-    for fold in ("fold_0", "fold_1", "fold_2"):
+    splits_table = pd.read_csv(exp / "prepared" / "splits.csv", dtype={"image_id": str})
+    for k, fold in enumerate(("fold_0", "fold_1", "fold_2")):
         assert (exp / "segmenter" / fold / "best.pt").exists()
+        seen = json.loads((exp / "segmenter" / fold / "split.json").read_text())
+        own = set(splits_table.loc[splits_table["fold"] == k, "image_id"])
+        # neither training nor the epoch choice (inner validation) ever saw fold k
+        assert not own & (set(seen["train"]) | set(seen["validation"])) and seen["validation"]
     pred = exp / "predictions"
     for split in ("oof", "val", "test"):
         _cli("predict", "--exp", str(exp), "--split", split, "--workers", "0")

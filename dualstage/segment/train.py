@@ -149,7 +149,10 @@ def _train_fold(
     out.mkdir(parents=True, exist_ok=True)
     if runtime.is_main:
         clean_stale_tmp(out)  # a save killed mid-write left .last.pt.*.tmp
-    trainer = Trainer(exp, name, fold_data(exp, table, name), prepared, out, runtime, progress)
+    data = fold_data(exp, table, name)
+    if runtime.is_main:  # what the model saw: training ids and the ids its epoch choice was made on
+        write_json_atomic(out / "split.json", {"train": data.train_ids, "validation": data.val_ids})
+    trainer = Trainer(exp, name, data, prepared, out, runtime, progress)
     if resume and (out / "last.pt").exists():
         trainer.resume()
     elif runtime.is_main:
