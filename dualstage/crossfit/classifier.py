@@ -102,8 +102,12 @@ def crossfit_classifier(exp: Experiment, progress: bool = False) -> dict:
     missing = sorted(set(np.unique(data["folds"]).tolist()) - set(rules))
     if missing:
         raise FileNotFoundError(f"{d.crossfit}: no rules for folds {missing}; run `segment sweep` first")
-    out = {}
+    out, frames = {}, []
     for k in progress_iter(sorted(rules), desc="crossfit classifier", enabled=progress):
         res = fit_fold(exp, k, data, rules, progress)
         out[k] = {m: g["threshold"] for m, g in res["gate"].items()}
+        frames.append(res["probabilities"])
+    write_csv_atomic(pd.concat(frames, ignore_index=True), d.crossfit / "probabilities.csv")
+    write_json_atomic(d.crossfit / "gate_thresholds.json", {m: {str(k): v[m] for k, v in out.items()}
+                                                            for m in exp.gate.modes})  # fmt: skip
     return out

@@ -81,6 +81,8 @@ def crossfit_sweep(exp: Experiment, progress: bool = False) -> dict:
         write_tables(tables, d.crossfit_fold(k) / "sweep")
         op.write(d.crossfit_fold(k) / "operating_point.json")
         out[int(k)] = op.best_rule
+    # the single-model curves over every study, for the report only (nothing is chosen on them)
+    write_tables(sweep_tables(hist, grids), d.sweep / "oof")
     return {"folds": out, "n_studies": int(hist.image_id.size)}
 
 

@@ -57,6 +57,9 @@ def dice_vs_threshold(exp: Path, op: OperatingPoints | None, out: Path) -> Figur
     """Mean / positive / negative Dice on test against the threshold; the oof-chosen one marked."""
     key, caption = "dice_vs_threshold", "Dice against the confidence threshold (test split)"
     path = exp / "sweep" / "test" / "thresholds_fine.csv"
+    if not path.is_file() and (exp / "sweep" / "oof" / "thresholds_fine.csv").is_file():
+        path = exp / "sweep" / "oof" / "thresholds_fine.csv"  # cross-fitted: every study's single-model map
+        caption = "Dice against the confidence threshold (every study, out-of-fold maps)"
     if (fig := _missing(key, caption, path)) is not None:
         return fig
     t = pd.read_csv(path)
@@ -66,10 +69,10 @@ def dice_vs_threshold(exp: Path, op: OperatingPoints | None, out: Path) -> Figur
         ("pos_dice", "positive-case Dice", "#2ca02c"),
         ("neg_dice", "negative-case Dice", "#d62728"),
     ):
-        ax.plot(t["threshold"], t[col], label=f"{label} (test)", color=color, lw=2)
+        ax.plot(t["threshold"], t[col], label=f"{label} ({path.parent.name})", color=color, lw=2)
     chosen_on = op.chosen_on if op else "selection set"
     sel = exp / "sweep" / str(chosen_on) / "thresholds_fine.csv"
-    if sel.is_file():
+    if sel.is_file() and sel != path:
         s = pd.read_csv(sel)
         ax.plot(
             s["threshold"], s["mean_dice"], "--", color="#1f77b4", alpha=0.6, label=f"mean Dice ({chosen_on})"
@@ -121,11 +124,23 @@ def threshold_area_heatmap(exp: Path, op: OperatingPoints | None, out: Path) -> 
     return Figure(key, caption, save(fig, out / f"{key}.png"))
 
 
+def _probability_file(exp: Path) -> Path:
+    """The holdout classifier's test probabilities, else the cross-fitted probabilities of every study."""
+    holdout = exp / "classifier" / "test_probabilities.csv"
+    cross = exp / "crossfit" / "probabilities.csv"
+    return cross if not holdout.is_file() and cross.is_file() else holdout
+
+
 def _probabilities(exp: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, dict]:
-    t = pd.read_csv(exp / "classifier" / "test_probabilities.csv")
-    gate = exp / "classifier" / "gate.json"
-    g = json.loads(gate.read_text()) if gate.is_file() else {}
-    thr = {m: float(g[m]["threshold"]) for m in GATE_MODES if isinstance(g.get(m), dict)}
+    path = _probability_file(exp)
+    t = pd.read_csv(path)
+    if path.parent.name == "crossfit":  # per-fold thresholds: the median is marked
+        g = json.loads((exp / "crossfit" / "gate_thresholds.json").read_text())
+        thr = {m: float(np.median(list(g[m].values()))) for m in GATE_MODES if m in g}
+    else:
+        gate = exp / "classifier" / "gate.json"
+        g = json.loads(gate.read_text()) if gate.is_file() else {}
+        thr = {m: float(g[m]["threshold"]) for m in GATE_MODES if isinstance(g.get(m), dict)}
     col = "tuned" if "tuned" in t else "probability"
     default = t["default"].to_numpy(float) if "default" in t else None
     return t["has_pneumothorax"].to_numpy(np.int64), t[col].to_numpy(float), default, thr
@@ -133,8 +148,8 @@ def _probabilities(exp: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None
 
 def classifier_curves(exp: Path, out: Path) -> Figure:
     """ROC and precision-recall curves of the classifier on test, gate operating points marked."""
-    key, caption = "classifier_roc_pr", "Classifier ROC and precision-recall curves (test split)"
-    if (fig := _missing(key, caption, exp / "classifier" / "test_probabilities.csv")) is not None:
+    key, caption = "classifier_roc_pr", "Classifier ROC and precision-recall curves"
+    if (fig := _missing(key, caption, _probability_file(exp))) is not None:
         return fig
     y, p, default, thr = _probabilities(exp)
     if np.unique(y).size < 2:
@@ -169,8 +184,8 @@ def classifier_curves(exp: Path, out: Path) -> Figure:
 
 def probability_by_class(exp: Path, out: Path) -> Figure:
     """Classifier probability of each test study by its true class (jittered strip), gate thresholds."""
-    key, caption = "classifier_probability", "Classifier probability by true class (test split)"
-    if (fig := _missing(key, caption, exp / "classifier" / "test_probabilities.csv")) is not None:
+    key, caption = "classifier_probability", "Classifier probability by true class"
+    if (fig := _missing(key, caption, _probability_file(exp))) is not None:
         return fig
     y, p, _, thr = _probabilities(exp)
     fig, ax = plt.subplots(figsize=(7.5, 3.2))
