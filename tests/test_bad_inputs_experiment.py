@@ -68,7 +68,8 @@ def write_yaml(folder: Path, values: dict, name: str = "tiny") -> Path:
 
 
 def config(root: Path, **changes) -> dict:
-    """CONFIG with output_root ``root``; ``changes`` map a dotted key to a value (or a callable)."""
+    """CONFIG with output_root ``root``; ``changes`` map a key path (``train__phases__2__epochs``:
+    keys and list positions joined by ``__``) to the value to put there."""
     values = {**copy.deepcopy(CONFIG), "output_root": str(root)}
     for dotted, value in changes.items():
         *path, last = dotted.split("__")
@@ -213,9 +214,8 @@ def test_bad_last_pt_for_predict(prepared: Path, tmp_path: Path, kind: str) -> N
     args = ("predict", "--exp", path, "--split", "test", "--folds", "main", "--checkpoint", "last",
             "--workers", "0", "--device", "cpu")  # fmt: skip
     assert_error(call("dualstage.segment", *args), str(last), SAYS[kind])
-    assert not (last.parents[2] / "predictions" / "test" / "maps").is_dir() or not any(
-        (last.parents[2] / "predictions" / "test" / "maps").iterdir()
-    )
+    maps = last.parents[2] / "predictions" / "test" / "maps"
+    assert not maps.is_dir() or not any(maps.iterdir())  # no map written from a bad model
 
 
 # ----------------------------------------------------------------------------- stage two
