@@ -248,11 +248,12 @@ def _check_batch_sizes(values: dict, where: str) -> dict:
 def from_dict(cls: type, values: Any, where: str) -> Any:
     """Build dataclass ``cls`` from ``values`` with every value checked (ConfigError naming the key)."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    prefix = f"{where}: " if where else ""  # the top level has no key path
     if not isinstance(values, dict):
-        raise ConfigError(f"{where}: expected a mapping with keys {sorted(fields)}, got {values!r}")
+        raise ConfigError(f"{prefix}expected a mapping with keys {sorted(fields)}, got {values!r}")
     unknown = sorted(str(k) for k in set(values) - set(fields))
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys: {sorted(fields)}")
+        raise ConfigError(f"{prefix}unknown key(s) {unknown}; valid keys: {sorted(fields)}")
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for key, value in values.items():

@@ -167,13 +167,18 @@ def load_classifier(directory: str | Path, name: str = "model.ubj") -> XGBClassi
     return clf
 
 
+def _not_json(constant: str):
+    raise ValueError(f"{constant} is not a JSON value")
+
+
 def read_params(directory: str | Path) -> dict:
-    """``params.json`` of a tuned classifier: best params, base settings, the features' settings."""
+    """``params.json`` of a tuned classifier: best params, base settings, the features' settings.
+    Strict JSON: NaN / Infinity (which Python's json would accept) are refused."""
     path = Path(directory) / "params.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no tuned parameters; run `classify tune` first")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"), parse_constant=_not_json)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: not valid JSON ({exc})") from None
 

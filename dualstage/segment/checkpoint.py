@@ -153,6 +153,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: empty file (0 bytes), not a dualstage checkpoint")
     try:
         with torch.serialization.safe_globals(_format1_globals()):
             ckpt = torch.load(path, map_location=map_location, weights_only=True)
