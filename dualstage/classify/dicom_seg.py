@@ -196,8 +196,10 @@ def seg_sources(exp_dir: str | Path, pset: PredictionSet) -> dict[str, tuple[Pat
 
     The source is the set's ``index.csv`` ``image_path`` (new images), else the experiment's
     ``prepared/manifest.csv`` ``image_path``; ``frame`` is the index's ``frame`` column (else 0).
-    Studies with a PNG / JPEG source, or with no known source, are left out.
+    Studies with a PNG / JPEG source, or with no known source (no index.csv), are left out.
     """
+    if not pset.exists():
+        return {}
     index = pset.index()
     if "image_path" not in index.columns:
         manifest = ExperimentDir(exp_dir).prepared / "manifest.csv"
