@@ -213,3 +213,33 @@ def test_sources_without_spacing_or_patient_module(applied, tmp_path) -> None:
         out = write_seg(source, mask, tmp_path / f"seg_{source.name}", algorithm_version=package_version())
         _check_seg(out, source, mask)
     assert pydicom.dcmread(tmp_path / "seg_bare.dcm").StudyTime == "140438"
+
+
+def test_crossfit_final_writes_segs(tmp_path) -> None:
+    """``gate apply --set oof`` (cross-fitted): SEGs for the studies whose prepared source is DICOM."""
+    from test_crossfit import SIDE, N, _run
+
+    from dualstage.crossfit.final import crossfit_final
+
+    exp = _run(tmp_path / "cf", (np.random.default_rng(7).random(N) < 0.35).astype(int))
+    final = exp.dir.final("oof", "classifier")
+    area = pd.read_csv(final / "decisions.csv", dtype={"image_id": str}).set_index("image_id")["mask_area_px"]
+    ids = [*area.index[area > 0][:2], area.index[area == 0][0]]  # two masks, one empty decision
+    table = generate(tmp_path / "ph", n=3, size=64, layout="siim", seed=2, jpeg_share=0.0, progress=False)
+    paths = []
+    for image_id, rel in zip(ids, table["path"], strict=True):
+        ds = pydicom.dcmread(tmp_path / "ph" / rel)
+        small = np.ascontiguousarray(ds.pixel_array[::2, ::2])  # on the studies' 32 px grid
+        ds.Rows, ds.Columns, ds.PixelData = SIDE, SIDE, small.tobytes()
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+        paths.append(tmp_path / f"{image_id}.dcm")
+        ds.save_as(paths[-1])
+    pd.DataFrame({"image_id": ids, "image_path": [str(p) for p in paths]}).to_csv(
+        exp.dir.prepared / "manifest.csv", index=False
+    )
+    summary = crossfit_final(exp)["classifier"]
+    assert summary["n_seg"] == 2 and summary["n_seg_rejected"] == 0
+    assert sorted(p.stem for p in (final / "seg").glob("*.dcm")) == sorted(ids[:2])
+    for image_id, path in zip(ids[:2], paths[:2], strict=True):
+        mask = np.asarray(Image.open(final / "masks" / f"{image_id}.png")) > 0
+        _check_seg(final / "seg" / f"{image_id}.dcm", path, mask)
