@@ -107,6 +107,9 @@ def _check_seg(seg_path: Path, source: Path, mask: np.ndarray) -> None:
     ref = ds.ReferencedSeriesSequence[0]
     assert ref.SeriesInstanceUID == src.SeriesInstanceUID
     assert [r.ReferencedSOPInstanceUID for r in ref.ReferencedInstanceSequence] == [src.SOPInstanceUID]
+    frame_ref = ds.PerFrameFunctionalGroupsSequence[0].DerivationImageSequence[0].SourceImageSequence[0]
+    assert frame_ref.ReferencedSOPInstanceUID == src.SOPInstanceUID
+    assert frame_ref.SpatialLocationsPreserved == "YES"
     assert ds.NumberOfFrames == 1 and (ds.Rows, ds.Columns) == (src.Rows, src.Columns)
     assert np.array_equal(ds.pixel_array.astype(bool), mask)
     segment = ds.SegmentSequence
