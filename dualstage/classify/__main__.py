@@ -30,6 +30,10 @@ def _features(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{exp.dir.predictions}: no prediction set; run `segment predict` first")
     results = {s: steps.features_experiment(exp, s, progress=not args.no_progress) for s in sets}
     print(json.dumps(results, indent=2, default=str))
+    for s, summary in results.items():
+        if summary.get("rejected"):
+            where = exp.dir.feature_set(s) / "rejected.csv"
+            print(f"{summary['rejected']} image(s) of set {s} rejected: see {where}", file=sys.stderr)
     return 0
 
 
@@ -70,6 +74,11 @@ def _gate(args: argparse.Namespace) -> int:
             for m in modes
         }
     print(json.dumps(result, indent=2, default=str))
+    if args.action == "apply":
+        for summary in result.values():
+            n_bad = summary.get("n_seg_rejected", 0) + summary.get("n_no_features", 0)
+            if n_bad:
+                print(f"{n_bad} study(ies) rejected: see {summary['out_dir']}/rejected.csv", file=sys.stderr)
     return 0
 
 

@@ -4,6 +4,7 @@
     index.csv             image_id, split, fold_model, has_truth, has_pneumothorax, stat_* columns
     features.json         the settings the rows were made with (weights, image_size, version) + counts
     parts/<image_id>.npy  (F,) float32 row of one image: the resume cache
+    rejected.csv          item (image id), stage, reason: images left out (unreadable source, ...)
 
 ``classify features`` writes it; ``tune`` and ``gate`` read it through :func:`load_feature_table`
 and compare settings through :func:`read_settings` / :func:`check_same_settings`.
@@ -24,6 +25,7 @@ __all__ = [
     "check_same_settings",
     "truthy",
     "labels_of",
+    "rejected_ids",
 ]
 
 SETTING_KEYS = ("weights", "weights_sha256", "image_size", "version")
@@ -96,3 +98,15 @@ def labels_of(index: pd.DataFrame, source: str) -> np.ndarray:
     if "has_pneumothorax" not in index or index["has_pneumothorax"].isna().any():
         raise ValueError(f"{source}: has_pneumothorax labels missing for some rows")
     return truthy(index["has_pneumothorax"]).astype(np.int64)
+
+
+def rejected_ids(features_dir: str | Path, exclude=()) -> dict[str, str]:
+    """{image_id: reason} of ``rejected.csv`` (images ``classify features`` left out), but ``exclude``."""
+    path = Path(features_dir) / "rejected.csv"
+    if not path.is_file():
+        return {}
+    table = pd.read_csv(path, dtype={"item": str}, keep_default_na=False)
+    if not {"item", "reason"} <= set(table.columns):
+        raise ValueError(f"{path}: expected columns item, stage, reason")
+    skip = set(np.asarray(exclude, dtype=str).tolist())
+    return {i: r for i, r in zip(table["item"], table["reason"], strict=True) if i not in skip}

@@ -6,6 +6,11 @@ Input: one prediction set folder of ``segment predict`` (``maps/<id>.png``, ``in
     index.csv             image_id, split, fold_model, has_truth, has_pneumothorax, stat_* columns
     features.json         weights, image_size, counts, seconds, images/s
     parts/<image_id>.npy  (F,) float32 row of one image: the resume cache
+    rejected.csv          item (image id), stage (source / map / image), reason: images left out
+
+One bad image never stops a set: an image whose source file is missing or cannot be decoded, or
+whose map cannot be read, is a ``rejected.csv`` row and is left out of features.npz / index.csv
+(``classify gate apply`` then gives it no final mask); the others go on.
 
 A row is Phi(I, M) = [phi(I); phi(M)] (the paper's eq. 16) followed by :data:`STAT_NAMES`: phi is one
 shared DenseNet121 ``features`` trunk -> ReLU -> global average pool (1024 values), applied to the
@@ -189,7 +194,10 @@ def _tensor(image: np.ndarray, size: int) -> torch.Tensor:
 
 
 class _Items(Dataset):
-    """(image (1, S, S), map (1, S, S), stats (n_stats,) float64, position) per image id."""
+    """(image (1, S, S), map (1, S, S), stats (n_stats,) float64, position, failure) per image id.
+
+    A failure is "stage: reason" ("" when the row is fine; then the tensors are zeros).
+    """
 
     def __init__(self, pset: PredictionSet, ids: list[str], sources: list[Path], size: int):
         self.pset, self.ids, self.sources, self.size = pset, ids, sources, size
@@ -198,33 +206,47 @@ class _Items(Dataset):
         return len(self.ids)
 
     def __getitem__(self, i: int):
-        q = self.pset.read_map(self.ids[i])
-        stats = map_statistics(q)
-        image, _ = read_image_file(self.sources[i])
-        values = torch.tensor([stats[n] for n in STAT_NAMES], dtype=torch.float64)
-        return _tensor(image, self.size), _tensor(q, self.size), values, i
+        stage = "map"
+        try:
+            q = self.pset.read_map(self.ids[i])
+            stats = map_statistics(q)
+            stage = "image"
+            image, _ = read_image_file(self.sources[i])
+            values = torch.tensor([stats[n] for n in STAT_NAMES], dtype=torch.float64)
+            return _tensor(image, self.size), _tensor(q, self.size), values, i, ""
+        except Exception as exc:  # noqa: BLE001 - any failure rejects this image only
+            reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+            empty = torch.zeros((1, self.size, self.size))
+            zeros = torch.zeros(len(STAT_NAMES), dtype=torch.float64)
+            return empty, empty.clone(), zeros, i, f"{stage}: {reason}"
 
 
-def _sources(index: pd.DataFrame, prepared: Path | None, size: int | None) -> list[Path]:
-    """Image file of each row: the prepared cache, else the index's ``image_path`` column."""
-    out = []
+def _sources(index: pd.DataFrame, prepared: Path | None, size: int | None) -> tuple[list, list[dict]]:
+    """(image file of each row or None, rejected rows): the prepared cache, else ``image_path``.
+
+    A row whose ``image_path`` is not a file is a rejected row; an index without the column
+    (and images outside the cache) is an error of the whole set (FileNotFoundError).
+    """
+    out, rejected = [], []
     for row in index.itertuples(index=False):
         cached = cache_paths(prepared, size, row.image_id)[0] if size is not None else None
         if cached is not None and cached.is_file():
             out.append(cached)
             continue
+        where = f"not in the prepared cache ({prepared or 'no prepared folder'})"
+        if "image_path" not in index.columns:
+            raise FileNotFoundError(
+                f"image {row.image_id}: {where} and index.csv has no image_path column "
+                "(re-run segment predict, which writes it)"
+            )
         path = getattr(row, "image_path", None)
         if not isinstance(path, str) or not Path(path).is_file():
-            raise FileNotFoundError(
-                f"image {row.image_id}: not in the prepared cache ({prepared or 'no prepared folder'})"
-                + (
-                    f" and its image_path {path!r} is not a file"
-                    if "image_path" in index.columns
-                    else " and index.csv has no image_path column (re-run segment predict, which writes it)"
-                )
-            )
+            reason = f"{where} and its image_path {path!r} is not a file"
+            rejected.append({"item": row.image_id, "stage": "source", "reason": reason})
+            out.append(None)
+            continue
         out.append(Path(path))
-    return out
+    return out, rejected
 
 
 def _check_record(record: Path, parts: Path, setting: dict) -> None:
@@ -254,7 +276,8 @@ def _prediction_index(pset: PredictionSet) -> pd.DataFrame:
 
 
 def _extract_rows(ctx: dict, ids: list[str], sources: list[Path], todo: list[int]) -> float:
-    """Embed the ``todo`` rows and write each as ``parts/<id>.npy``; returns the seconds spent."""
+    """Embed the ``todo`` rows and write each as ``parts/<id>.npy`` (failures go to
+    ``ctx["rejected"]``); returns the seconds spent."""
     dev, parts = ctx["device"], ctx["parts"]
     net = load_densenet(ctx["weights"])[0].to(dev).to(memory_format=torch.channels_last)
     if not ctx["record"].is_file():  # written once the net loaded: a failed load leaves no stale record
@@ -262,20 +285,24 @@ def _extract_rows(ctx: dict, ids: list[str], sources: list[Path], todo: list[int
     t_run = time.perf_counter()
     data = _Items(ctx["pset"], [ids[k] for k in todo], [sources[k] for k in todo], ctx["image_size"])
     loader = DataLoader(data, batch_size=ctx["batch_size"], num_workers=ctx["workers"], shuffle=False)
-    for images, maps, stats, pos in progress_iter(
+    for images, maps, stats, pos, failures in progress_iter(
         loader, desc="features", unit="batch", enabled=ctx["progress"]
     ):
         with torch.no_grad():
             phi = embed(net, torch.cat([images, maps]).to(dev)).float().cpu().numpy()
         n = len(pos)
         rows = np.concatenate([phi[:n], phi[n:], stats.numpy()], axis=1).astype(np.float32)
-        for row, p in zip(rows, pos.tolist(), strict=True):
+        for row, p, failure in zip(rows, pos.tolist(), failures, strict=True):
+            if failure:
+                stage, reason = failure.split(": ", 1)
+                ctx["rejected"].append({"item": data.ids[p], "stage": stage, "reason": reason})
+                continue
             write_npy_atomic(parts / f"{data.ids[p]}.npy", row)
     return time.perf_counter() - t_run
 
 
 def _write_outputs(out_dir: Path, index: pd.DataFrame, ids: list[str]) -> int:
-    """features.npz and index.csv from the parts; returns the number of features F."""
+    """features.npz and index.csv of ``ids`` (index rows in that order) from the parts; returns F."""
     names, parts = feature_names(), out_dir / "parts"
     X = np.stack([read_npy(parts / f"{i}.npy") for i in ids]).astype(np.float32)
     if X.shape[1] != len(names):
@@ -286,10 +313,18 @@ def _write_outputs(out_dir: Path, index: pd.DataFrame, ids: list[str]) -> int:
             np.savez_compressed(fh, image_id=np.asarray(ids, dtype=str), X=X, feature_names=np.asarray(names))
 
     atomic_write(out_dir / "features.npz", _write_npz)
-    table = index[list(INDEX_COLUMNS)].copy()
+    table = index.set_index("image_id").loc[ids].reset_index()[list(INDEX_COLUMNS)]
     table[list(STAT_NAMES)] = X[:, 2 * N_DENSENET :].astype(str).astype(np.float64)  # float32 digits
     write_csv_atomic(table, out_dir / "index.csv")
     return len(names)
+
+
+def _write_rejected(out_dir: Path, rejected: list[dict], pred_dir: Path, n_kept: int) -> None:
+    """rejected.csv (item, stage, reason); ValueError when no image is left."""
+    path = out_dir / "rejected.csv"
+    write_csv_atomic(pd.DataFrame(rejected, columns=["item", "stage", "reason"]), path)
+    if not n_kept:
+        raise ValueError(f"{pred_dir}: no image could be read ({len(rejected)} rejected: see {path})")
 
 
 def extract_features(
@@ -308,7 +343,8 @@ def extract_features(
     ``prepared``: the prepared folder whose cache holds the images (None: the index's
     ``image_path`` column, as for new images). Resumable: rows already in ``out_dir/parts`` are
     reused when ``features.json`` records the same weights and image size; a different setting is
-    refused (ValueError) rather than mixed.
+    refused (ValueError) rather than mixed. An image that fails is a ``rejected.csv`` row and
+    the others go on; ValueError when none is left.
     """
     t0 = time.perf_counter()
     pset, out_dir = PredictionSet(pred_dir), Path(out_dir)
@@ -317,32 +353,38 @@ def extract_features(
         raise FileNotFoundError(f"prepared folder not found: {prepared}")
     prepared = Path(prepared).resolve() if prepared is not None else None
     cache_size = pick_cache_size(prepared, image_size) if prepared is not None else None
-    sources = _sources(index, prepared, cache_size)
+    sources, rejected = _sources(index, prepared, cache_size)
     setting = {**describe_weights(weights), "image_size": int(image_size), "version": _FEATURE_VERSION}
     record, parts = out_dir / "features.json", out_dir / "parts"
     _check_record(record, parts, setting)
     ids = index["image_id"].tolist()
-    todo = [k for k, i in enumerate(ids) if not (parts / f"{i}.npy").is_file()]
+    todo = [k for k, i in enumerate(ids) if sources[k] is not None and not (parts / f"{i}.npy").is_file()]
     dev = pick_device(device)
     ctx = {
         "device": dev, "parts": parts, "weights": weights, "record": record, "setting": setting, "pset": pset,
         "image_size": image_size, "batch_size": batch_size, "workers": workers, "progress": progress,
+        "rejected": rejected,
     }  # fmt: skip
     run_seconds = _extract_rows(ctx, ids, sources, todo) if todo else 0.0
-    n_features = _write_outputs(out_dir, index, ids)
+    bad = {r["item"] for r in rejected}
+    kept = [i for i in ids if i not in bad and (parts / f"{i}.npy").is_file()]
+    _write_rejected(out_dir, rejected, pset.folder, len(kept))
+    n_features = _write_outputs(out_dir, index, kept)
+    n_done = sum(ids[k] not in bad for k in todo)
     summary = {
         **setting,
         "status": "complete",
         "pred_dir": str(pset.folder.resolve()),
         "prepared": str(prepared) if prepared else None,
         "cache_size": cache_size,
-        "images": len(ids),
-        "extracted_now": len(todo),
-        "reused": len(ids) - len(todo),
+        "images": len(kept),
+        "rejected": len(rejected),
+        "extracted_now": n_done,
+        "reused": len(kept) - n_done,
         "n_features": n_features,
         "device": str(dev),
         "seconds": round(time.perf_counter() - t0, 2),
-        "images_per_second": round(len(todo) / run_seconds, 2) if todo and run_seconds > 0 else None,
+        "images_per_second": round(n_done / run_seconds, 2) if n_done and run_seconds > 0 else None,
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
     }

@@ -15,6 +15,11 @@ unchanged to any set (test, new images without truth) and writes ``<exp>/final/<
     submission.csv        ImageId, EncodedPixels (challenge RLE, "-1" for empty), one row per image
     decisions.csv         image_id, probability, decision, mask_area_px, mask_area_1024
     summary.json          mode, threshold, counts; challenge metrics when the set has truth
+    seg/<image_id>.dcm    DICOM SEG of each non-empty final mask whose source is a DICOM file
+    rejected.csv          image_id, stage, reason: studies without features, SEGs not written
+
+Studies that ``classify features`` rejected (``features/<set>/rejected.csv``) get no final mask;
+the summary counts them (``n_no_features``) and leaves them out of the metrics.
 """
 
 from __future__ import annotations
@@ -28,7 +33,13 @@ import pandas as pd
 from sklearn.model_selection import PredefinedSplit, cross_val_predict
 
 from dualstage import gating, rle
-from dualstage.classify.feature_set import check_same_settings, labels_of, load_feature_table
+from dualstage.classify.dicom_seg import seg_sources, write_segs
+from dualstage.classify.feature_set import (
+    check_same_settings,
+    labels_of,
+    load_feature_table,
+    rejected_ids,
+)
 from dualstage.classify.tune import estimator_from_params, load_classifier, read_params
 from dualstage.data.splits import read_folds
 from dualstage.gates import CLASSIFIER_GATES
@@ -230,9 +241,10 @@ def _write_masks(
     return areas, scaled
 
 
-def _truth_metrics(pset: PredictionSet, ids, keep, probs, areas, rule, fset: str) -> dict:
-    """Gated and ungated challenge metrics and presence metrics on the set's images with truth."""
-    hist_ids = pset.histograms().image_id
+def _truth_metrics(pset: PredictionSet, ids, keep, probs, areas, rule, fset: str, skipped: set) -> dict:
+    """Gated and ungated challenge metrics and presence metrics on the set's images with truth
+    (but those in ``skipped``: rejected by ``classify features``)."""
+    hist_ids = np.array([i for i in pset.histograms().image_id if i not in skipped], dtype=str)
     pos = pd.Series(np.arange(ids.size), index=ids).reindex(hist_ids)
     if pos.isna().any():
         raise ValueError(
@@ -250,6 +262,14 @@ def _truth_metrics(pset: PredictionSet, ids, keep, probs, areas, rule, fset: str
     }
 
 
+def _no_feature_rows(no_features: dict[str, str], fset: str) -> list[dict]:
+    """rejected.csv rows of the studies ``classify features`` rejected (no final mask)."""
+    return [
+        {"image_id": i, "stage": "features", "reason": f"no features (features/{fset}/rejected.csv): {r}"}
+        for i, r in no_features.items()
+    ]
+
+
 def apply_gate(
     exp_dir: str | Path,
     pred_set: str = "test",
@@ -263,8 +283,8 @@ def apply_gate(
     """Gate the maps of ``predictions/<pred_set>`` with the oof-chosen threshold; write final masks.
 
     Output: ``out`` (default ``final/<pred_set>/<mode>/``). Returns {set, mode, threshold, pixel_rule,
-    n, n_present, n_nonempty, out_dir} plus, when the set has truth histograms, ``metrics`` (gated),
-    ``metrics_ungated`` (pixel rule alone), ``presence``.
+    n, n_present, n_nonempty, n_no_features, n_seg, n_seg_rejected, out_dir} plus, when the set has
+    truth histograms, ``metrics`` (gated), ``metrics_ungated`` (pixel rule alone), ``presence``.
     """
     exp = ExperimentDir(exp_dir)
     _modes(mode)
@@ -281,6 +301,8 @@ def apply_gate(
     keep = probs >= thr
     pset, dst = PredictionSet(exp.prediction_set(pred_set)), Path(out) if out else exp.final(pred_set, mode)
     areas, scaled = _write_masks(pset, ids, keep, rule, dst, progress)
+    no_features = rejected_ids(fdir, exclude=ids)
+    segs = write_segs(dst, ids, seg_sources(exp.root, pset), _no_feature_rows(no_features, fset), progress)
     decisions = {"image_id": ids, "probability": probs, "decision": keep.astype(np.int64)}
     write_csv_atomic(
         pd.DataFrame({**decisions, "mask_area_px": areas, "mask_area_1024": scaled}), dst / "decisions.csv"
@@ -295,9 +317,11 @@ def apply_gate(
         "n": int(ids.size),
         "n_present": int(keep.sum()),
         "n_nonempty": int((areas > 0).sum()),
+        "n_no_features": len(no_features),
+        **segs,
         "out_dir": str(dst),
     }
     if pset.has_truth():
-        summary.update(_truth_metrics(pset, ids, keep, probs, areas, rule, fset))
+        summary.update(_truth_metrics(pset, ids, keep, probs, areas, rule, fset, set(no_features)))
     write_json_atomic(dst / "summary.json", summary)
     return summary

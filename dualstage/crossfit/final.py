@@ -2,7 +2,8 @@
 
 Writes ``final/oof/<mode>/`` for each classifier gate mode: ``masks/<id>.png`` (0/255 on the
 image's grid), ``submission.csv`` (challenge RLE), ``decisions.csv`` (image_id, fold, probability,
-threshold, decision, mask_area_px) and ``summary.json``.
+threshold, decision, mask_area_px), ``summary.json``, ``seg/<id>.dcm`` (DICOM SEG of each
+non-empty mask whose source is a DICOM file) and ``rejected.csv`` (SEGs that could not be written).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from dualstage import gating, rle
+from dualstage.classify.dicom_seg import seg_sources, write_segs
 from dualstage.classify.gate import GATE_MODES
 from dualstage.config import Experiment
 from dualstage.crossfit.compare import fold_decisions
@@ -45,9 +47,11 @@ def _mode_final(exp: Experiment, mode: str, rules: dict, pset: PredictionSet, pr
     write_csv_atomic(pd.DataFrame(rles, columns=["ImageId", "EncodedPixels"]), dst / "submission.csv")
     decisions = pd.DataFrame(rows)
     write_csv_atomic(decisions, dst / "decisions.csv")
+    segs = write_segs(dst, [i for i, _ in rles], seg_sources(exp.dir.root, pset), progress=progress)
     summary = {"set": "oof", "mode": mode, "protocol": "crossfit", "n": len(rows),
                "n_present": int(decisions["decision"].sum()),
-               "n_nonempty": int((decisions["mask_area_px"] > 0).sum()), "out_dir": str(dst)}  # fmt: skip
+               "n_nonempty": int((decisions["mask_area_px"] > 0).sum()), **segs,
+               "out_dir": str(dst)}  # fmt: skip
     write_json_atomic(dst / "summary.json", summary)
     return summary
 

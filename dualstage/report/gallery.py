@@ -3,7 +3,8 @@
 Studies are chosen deterministically from the comparison's per-image frame: most gates in the
 minority decision (mask vs empty) first, then the widest spread of per-image Dice, then image id.
 Radiographs and true masks come from the prepared cache, predicted masks from the test probability
-maps under each gate's rule (emptied where the classifier said absent).
+maps under each gate's rule (emptied where the classifier said absent). A study whose files are
+missing or unreadable is skipped (the next one takes its place) and named in the caption.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from PIL import Image  # noqa: E402
 
 from dualstage import gating  # noqa: E402
 from dualstage.data.cache import pick_cache_size  # noqa: E402
-from dualstage.data.prepare import cache_paths, load_cached  # noqa: E402
+from dualstage.data.prepare import load_cached  # noqa: E402
 from dualstage.gates import COLORS  # noqa: E402
 from dualstage.report.document import Figure  # noqa: E402
 from dualstage.report.figures import save  # noqa: E402
@@ -61,6 +62,29 @@ def _outline(ax, mask: np.ndarray, color: str, lw: float = 1.3) -> None:
         ax.contour(mask.astype(float), levels=[0.5], colors=[color], linewidths=lw)
 
 
+def _load_study(prepared: Path, size: int, maps: Path, image_id: str, side: int):
+    """(radiograph (side, side) uint8, truth (side, side) bool, map q (H, W) uint8) of one study."""
+    img, truth = load_cached(prepared, size, image_id)
+    with Image.open(maps / f"{image_id}.png") as im:
+        q = np.asarray(im)
+    return _resize(img, side, False), _resize(truth, side, True), q
+
+
+def _readable(chosen: pd.DataFrame, prepared: Path, size: int, maps: Path, side: int, n: int):
+    """([(row, study)] of the first ``n`` chosen studies whose files load, [skipped study notes])."""
+    loaded, skipped = [], []
+    for row in chosen.to_dict("records"):
+        if len(loaded) == n:
+            break
+        image_id = str(row["image_id"])
+        try:
+            loaded.append((row, _load_study(prepared, size, maps, image_id, side)))
+        except Exception as exc:  # noqa: BLE001 - a missing or corrupt file skips this study only
+            reason = " ".join(str(exc).split())[:200]
+            skipped.append(f"...{image_id[-8:]} ({type(exc).__name__}: {reason})")
+    return loaded, skipped
+
+
 def gallery(exp: Path, cmp: dict, out: Path, n: int = 8) -> Figure:
     """Draw ``gallery.png``: one row per chosen study, columns truth + each gate."""
     key = "gallery"
@@ -77,24 +101,19 @@ def gallery(exp: Path, cmp: dict, out: Path, n: int = 8) -> Figure:
         missing = "prepared/cache" if size is None else f"predictions/{pred_set}/maps"
         return Figure(key, caption, None, f"not run: {missing} missing")
     keys = [k for k, _ in gates]
-    chosen = choose_studies(cmp["per_image"], keys, n)
+    chosen = choose_studies(cmp["per_image"], keys, len(cmp["per_image"]))
     if chosen.empty:
         return Figure(key, caption, None, "not drawn: the gates agree on every test study")
-    for image_id in chosen["image_id"].astype(str):
-        for path in (*cache_paths(exp / "prepared", size, image_id), maps / f"{image_id}.png"):
-            if not path.is_file():
-                return Figure(key, caption, None, f"not run: {path.relative_to(exp)} missing")
     side = min(size, DISPLAY)
+    loaded, skipped = _readable(chosen, exp / "prepared", size, maps, side, n)
+    if not loaded:
+        return Figure(key, caption, None, f"not drawn: no readable study ({'; '.join(skipped[:3])})")
     fig, axes = plt.subplots(
-        len(chosen), len(gates) + 1, figsize=(1.9 * (len(gates) + 1), 2.15 * len(chosen)), squeeze=False
+        len(loaded), len(gates) + 1, figsize=(1.9 * (len(gates) + 1), 2.15 * len(loaded)), squeeze=False
     )
     lines = []
-    for r, row in enumerate(chosen.to_dict("records")):
+    for r, (row, (img, truth, q)) in enumerate(loaded):
         image_id = str(row["image_id"])
-        img, truth = load_cached(exp / "prepared", size, image_id)
-        img, truth = _resize(img, side, False), _resize(truth, side, True)
-        with Image.open(maps / f"{image_id}.png") as im:
-            q = np.asarray(im)
         label = f"positive ({int(row['true_area'])} px)" if row["true_area"] > 0 else "negative"
         ax = axes[r, 0]
         ax.imshow(img, cmap="gray", vmin=0, vmax=255)
@@ -124,8 +143,10 @@ def gallery(exp: Path, cmp: dict, out: Path, n: int = 8) -> Figure:
         ax.set_xticks([])
         ax.set_yticks([])
     fig.tight_layout()
+    if skipped:
+        lines.append(f"Skipped (missing or unreadable files): {'; '.join(skipped)}")
     text = (
-        f"{caption}: {len(chosen)} of {len(cmp['per_image'])}, most disagreement first. Green: true outline; "
+        f"{caption}: {len(loaded)} of {len(cmp['per_image'])}, most disagreement first. Green: true outline; "
         "each column one gate's final mask outline with its decision and per-image Dice.\n" + "\n".join(lines)
     )
     return Figure(key, text, save(fig, out / f"{key}.png"))

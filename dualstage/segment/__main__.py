@@ -81,7 +81,7 @@ def _predict(args: argparse.Namespace) -> int:
         exp.folder, out, split=args.split, input_dir=args.input, tta=p.tta,
         checkpoint=p.checkpoint or exp.train.checkpoint,
         batch_size=p.batch_size, workers=p.workers, device=args.device, progress=not args.no_progress,
-        only=only,
+        only=only, strict=args.strict,
     )  # fmt: skip
     print(json.dumps({**summary, "out": str(out)}, indent=2))
     if summary.get("rejected"):
@@ -154,6 +154,9 @@ def _add_predict(sub) -> None:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--strict", action="store_true", help="--input: stop at the first bad file (exit 2), no rejected.csv"
+    )
     add_progress_argument(p)
     p.set_defaults(func=_predict)
 

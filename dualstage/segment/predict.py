@@ -8,7 +8,8 @@ model (trained on train only);
 ``fold_3`` alone for that fold's own test score). Resumable: finished images are skipped.
 Reading (DataLoader workers) and writing (a thread pool) overlap with compute, and at most a
 few batches of maps are in memory at any time. A new image that cannot be read or decoded is a
-``rejected.csv`` row (file, stage, reason); the others are predicted.
+``rejected.csv`` row (file, stage, reason); the others are predicted. ``strict=True`` (``--strict``)
+stops at the first such file instead, with a one-line ValueError naming it.
 """
 
 from __future__ import annotations
@@ -78,6 +79,13 @@ class _FileImages(Dataset):
         except Exception as exc:  # noqa: BLE001 - any decoder failure rejects this file only
             reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
             return torch.zeros((1, self.size, self.size)), i, reason
+
+
+def strict_error(row: dict) -> ValueError:
+    """The ``--strict`` error of a rejected row {item, stage, reason}: one line naming the file."""
+    item, reason = str(row["item"]), " ".join(str(row["reason"]).split())
+    reason = reason.replace(f"{item}: ", "", 1)
+    return ValueError(f"{item}: rejected at the {row['stage']} stage ({reason}); --strict stops here")
 
 
 def split_jobs(split: str, exp: ExperimentDir, models: list[str]) -> tuple[pd.DataFrame, Jobs]:
@@ -169,9 +177,10 @@ def _run_group(ctx: dict, group: list[LoadedModel], todo: list[str], desc: str) 
         for p, i, reason in zip(probs, idx.tolist(), reasons, strict=True):
             id_ = todo[i]
             if reason:
-                ctx["rejected"].append(
-                    {"item": str(ctx["path_of"][id_]), "stage": "decode", "reason": reason}
-                )
+                row = {"item": str(ctx["path_of"][id_]), "stage": "decode", "reason": reason}
+                if ctx["strict"]:
+                    raise strict_error(row)
+                ctx["rejected"].append(row)
                 ctx["failed"].add(id_)
                 continue
             h, w = int(info.loc[id_, "height"]), int(info.loc[id_, "width"])
@@ -203,8 +212,13 @@ def predict(
     device: str = "auto",
     progress: bool = True,
     only: list[str] | None = None,
+    strict: bool = False,
 ) -> dict:
-    """Predict a split of the experiment's prepared data, or a folder of new images; returns a summary."""
+    """Predict a split of the experiment's prepared data, or a folder of new images; returns a summary.
+
+    New images that cannot be read become ``rejected.csv`` rows, or with ``strict`` stop the run at
+    the first one (ValueError naming the file; maps already written are kept for a resume).
+    """
     if (split is None) == (input_dir is None):
         raise ValueError("give exactly one of --split and --input")
     t0 = time.perf_counter()
@@ -214,6 +228,8 @@ def predict(
     path_of, truth_rle = None, {}
     if input_dir is not None:
         table, groups, path_of = input_jobs(input_dir, list(loaded), rejected)
+        if strict and rejected:
+            raise strict_error(rejected[0])
     else:
         table, groups = split_jobs(split, exp, list(loaded))
         truth = read_rle_csv(exp.masks_csv)
@@ -223,6 +239,7 @@ def predict(
         "exp": exp, "pset": pset, "info": table.set_index("image_id"), "truth": truth_rle, "path_of": path_of,
         "batch_size": batch_size, "workers": workers, "device": dev, "tta": tta, "progress": progress,
         "amp": autocast_context(config["train"]["amp"], dev), "rejected": rejected, "failed": set(),
+        "strict": strict,
     }  # fmt: skip
     rows, done_now = [], 0
     with ThreadPoolExecutor(max_workers=2) as pool:
