@@ -114,3 +114,20 @@ def test_every_optimizer_the_config_accepts_is_implemented():
 
     choices = {f.name: f for f in dataclasses.fields(TrainConfig)}["optimizer"].metadata["choices"]
     assert set(choices) == set(OPTIMIZERS)
+
+
+def test_each_model_starts_from_its_own_seed():
+    import random
+
+    from dualstage.segment.train import seed_model
+
+    def draws() -> tuple:
+        return random.random(), float(np.random.rand()), float(torch.rand(1))
+
+    seed_model(0, "fold_1")
+    first = draws()
+    torch.rand(1000), np.random.rand(77), random.random()  # what an earlier fold consumed
+    seed_model(0, "fold_1")
+    assert draws() == first
+    seed_model(0, "fold_2")
+    assert draws() != first

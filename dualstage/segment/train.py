@@ -21,7 +21,9 @@ This module sets a run up (config checks, folds, output folder, resume); the epo
 from __future__ import annotations
 
 import platform
+import random
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -116,6 +118,19 @@ def check_phases(exp: Experiment, prepared: Path) -> None:
         losses.build_loss(ph.loss)  # unknown names fail before any training
 
 
+def seed_model(seed: int, name: str) -> int:
+    """Seed python, numpy and torch for model ``name`` (main, fold_K) from ``train.seed``; returns it.
+
+    Each model starts from its own seed, so fold_2 trains the same whether fold_0 and fold_1 ran
+    before it in this process or not (a resumed run restores the saved RNG state instead).
+    """
+    value = (int(seed) + zlib.crc32(name.encode())) % 2**31
+    random.seed(value)
+    np.random.seed(value)
+    torch.manual_seed(value)
+    return value
+
+
 def fold_data(exp: Experiment, table: pd.DataFrame, fold: str) -> FoldData:
     """Training / validation ids (capped by ``train.max_*_images``) and training labels of a fold."""
     train_ids, val_ids = fold_ids(table, fold, exp)
@@ -149,6 +164,7 @@ def _train_fold(
     out.mkdir(parents=True, exist_ok=True)
     if runtime.is_main:
         clean_stale_tmp(out)  # a save killed mid-write left .last.pt.*.tmp
+    seed_model(exp.train.seed, name)  # each model from its own seed, whatever ran before it
     data = fold_data(exp, table, name)
     if runtime.is_main:  # what the model saw: training ids and the ids its epoch choice was made on
         write_json_atomic(out / "split.json", {"train": data.train_ids, "validation": data.val_ids})
@@ -183,8 +199,6 @@ def train(
     prepared = exp.folder / "prepared"
     runtime = setup_runtime(device)
     try:
-        torch.manual_seed(exp.train.seed)
-        np.random.seed(exp.train.seed)
         check_phases(exp, prepared)
         table = load_split_table(prepared)
         results = []
