@@ -143,3 +143,17 @@ def test_comparison_covers_every_study_with_per_fold_spread(base):
     inter, area, true, _ = gating.rule_counts(hist.hist[i : i + 1], [SIDE], [SIDE], rule)
     row = cmp["per_image"].set_index("image_id").loc[f"s{i:03d}"]
     assert row["threshold_area_pred_area"] == area[0]
+
+
+def test_table2_cross_fitted_over_every_study(base):
+    from dualstage.crossfit.table2 import MODELS, _f1_threshold
+
+    _, exp = base
+    table = pd.read_csv(exp.dir.crossfit / "table2.csv")
+    assert set(table["model"]) == set(MODELS) and len(table) == 2 * len(MODELS)
+    assert (table.groupby("model")["support"].sum() == N).all()
+    assert (table["roc_auc_lo"] <= table["roc_auc"]).all() and (table["roc_auc"] <= table["roc_auc_hi"]).all()
+    probs = pd.read_csv(exp.dir.crossfit / "table2_probabilities.csv")
+    assert len(probs) == N and probs.groupby("fold")["ours_tuned_threshold"].nunique().eq(1).all()
+    # F1-maximising threshold by hand: y = [0, 0, 1, 1], p = [.1, .6, .55, .9] -> best F1 at t in (.1, .55]
+    assert _f1_threshold(np.array([0.1, 0.6, 0.55, 0.9]), np.array([0, 0, 1, 1])) == 0.11

@@ -27,6 +27,7 @@ from dualstage.classify.tune import (
 )
 from dualstage.config import Experiment
 from dualstage.crossfit.rules import read_fold_rules
+from dualstage.crossfit.table2 import fold_table2_models, write_table2
 from dualstage.data.splits import read_folds
 from dualstage.io import write_csv_atomic, write_json_atomic
 from dualstage.progress import progress as progress_iter
@@ -85,16 +86,17 @@ def fit_fold(exp: Experiment, k: int, data: dict, rules, progress: bool = False)
         {"image_id": ids[~rows], "fold": k, "has_pneumothorax": y[~rows], "probability": probs}
     )
     write_csv_atomic(frame, out / "probabilities.csv")
-    return {"gate": gate, "probabilities": frame, "cv_score": record["best_cv_score"]}
+    table2 = fold_table2_models(exp, k, data, parts, (search.best_estimator_, inner))
+    return {"gate": gate, "probabilities": frame, "cv_score": record["best_cv_score"], "table2": table2}
 
 
 def crossfit_classifier(exp: Experiment, progress: bool = False) -> dict:
     """Fit every fold's classifier and gate; returns {fold: {mode: threshold}}."""
     d = exp.dir
     fdir = d.feature_set("oof")
-    ids, X, _, index = load_feature_table(fdir)
+    ids, X, names, index = load_feature_table(fdir)
     data = {
-        "ids": ids, "X": X, "y": labels_of(index, str(fdir)),
+        "ids": ids, "X": X, "y": labels_of(index, str(fdir)), "names": names,
         "folds": read_folds(d.splits_csv, ids, allow_test=True), "settings": read_settings(fdir),
         "pset": PredictionSet(d.prediction_set("oof")),
     }  # fmt: skip
@@ -102,11 +104,13 @@ def crossfit_classifier(exp: Experiment, progress: bool = False) -> dict:
     missing = sorted(set(np.unique(data["folds"]).tolist()) - set(rules))
     if missing:
         raise FileNotFoundError(f"{d.crossfit}: no rules for folds {missing}; run `segment sweep` first")
-    out, frames = {}, []
+    out, frames, table2 = {}, [], []
     for k in progress_iter(sorted(rules), desc="crossfit classifier", enabled=progress):
         res = fit_fold(exp, k, data, rules, progress)
         out[k] = {m: g["threshold"] for m, g in res["gate"].items()}
         frames.append(res["probabilities"])
+        table2.append(res["table2"])
+    write_table2(exp, table2)
     write_csv_atomic(pd.concat(frames, ignore_index=True), d.crossfit / "probabilities.csv")
     write_json_atomic(d.crossfit / "gate_thresholds.json", {m: {str(k): v[m] for k, v in out.items()}
                                                             for m in exp.gate.modes})  # fmt: skip
