@@ -204,3 +204,26 @@ def test_predict_strict_stops_at_the_first_bad_file(fake_model, tmp_path) -> Non
     assert code == 2 and len(lines) == 1
     assert lines[0].startswith(f"error: {new / 'bad.dcm'}: rejected at the header stage (")
     assert "Traceback" not in err_out.getvalue() and not (tmp_path / "cli" / "maps").exists()
+
+
+def test_predict_input_over_every_transfer_syntax_and_broken_file(fake_model, tmp_path) -> None:
+    """Issue 11's folder: every decodable DICOM kind is predicted, every broken or non-image file is
+    one rejected.csv row with a reason, exit 0 (no exception)."""
+    from test_dicom_formats import _make_bad, _make_good
+
+    folder = tmp_path / "pacs"
+    folder.mkdir()
+    _make_good(folder)
+    good = {p.stem for p in folder.iterdir()}
+    _make_bad(folder)
+    bad = {p.name for p in folder.iterdir() if p.stem not in good}
+    summary = predict_module.predict(
+        tmp_path / "exp", tmp_path / "out", input_dir=folder, workers=0, progress=False
+    )
+    index = pd.read_csv(tmp_path / "out" / "index.csv", dtype={"image_id": str})
+    rejected = pd.read_csv(tmp_path / "out" / "rejected.csv")
+    assert set(index["image_id"]) == good and summary["images"] == len(good)
+    assert sorted(Path(p).name for p in rejected["item"]) == sorted(bad) and len(bad) >= 10  # one row each
+    assert rejected["reason"].str.len().gt(0).all() and set(rejected["stage"]) <= {"header", "decode", "id"}
+    for image_id in good:
+        assert (tmp_path / "out" / "maps" / f"{image_id}.png").is_file()
