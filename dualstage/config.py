@@ -67,6 +67,7 @@ class DataConfig:
     phantom_layout: str = _opt("siim", choices=("siim", "png"))
     phantom_seed: int = 0
     phantom_lesion_contrast: float = _opt(1.0, positive=True)
+    phantom_subtle_share: float = _opt(0.0, min=0.0, max=1.0)  # positives at the default look
     sizes: tuple[int, ...] = _opt((256, 512, 1024), min=32, max=4096)
     n_folds: int = _opt(10, min=2, max=100)
     split_seed: int = 0

@@ -33,7 +33,8 @@ def phantom_data(exp: Experiment, progress: bool = False) -> tuple[Path, str]:
 
     d, folder = exp.data, exp.dir.phantoms
     params = {"n": d.phantom_n, "size": d.phantom_size, "layout": d.phantom_layout, "seed": d.phantom_seed,
-              "lesion_contrast": d.phantom_lesion_contrast}  # fmt: skip
+              "lesion_contrast": d.phantom_lesion_contrast,
+              "subtle_share": d.phantom_subtle_share}  # fmt: skip
     marker = folder / "phantom.json"
     if marker.exists() and json.loads(marker.read_text()) == params:
         return folder, f"phantoms done already: {folder}"

@@ -179,6 +179,7 @@ def generate(
     workers: int = 1,
     progress: bool = True,
     lesion_contrast: float = 1.0,
+    subtle_share: float = 0.0,
 ) -> pd.DataFrame:
     """Write ``n`` phantoms in the ``siim`` or ``png`` layout under ``out_dir``; return the index.
 
@@ -199,7 +200,9 @@ def generate(
         raise ValueError(f"jpeg_share must be in [0, 1], got {jpeg_share}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    specs = plan_cases(n, seed, jpeg_share, lesion_contrast)
+    if not 0 <= subtle_share <= 1:
+        raise ValueError(f"subtle_share must be in [0, 1], got {subtle_share}")
+    specs = plan_cases(n, seed, jpeg_share, lesion_contrast, subtle_share)
     bar = progress_iter(total=n, desc=f"phantom {layout} {size}px", unit="img", enabled=progress)
     if workers > 1:
         from joblib import Parallel, delayed
@@ -307,6 +310,7 @@ def _generate_cmd(a: argparse.Namespace) -> int:
         workers=a.workers,
         progress=not a.quiet,
         lesion_contrast=a.lesion_contrast,
+        subtle_share=a.subtle_share,
     )
     pos = table["has_pneumothorax"]
     print(
@@ -329,6 +333,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--preview", default=None, help="write a contact sheet PNG here")
     ap.add_argument("--lesion-contrast", type=float, default=1.0, help=">1: darker pneumothoraces (demos)")
+    ap.add_argument(
+        "--subtle-share",
+        type=float,
+        default=0.0,
+        help="share of positives kept at the default look (contrast 1)",
+    )
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     ap.set_defaults(func=_generate_cmd)

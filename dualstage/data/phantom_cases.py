@@ -19,6 +19,7 @@ AREA_RANGE_1024 = (55.0, 161421.0)
 RENDER_MAX = 512  # anatomy is rendered at clip(size, 256, RENDER_MAX) px, then resized to size
 UID_PREFIX = "1.2.826.0.1.3680043.8.498.77."  # pydicom's UID root + a dualstage arc
 _PATIENT_STREAM = 1
+_SUBTLE_STREAM = 7  # its own stream: a subtle_share of 0 leaves every other draw unchanged
 MAX_DEPTH = 0.8  # deepest collapse towards the hilum (fraction of the hilum-wall distance)
 TWO_PI = 2.0 * math.pi
 
@@ -70,9 +71,12 @@ def _uid(seed: int, index: int, kind: str) -> str:
 
 
 def plan_cases(
-    n: int, seed: int = 0, jpeg_share: float = 0.3, lesion_contrast: float = 1.0
+    n: int, seed: int = 0, jpeg_share: float = 0.3, lesion_contrast: float = 1.0, subtle_share: float = 0.0
 ) -> list[CaseSpec]:
     """Decide ids, patients, presence, lesion areas and compression for images 0..n-1.
+
+    ``subtle_share`` of the positives keep the default look (contrast 1) whatever
+    ``lesion_contrast`` says: subtle pneumothoraces a model misses at high thresholds.
 
     Prefix-stable: the first k specs do not depend on ``n``. About 12 % of patients get 2-3
     images (interleaved with other patients' images).
@@ -124,10 +128,18 @@ def plan_cases(
                 positive=positive,
                 lesion_areas_1024=areas,
                 jpeg=bool(u_jpeg < jpeg_share),
-                lesion_contrast=lesion_contrast,
+                lesion_contrast=_contrast(seed, index, positive, lesion_contrast, subtle_share),
             )
         )
     return specs
+
+
+def _contrast(seed: int, index: int, positive: bool, contrast: float, subtle_share: float) -> float:
+    """The case's lesion contrast: 1 (the default look) for a ``subtle_share`` of positives."""
+    if not positive or subtle_share <= 0:
+        return contrast
+    u = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_SUBTLE_STREAM, index))).random()
+    return 1.0 if u < subtle_share else contrast
 
 
 def image_streams(seed: int, index: int) -> list[np.random.SeedSequence]:
