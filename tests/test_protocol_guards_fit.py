@@ -94,10 +94,10 @@ def test_gate_fit_threshold_is_chosen_on_out_of_fold_probabilities(weak) -> None
 
 def test_crossfit_gate_threshold_uses_inner_out_of_fold_probabilities(weak) -> None:
     exp, X, y, folds = weak
-    ids = load_feature_table(exp / "features" / "oof")[0]
+    ids, _, names, _ = load_feature_table(exp / "features" / "oof")
     config = Experiment(name=exp.name, output_root=str(exp.parent), tune=TuneConfig(n_iter=1, threads=1),
                         gate=GateConfig(modes=("classifier",)))  # fmt: skip
-    data = {"ids": ids, "X": X, "y": y, "folds": folds, "settings": {},
+    data = {"ids": ids, "X": X, "y": y, "folds": folds, "settings": {}, "names": names,
             "pset": PredictionSet(exp / "predictions" / "oof")}  # fmt: skip
     points = OperatingPoints.read(exp / "operating_point.json")
     k = 0
