@@ -157,3 +157,45 @@ def test_table2_cross_fitted_over_every_study(base):
     assert len(probs) == N and probs.groupby("fold")["ours_tuned_threshold"].nunique().eq(1).all()
     # F1-maximising threshold by hand: y = [0, 0, 1, 1], p = [.1, .6, .55, .9] -> best F1 at t in (.1, .55]
     assert _f1_threshold(np.array([0.1, 0.6, 0.55, 0.9]), np.array([0, 0, 1, 1])) == 0.11
+
+
+def test_new_images_go_through_every_fold_pipeline_and_vote(base):
+    """New images in a cross-fitted experiment: fold pipeline k (its map, classifier, threshold,
+    rule) each decides, the final mask keeps the pixels more than half of them keep."""
+    from dualstage.classify.tune import load_classifier
+    from dualstage.crossfit.deploy import crossfit_apply
+
+    _, exp = base
+    d = exp.dir
+    feats = np.load(d.feature_set("oof") / "features.npz")
+    pick = [f"s{i:03d}" for i in (0, 1, 2, 5, 9)]
+    rows = [int(np.flatnonzero(feats["image_id"] == i)[0]) for i in pick]
+    rng = np.random.default_rng(3)
+    for k in range(K):  # each fold model's own map of the new images (here: a perturbed oof map)
+        pset, fset = d.prediction_set(f"new_fold_{k}"), d.feature_set(f"new_fold_{k}")
+        (pset / "maps").mkdir(parents=True, exist_ok=True)
+        fset.mkdir(parents=True, exist_ok=True)
+        for i in pick:
+            q = np.asarray(Image.open(d.prediction_set("oof") / "maps" / f"{i}.png")).astype(int)
+            Image.fromarray(np.clip(q + rng.integers(-40, 40, q.shape), 0, 255).astype(np.uint8)).save(
+                pset / "maps" / f"{i}.png"
+            )
+        np.savez(fset / "features.npz", image_id=np.array(pick), X=feats["X"][rows] + k * 0.3,
+                 feature_names=feats["feature_names"])  # fmt: skip
+        pd.DataFrame({"image_id": pick, "split": "input", "fold_model": f"fold_{k}", "has_truth": 0,
+                      "has_pneumothorax": 0}).to_csv(fset / "index.csv", index=False)  # fmt: skip
+    summary = crossfit_apply(exp.folder, "new", "classifier")
+    assert summary["n"] == len(pick) and summary["n_nonempty"] > 0
+    for j, image_id in enumerate(pick):
+        votes = []
+        for k in range(K):
+            cdir = d.crossfit_fold(k) / "classifier"
+            p = load_classifier(cdir).predict_proba(feats["X"][rows][j : j + 1] + k * 0.3)[0, 1]
+            thr = json.loads((cdir / "gate.json").read_text())["classifier"]["threshold"]
+            rule = json.loads((d.crossfit_fold(k) / "operating_point.json").read_text())["threshold"]
+            q = np.asarray(Image.open(d.prediction_set(f"new_fold_{k}") / "maps" / f"{image_id}.png"))
+            level = int(np.floor(rule["threshold"] * 255)) + 1
+            votes.append((q >= level) if p >= thr else np.zeros(q.shape, bool))
+        expected = np.sum(votes, axis=0) >= 2  # 2 of 3 fold pipelines
+        final = np.asarray(Image.open(d.final("new", "classifier") / "masks" / f"{image_id}.png")) > 127
+        np.testing.assert_array_equal(final, expected)

@@ -26,6 +26,7 @@ def _features(args: argparse.Namespace) -> int:
     exp = override(exp, "features", weights=args.weights, image_size=args.image_size,
                    batch_size=args.batch_size, workers=args.workers)  # fmt: skip
     sets = args.set or [p.name for p in sorted(exp.dir.predictions.glob("*")) if (p / "index.csv").is_file()]
+    sets = [x for s in sets for x in _with_fold_sets(exp, s)]
     if not sets:
         raise FileNotFoundError(f"{exp.dir.predictions}: no prediction set; run `segment predict` first")
     results = {s: steps.features_experiment(exp, s, progress=not args.no_progress) for s in sets}
@@ -35,6 +36,16 @@ def _features(args: argparse.Namespace) -> int:
             where = exp.dir.feature_set(s) / "rejected.csv"
             print(f"{summary['rejected']} image(s) of set {s} rejected: see {where}", file=sys.stderr)
     return 0
+
+
+def _with_fold_sets(exp, name: str) -> list[str]:
+    """``[name]``, or its per-fold sets ``<name>_fold_<k>`` when new images went through every fold."""
+    from dualstage.crossfit.deploy import fold_set_names
+
+    if exp.dir.prediction_set(name).is_dir():
+        return [name]
+    per_fold = list(fold_set_names(exp.dir, name).values())
+    return per_fold if per_fold and all(exp.dir.prediction_set(s).is_dir() for s in per_fold) else [name]
 
 
 def _tune(args: argparse.Namespace) -> int:
@@ -55,6 +66,10 @@ def _gate(args: argparse.Namespace) -> int:
     modes = list(exp.gate.modes) if args.mode in (None, "both") else [args.mode]
     if args.action == "fit":
         result = fit_gate(exp.folder, mode=modes, threads=args.threads or exp.gate.threads)
+    elif args.set != "oof" and _with_fold_sets(exp, args.set) != [args.set]:
+        from dualstage.crossfit.deploy import crossfit_apply  # new images through every fold pipeline
+
+        result = {m: crossfit_apply(exp.folder, args.set, m, progress=not args.no_progress) for m in modes}
     elif args.set == "oof":  # cross-fitted: each study with its own fold's classifier and rules
         from dualstage.crossfit.final import crossfit_final
 

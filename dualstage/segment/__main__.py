@@ -73,6 +73,8 @@ def _predict(args: argparse.Namespace) -> int:
     exp = open_experiment(args.exp)
     p = override(exp, "predict", tta=args.tta or None, checkpoint=args.checkpoint,
                  batch_size=args.batch_size, workers=args.workers).predict  # fmt: skip
+    if args.input and not args.out and not args.folds and _crossfit_only(exp):
+        return _predict_per_fold(exp, args, p)
     out = args.out or exp.dir.prediction_set(default_set_name(args.split, args.folds, args.set))
     only = args.folds
     if only is None and args.split in ("val", "test") and exp.train.folds in ("main", "both"):
@@ -86,6 +88,29 @@ def _predict(args: argparse.Namespace) -> int:
     print(json.dumps({**summary, "out": str(out)}, indent=2))
     if summary.get("rejected"):
         print(f"{summary['rejected']} file(s) rejected: see {out}/rejected.csv", file=sys.stderr)
+    return 0
+
+
+def _crossfit_only(exp) -> bool:
+    """A cross-fitted experiment without a main model: new images go through every fold pipeline."""
+    trained = exp.dir.trained_models()
+    return bool(exp.dir.crossfit_folds()) and "main" not in trained
+
+
+def _predict_per_fold(exp, args: argparse.Namespace, p) -> int:
+    """``--input`` in a cross-fitted experiment: one map set per fold model, ``<set>_fold_<k>``."""
+    from dualstage.crossfit.deploy import fold_set_names
+    from dualstage.segment.predict import predict
+
+    name = args.set or "input"
+    results = {}
+    for k, set_name in fold_set_names(exp.dir, name).items():
+        results[set_name] = predict(
+            exp.folder, exp.dir.prediction_set(set_name), input_dir=args.input, tta=p.tta,
+            checkpoint=p.checkpoint or exp.train.checkpoint, batch_size=p.batch_size, workers=p.workers,
+            device=args.device, progress=not args.no_progress, only=[f"fold_{k}"], strict=args.strict,
+        )  # fmt: skip
+    print(json.dumps(results, indent=2))
     return 0
 
 
