@@ -151,7 +151,10 @@ def _table4(exp: Path, notes: list[str]) -> pd.DataFrame | None:
     op = OperatingPoints.read_or_none(ExperimentDir(exp).operating_point)
     test = _load(exp / "predictions" / "test")
     if op is None or test is None:
-        notes.append(f"{exp.name}: Table 4 not available (needs operating_point.json and test predictions)")
+        notes.append(
+            f"{exp.name}: Table 4 not available (holdout view only: needs operating_point.json and test "
+            "predictions; the cross-fitted view chooses its areas per fold)"
+        )
         return None
     chosen_on = op.chosen_on
     sel = pd.read_csv(exp / "sweep" / chosen_on / "table4_threshold_area.csv")
