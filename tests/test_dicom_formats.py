@@ -8,7 +8,6 @@ tests/data/make_dicom_fixtures.py) and files edited here.
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import shutil
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from dicom_fixtures import synthetic, write_fixtures  # noqa: E402  (tests/ is on sys.path)
 from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -26,7 +26,7 @@ from pydicom.uid import AllTransferSyntaxes, ExplicitVRLittleEndian, generate_ui
 from dualstage.data.dicom import to_uint8
 from dualstage.data.images import image_shape, read_image_file
 
-FIXTURES = Path(__file__).resolve().parent / "data" / "dicom"
+N_FIXTURES = 5  # made at test time by write_fixtures: JPEG Lossless x 2, HTJ2K x 3
 
 # name in the folder -> pydicom bundled file (transfer syntax, photometric, what it covers)
 BUNDLED_GOOD = {
@@ -103,15 +103,6 @@ BAD = {
 }
 
 
-def _fixture_module():
-    spec = importlib.util.spec_from_file_location(
-        "make_dicom_fixtures", FIXTURES.parent / "make_dicom_fixtures.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _bundled(name: str) -> Path:
     return Path(get_testdata_file(name))
 
@@ -150,8 +141,7 @@ def _object(out: Path, sop_class: str, modality: str, **tags) -> None:
 def _make_good(folder: Path) -> None:
     for name, source in BUNDLED_GOOD.items():
         shutil.copy(_bundled(source), folder / name)
-    for path in FIXTURES.glob("*.dcm"):
-        shutil.copy(path, folder / f"fixture_{path.name}")
+    write_fixtures(folder, prefix="fixture_")
     raw = _bundled("MR_small.dcm").read_bytes()
     (folder / "no_preamble.dcm").write_bytes(raw[132:])  # starts with the group 0002 meta
     _without_meta("MR_small_implicit.dcm", folder / "no_meta_implicit_le.dcm", True, True)
@@ -217,7 +207,7 @@ def formats(tmp_path_factory) -> Path:
 
 def test_every_decodable_file_reads_to_uint8(formats):
     good = sorted((formats / "good").iterdir())
-    assert len(good) == len(BUNDLED_GOOD) + len(list(FIXTURES.glob("*.dcm"))) + 4
+    assert len(good) == len(BUNDLED_GOOD) + N_FIXTURES + 4
     syntaxes = set()
     for path in good:
         image, info = read_image_file(path)
@@ -251,15 +241,15 @@ def test_lossless_encodings_agree(formats):
     np.testing.assert_array_equal(inverted, 255 - reference)
 
 
-def test_fixtures_decode_losslessly():
-    synthetic = _fixture_module().synthetic
-    for path in FIXTURES.glob("*.dcm"):
+def test_fixtures_decode_losslessly(tmp_path):
+    fixtures = tmp_path / "fixtures"
+    for path in write_fixtures(fixtures):
         ds = pydicom.dcmread(path)
         if "lossy" in path.name:
             continue
         np.testing.assert_array_equal(ds.pixel_array, synthetic(int(ds.BitsStored)), err_msg=path.name)
-    p14, _ = read_image_file(FIXTURES / "jpeg_lossless_p14_pred6_16bit.dcm")  # MONOCHROME1
-    sv1, _ = read_image_file(FIXTURES / "jpeg_lossless_sv1_12bit.dcm")
+    p14, _ = read_image_file(fixtures / "jpeg_lossless_p14_pred6_16bit.dcm")  # MONOCHROME1
+    sv1, _ = read_image_file(fixtures / "jpeg_lossless_sv1_12bit.dcm")
     assert np.abs(p14.astype(int) - (255 - sv1.astype(int))).max() <= 1
 
 
