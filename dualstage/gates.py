@@ -16,9 +16,7 @@ __all__ = [
     "BASELINE",
     "REFERENCE",
     "CLASSIFIER_GATES",
-    "gate_spec",
     "COLORS",
-    "LABELS",
     "SUMMARY_NAMES",
 ]
 
@@ -54,13 +52,5 @@ BASELINE = GateSpec("empty", "all empty (baseline)", "#000000", None, summary="a
 REFERENCE = "threshold_area"  # the gate every other one is compared with
 CLASSIFIER_GATES: dict[str, GateSpec] = {g.key: g for g in GATES if g.classifier}
 COLORS: dict[str, str] = {g.key: g.color for g in (*GATES, BASELINE)}
-LABELS: dict[str, str] = {g.key: g.label for g in (*GATES, BASELINE)}
 SUMMARY_NAMES: dict[str, str] = {g.key: g.summary for g in (*GATES, BASELINE)}
 
-
-def gate_spec(key: str) -> GateSpec:
-    """The gate named ``key``; ValueError listing the valid keys."""
-    for g in (*GATES, BASELINE):
-        if g.key == key:
-            return g
-    raise ValueError(f"unknown gate {key!r}; valid gates: {', '.join(g.key for g in (*GATES, BASELINE))}")

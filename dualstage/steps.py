@@ -57,7 +57,6 @@ def prepare_experiment(exp: Experiment, strict: bool = False, progress: bool = F
     When the source folder is absent but a prepare with the same settings finished, that prepare is
     used (a dataset may be unmounted after preparing it); otherwise the error names ``data.source``.
     """
-    from dualstage.data.prepare import prepare
 
     d, out = exp.data, exp.dir.prepared
     record = out / "prepare.json"
@@ -73,12 +72,7 @@ def prepare_experiment(exp: Experiment, strict: bool = False, progress: bool = F
                 f"data.source {str(source)!r} is not a folder: set data.source in the experiment YAML "
                 "to your dataset folder, or pass --data DIR"
             )
-    summary = prepare(
-        source, out, sizes=d.sizes, layout=d.layout, annotations=d.annotations, strict=strict,
-        workers=d.workers, n_folds=d.n_folds, seed=d.split_seed, test_fraction=d.test_fraction,
-        val_fraction=d.val_fraction,
-        progress=progress,
-    )  # fmt: skip
+    summary = _prepare(source, out, d, strict, progress)
     summary["settings"] = _prepare_settings(exp)
     write_json_atomic(record, summary)
     return summary
@@ -87,15 +81,20 @@ def prepare_experiment(exp: Experiment, strict: bool = False, progress: bool = F
 def prepare_folder(args: argparse.Namespace, progress: bool = False) -> dict:
     """``segment prepare --data D --out O`` without an experiment: the config's defaults + flags."""
     from dualstage.config import DataConfig, override
-    from dualstage.data.prepare import prepare
 
     exp = override(Experiment(name="dataset", data=DataConfig(source=str(args.data))), "data",
                    sizes=args.sizes, layout=args.layout, annotations=args.annotations, workers=args.workers,
                    n_folds=args.folds, split_seed=args.seed, test_fraction=args.test_fraction,
                    val_fraction=args.val_fraction)  # fmt: skip
-    d = exp.data
+    return _prepare(args.data, args.out, exp.data, args.strict, progress)
+
+
+def _prepare(source, out, d, strict: bool, progress: bool) -> dict:
+    """``data.prepare.prepare`` of ``source`` into ``out`` with the ``data`` section ``d``."""
+    from dualstage.data.prepare import prepare
+
     return prepare(
-        args.data, args.out, sizes=d.sizes, layout=d.layout, annotations=d.annotations, strict=args.strict,
+        source, out, sizes=d.sizes, layout=d.layout, annotations=d.annotations, strict=strict,
         workers=d.workers, n_folds=d.n_folds, seed=d.split_seed, test_fraction=d.test_fraction,
         val_fraction=d.val_fraction, progress=progress,
     )  # fmt: skip

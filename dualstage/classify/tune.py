@@ -55,7 +55,6 @@ __all__ = [
     "scorer_for",
     "read_params",
     "make_classifier",
-    "rule_counts_for",
     "search_space",
     "tune",
 ]
@@ -198,11 +197,6 @@ def save_model(clf: XGBClassifier, path: Path) -> None:
     atomic_write(path, _write)
 
 
-def rule_counts_for(exp_dir: str | Path, pred_set: str, ids: np.ndarray, rule: dict) -> np.ndarray:
-    """(N, 4) int64 (inter, pred_area, true_area, n_pixels) of ``rule`` for ``ids``, from histograms."""
-    return PredictionSet(ExperimentDir(exp_dir).prediction_set(pred_set)).rule_counts(ids, rule)
-
-
 def _gated_dice(y_true, prob, counts) -> float:
     """Challenge mean Dice of masks (counts (n, 4)) emptied where prob < 0.5."""
     keep = np.asarray(prob) >= 0.5
@@ -217,7 +211,7 @@ def scorer_for(scoring: str, exp_dir: Path, ids: np.ndarray, dice_rule: str, tra
     if scoring != "dice":
         return scoring, {}, nullcontext(), None
     rule = OperatingPoints.read(ExperimentDir(exp_dir).operating_point).rule(dice_rule)
-    counts = rule_counts_for(exp_dir, train_set, ids, rule)
+    counts = PredictionSet(ExperimentDir(exp_dir).prediction_set(train_set)).rule_counts(ids, rule)
     ctx = sklearn.config_context(enable_metadata_routing=True)
     with sklearn.config_context(enable_metadata_routing=True):
         scorer = make_scorer(_gated_dice, response_method="predict_proba").set_score_request(counts=True)

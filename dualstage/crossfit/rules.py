@@ -8,7 +8,6 @@ rules are then applied to (fold model k's maps of fold k).
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 
 from dualstage import gating
 from dualstage.config import Experiment
@@ -93,8 +92,3 @@ def read_fold_rules(exp: ExperimentDir) -> dict[int, OperatingPoints]:
         raise FileNotFoundError(f"{exp.crossfit}: no cross-fitted rules; run `segment sweep` first")
     return {k: OperatingPoints.read(exp.crossfit_fold(k) / "operating_point.json") for k in folds}
 
-
-def fold_table(exp: ExperimentDir) -> pd.DataFrame:
-    """image_id, fold of every out-of-fold study."""
-    hist, folds = oof_histograms(exp)
-    return pd.DataFrame({"image_id": hist.image_id, "fold": folds})

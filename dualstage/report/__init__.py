@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from dualstage import gating
 from dualstage.gates import BASELINE
 from dualstage.io import atomic_write_text, json_safe, write_csv_atomic, write_json_atomic
 from dualstage.layout import ExperimentDir
@@ -215,11 +214,11 @@ def _write_summary(exp: Path, out: Path, cmp: dict | None, holdout: dict | None)
     """report/summary.json (see :mod:`dualstage.report.summary`)."""
     if cmp is None:
         return
-    d = ExperimentDir(exp)
-    pset = d.prediction_set("oof" if cmp["split"] == "crossfit" else "test")
-    hist = gating.load_histograms(pset) if (pset / "histograms.npz").is_file() else None
     protocol = "crossfit" if cmp["split"] == "crossfit" else "holdout"
-    thresholds = threshold_table(hist) if hist is not None else None
+    table3 = (
+        ExperimentDir(exp).sweep / ("oof" if protocol == "crossfit" else "test") / "table3_thresholds.csv"
+    )
+    thresholds = threshold_table(pd.read_csv(table3)) if table3.is_file() else None
     write_json_atomic(out / "summary.json", summary_json(cmp, protocol, thresholds, holdout))
 
 

@@ -13,9 +13,8 @@ Intervals: 95 % percentile bootstrap over studies, paired between gates.
 
 from __future__ import annotations
 
-import numpy as np
+import pandas as pd
 
-from dualstage import gating
 from dualstage.gates import SUMMARY_NAMES
 
 __all__ = ["summary_json", "gates_block", "threshold_table"]
@@ -34,11 +33,10 @@ def gates_block(cmp: dict) -> dict:
     return out
 
 
-def threshold_table(hist: gating.Histograms) -> dict:
-    """{"0.1": {mean_dice, pos_dice, neg_dice, pos_accuracy}, ..., "0.9": ...} of single-model maps."""
-    thresholds = np.round(np.arange(1, 10) / 10, 1)
-    res = gating.sweep_threshold(hist.hist, thresholds)
-    return {f"{t:.1f}": {k: float(np.ravel(res[k])[i]) for k in KEYS} for i, t in enumerate(thresholds)}
+def threshold_table(table3: pd.DataFrame) -> dict:
+    """{"0.1": {mean_dice, pos_dice, neg_dice, pos_accuracy}, ..., "0.9": ...} from the sweep's
+    ``table3_thresholds.csv`` of the single-model maps (0.1 .. 0.9)."""
+    return {f"{float(r['threshold']):.1f}": {k: float(r[k]) for k in KEYS} for _, r in table3.iterrows()}
 
 
 def summary_json(primary: dict, protocol: str, thresholds: dict | None, holdout: dict | None) -> dict:

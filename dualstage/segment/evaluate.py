@@ -130,12 +130,11 @@ def _backbone_rows(exp: Path, notes: list[str]) -> tuple[dict | None, dict | Non
 
 def _table3(exp: Path, notes: list[str]) -> pd.DataFrame | None:
     path = exp / "sweep" / "test" / "table3_thresholds.csv"
-    hist, maps = _evaluation_set(exp)
-    if not path.exists() and hist is not None and not maps.startswith("holdout"):
-        thresholds = np.round(np.arange(1, 10) / 10, 2)
-        res = gating.sweep_threshold(hist.hist, thresholds)
-        table = pd.DataFrame({"threshold": thresholds, **{k: np.ravel(v) for k, v in res.items()}})
-        return table[["threshold", *KEYS]].assign(maps=maps)
+    cross = exp / "sweep" / "oof" / "table3_thresholds.csv"  # the sweep's curve over every study
+    if not path.exists() and cross.exists():
+        return pd.read_csv(cross)[["threshold", *KEYS]].assign(
+            maps="cross-fitted out-of-fold maps, every study"
+        )
     if not path.exists():
         notes.append(f"{exp.name}: Table 3 not available ({path} missing: run segment sweep)")
         return None

@@ -11,7 +11,7 @@ import torch
 
 from dualstage.layout import ExperimentDir
 from dualstage.segment import models
-from dualstage.segment.checkpoint import load_checkpoint
+from dualstage.segment.checkpoint import inference_resolution, load_checkpoint
 from dualstage.segment.precision import autocast_dtype
 
 __all__ = ["LoadedModel", "select_models", "load_models", "probabilities", "autocast_context"]
@@ -53,11 +53,10 @@ def _load_one(path: Path, model_name: str, device: torch.device) -> LoadedModel:
     net.to(device).eval()
     norm = ckpt["normalization"]
     config = ckpt["experiment"]
-    resolution = ckpt.get("resolution") or config["train"]["phases"][-1]["resolution"]
     return LoadedModel(
         name=f"{model_name}/{path.stem}",
         net=net,
-        resolution=int(resolution),
+        resolution=inference_resolution(ckpt),
         mean=torch.tensor(norm["mean"], device=device),
         std=torch.tensor(norm["std"], device=device),
         config=config,
