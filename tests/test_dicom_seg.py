@@ -246,3 +246,19 @@ def test_crossfit_final_writes_segs(tmp_path) -> None:
     for image_id, path in zip(ids[:2], paths[:2], strict=True):
         mask = np.asarray(Image.open(final / "masks" / f"{image_id}.png")) > 0
         _check_seg(final / "seg" / f"{image_id}.dcm", path, mask)
+
+
+def test_seg_on_the_real_challenge_dicom(siim, tmp_path):
+    """A SEG on the real challenge file (JPEG Baseline Secondary Capture): references and frame."""
+    import highdicom as hd
+
+    src = siim / "dicom" / "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"
+    mask = np.zeros((1024, 1024), bool)
+    mask[300:420, 100:260] = True
+    out = write_seg(src, mask, tmp_path / "real_seg.dcm", algorithm_version="test")
+    seg, source = hd.seg.segread(out), pydicom.dcmread(src)
+    assert seg.StudyInstanceUID == source.StudyInstanceUID
+    ref = seg.ReferencedSeriesSequence[0]
+    assert ref.SeriesInstanceUID == source.SeriesInstanceUID
+    assert ref.ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    np.testing.assert_array_equal(seg.pixel_array.astype(bool).reshape(mask.shape), mask)
