@@ -17,7 +17,13 @@ from dualstage.config import ConfigError, Experiment, from_dict, load_experiment
 from dualstage.io import write_json_atomic
 from dualstage.layout import EXPERIMENT_FILE, ExperimentDir
 
-__all__ = ["open_experiment", "record_experiment", "add_experiment_argument", "add_progress_argument"]
+__all__ = [
+    "open_experiment",
+    "record_experiment",
+    "add_experiment_argument",
+    "add_progress_argument",
+    "add_shard_arguments",
+]
 
 LIBRARIES = ("dualstage", "torch", "torchvision", "segmentation-models-pytorch", "xgboost", "scikit-learn",
              "numpy", "pandas", "pydicom", "albumentations")  # fmt: skip
@@ -77,3 +83,13 @@ def add_experiment_argument(parser: argparse.ArgumentParser, required: bool = Tr
 def add_progress_argument(parser: argparse.ArgumentParser) -> None:
     """``--no-progress``: no progress bars or progress lines (the same in every command)."""
     parser.add_argument("--no-progress", action="store_true", help="no progress bars or progress lines")
+
+
+def add_shard_arguments(parser: argparse.ArgumentParser, outputs: str) -> None:
+    """``--shard I/N`` and ``--merge`` (see :mod:`dualstage.shards`); ``outputs``: what the merge writes."""
+    parser.add_argument(
+        "--shard", default=None, metavar="I/N",
+        help="only share I of N of the images (0 <= I < N), e.g. 0/2 and 1/2 in two processes; then --merge "
+        "(under torchrun: rank/world, merged by rank 0)",
+    )  # fmt: skip
+    parser.add_argument("--merge", action="store_true", help=f"merge finished --shard runs into {outputs}")

@@ -156,17 +156,25 @@ def sweep_experiment(exp: Experiment, progress: bool = False) -> dict:
     return out
 
 
-def features_experiment(exp: Experiment, pred_set: str, progress: bool = False) -> dict:
-    """``classify features`` of ``predictions/<set>`` into ``features/<set>`` with ``features.*``."""
-    from dualstage.classify.features import extract_features
+def features_experiment(
+    exp: Experiment,
+    pred_set: str,
+    progress: bool = False,
+    shard: str | None = None,
+    merge: bool = False,
+    device: str = "auto",
+) -> dict:
+    """``classify features`` of ``predictions/<set>`` into ``features/<set>`` with ``features.*``;
+    ``shard`` (``"I/N"``) / ``merge`` / ``torchrun``: see :mod:`dualstage.shards`."""
+    from dualstage.shards import dispatch
 
     d, f = exp.dir, exp.features
     pset = d.require(d.prediction_set(pred_set), f"segment predict (set {pred_set})")
-    return extract_features(
-        pset, d.feature_set(pred_set), prepared=d.prepared if d.prepared.is_dir() else None,
+    return dispatch("features", dict(
+        pred_dir=pset, out_dir=d.feature_set(pred_set), prepared=d.prepared if d.prepared.is_dir() else None,
         weights=f.weights, image_size=f.image_size, batch_size=f.batch_size, workers=f.workers,
-        progress=progress,
-    )  # fmt: skip
+        progress=progress, device=device,
+    ), shard=shard, merge=merge)  # fmt: skip
 
 
 def tune_experiment(exp: Experiment, progress: bool = False) -> dict:

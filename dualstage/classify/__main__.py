@@ -12,16 +12,25 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from dualstage.cli import run_cli
 from dualstage.config import override
-from dualstage.experiment import add_experiment_argument, add_progress_argument, open_experiment
+from dualstage.experiment import (
+    add_experiment_argument,
+    add_progress_argument,
+    add_shard_arguments,
+    open_experiment,
+)
 
 
 def _features(args: argparse.Namespace) -> int:
     from dualstage import steps
+    from dualstage.shards import parse_shard
 
+    if args.shard is not None:
+        parse_shard(args.shard)  # a bad --shard fails before anything is loaded
     exp = open_experiment(args.exp)
     exp = override(exp, "features", weights=args.weights, image_size=args.image_size,
                    batch_size=args.batch_size, workers=args.workers)  # fmt: skip
@@ -29,7 +38,14 @@ def _features(args: argparse.Namespace) -> int:
     sets = [x for s in sets for x in _with_fold_sets(exp, s)]
     if not sets:
         raise FileNotFoundError(f"{exp.dir.predictions}: no prediction set; run `segment predict` first")
-    results = {s: steps.features_experiment(exp, s, progress=not args.no_progress) for s in sets}
+    results = {
+        s: steps.features_experiment(
+            exp, s, not args.no_progress, shard=args.shard, merge=args.merge, device=args.device
+        )
+        for s in sets
+    }
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under torchrun rank 0 prints the merged summaries
     print(json.dumps(results, indent=2, default=str))
     for s, summary in results.items():
         if summary.get("rejected"):
@@ -112,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (torchrun: each rank's GPU)")
+    add_shard_arguments(p, "features.npz, index.csv")
     add_progress_argument(p)
     p.set_defaults(func=_features)
 

@@ -51,6 +51,7 @@ from dualstage.segment.distributed import pick_device
 from dualstage.segment.models import IMAGENET_MEAN, IMAGENET_STD
 from dualstage.segment.prediction_set import PredictionSet
 from dualstage.segment.weights import DENSENET_LEGACY, read_state_dict
+from dualstage.shards import Shard, shard_rows
 
 __all__ = ["extract_features", "map_statistics", "feature_names", "load_densenet", "embed", "STAT_NAMES"]
 
@@ -337,6 +338,7 @@ def extract_features(
     workers: int = 0,
     device: str = "auto",
     progress: bool = True,
+    shard: Shard | None = None,
 ) -> dict:
     """Write features.npz / index.csv / features.json for one prediction set; returns the summary.
 
@@ -344,7 +346,7 @@ def extract_features(
     ``image_path`` column, as for new images). Resumable: rows already in ``out_dir/parts`` are
     reused when ``features.json`` records the same weights and image size; a different setting is
     refused (ValueError) rather than mixed. An image that fails is a ``rejected.csv`` row and
-    the others go on; ValueError when none is left.
+    the others go on; ValueError when none is left. ``shard``: that share's parts only (dualstage.shards).
     """
     t0 = time.perf_counter()
     pset, out_dir = PredictionSet(pred_dir), Path(out_dir)
@@ -359,6 +361,7 @@ def extract_features(
     _check_record(record, parts, setting)
     ids = index["image_id"].tolist()
     todo = [k for k, i in enumerate(ids) if sources[k] is not None and not (parts / f"{i}.npy").is_file()]
+    todo = shard_rows(shard, sources, todo, batch_size)
     dev = pick_device(device)
     ctx = {
         "device": dev, "parts": parts, "weights": weights, "record": record, "setting": setting, "pset": pset,
@@ -367,6 +370,9 @@ def extract_features(
     }  # fmt: skip
     run_seconds = _extract_rows(ctx, ids, sources, todo) if todo else 0.0
     bad = {r["item"] for r in rejected}
+    if shard is not None:  # one share: dualstage.shards records it; the merge writes the set's files
+        n_now = sum(ids[k] not in bad for k in todo)
+        return {"ids": [ids[k] for k in todo], "rejected_ids": sorted(bad), "extracted_now": n_now}
     kept = [i for i in ids if i not in bad and (parts / f"{i}.npy").is_file()]
     _write_rejected(out_dir, rejected, pset.folder, len(kept))
     n_features = _write_outputs(out_dir, index, kept)

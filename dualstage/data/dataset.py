@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import albumentations as A
 import numpy as np
 import pandas as pd
 import torch
@@ -15,6 +15,9 @@ from torch.utils.data import Dataset, Sampler
 from dualstage.config import AugmentConfig
 from dualstage.data.cache import cached_sizes
 from dualstage.data.prepare import cache_paths, load_cached
+
+if TYPE_CHECKING:  # imported where augmentations are built: predict and features run without it
+    import albumentations as A
 
 __all__ = ["CachedDataset", "build_augment", "EpochSampler", "load_split_table", "cached_sizes"]
 
@@ -38,6 +41,8 @@ def load_split_table(prepared: str | Path) -> pd.DataFrame:
 
 def build_augment(cfg: AugmentConfig) -> A.Compose:
     """The progressive paper's policy: shift/scale/rotate, rare contrast / gamma / brightness."""
+    import albumentations as A
+
     transforms = [
         A.Affine(
             translate_percent=(-cfg.shift_limit, cfg.shift_limit),

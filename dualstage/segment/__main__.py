@@ -16,6 +16,7 @@ from dualstage.config import override
 from dualstage.experiment import (
     add_experiment_argument,
     add_progress_argument,
+    add_shard_arguments,
     open_experiment,
     record_experiment,
 )
@@ -68,23 +69,30 @@ def default_set_name(split: str | None, folds: list[str] | None, name: str | Non
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from dualstage.segment.predict import predict
+    from dualstage.shards import dispatch, parse_shard, torchrun_shard
 
+    if args.shard is not None:
+        parse_shard(args.shard)  # a bad --shard fails before anything is loaded
     exp = open_experiment(args.exp)
     p = override(exp, "predict", tta=args.tta or None, checkpoint=args.checkpoint,
                  batch_size=args.batch_size, workers=args.workers).predict  # fmt: skip
     if args.input and not args.out and not args.folds and _crossfit_only(exp):
+        if args.shard or args.merge or torchrun_shard():
+            raise ValueError("--shard/--merge/torchrun with new images of a cross-fitted experiment: "
+                             "name one model (--folds fold_K) or --out, one set per run")  # fmt: skip
         return _predict_per_fold(exp, args, p)
     out = args.out or exp.dir.prediction_set(default_set_name(args.split, args.folds, args.set))
     only = args.folds
     if only is None and args.split in ("val", "test") and exp.train.folds in ("main", "both"):
         only = ["main"]  # the holdout view: test maps of the kind its rules are chosen on (val, main)
-    summary = predict(
-        exp.folder, out, split=args.split, input_dir=args.input, tta=p.tta,
+    summary = dispatch("predict", dict(
+        exp_dir=exp.folder, out=out, split=args.split, input_dir=args.input, tta=p.tta,
         checkpoint=p.checkpoint or exp.train.checkpoint,
         batch_size=p.batch_size, workers=p.workers, device=args.device, progress=not args.no_progress,
         only=only, strict=args.strict,
-    )  # fmt: skip
+    ), shard=args.shard, merge=args.merge)  # fmt: skip
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under torchrun rank 0 prints the merged summary
     print(json.dumps({**summary, "out": str(out)}, indent=2))
     if summary.get("rejected"):
         print(f"{summary['rejected']} file(s) rejected: see {out}/rejected.csv", file=sys.stderr)
@@ -182,6 +190,7 @@ def _add_predict(sub) -> None:
     p.add_argument(
         "--strict", action="store_true", help="--input: stop at the first bad file (exit 2), no rejected.csv"
     )
+    add_shard_arguments(p, "index.csv, histograms.npz")
     add_progress_argument(p)
     p.set_defaults(func=_predict)
 

@@ -43,6 +43,7 @@ from dualstage.segment.inference import (
     select_models,
 )
 from dualstage.segment.prediction_set import PredictionSet
+from dualstage.shards import Shard, shard_jobs
 
 __all__ = ["predict", "SPLITS"]
 
@@ -213,11 +214,13 @@ def predict(
     progress: bool = True,
     only: list[str] | None = None,
     strict: bool = False,
+    shard: Shard | None = None,
 ) -> dict:
     """Predict a split of the experiment's prepared data, or a folder of new images; returns a summary.
 
     New images that cannot be read become ``rejected.csv`` rows, or with ``strict`` stop the run at
     the first one (ValueError naming the file; maps already written are kept for a resume).
+    ``shard``: only that share of the ids, and no set files (see :mod:`dualstage.shards`).
     """
     if (split is None) == (input_dir is None):
         raise ValueError("give exactly one of --split and --input")
@@ -244,7 +247,7 @@ def predict(
     rows, done_now = [], 0
     with ThreadPoolExecutor(max_workers=2) as pool:
         ctx["pool"], ctx["pending"] = pool, []
-        for names, ids in groups:
+        for names, ids in shard_jobs(groups, shard, batch_size):
             rows += [{"image_id": i, "fold_model": "+".join(names)} for i in ids]
             todo = [i for i in ids if not pset.is_done(i, i in truth_rle)]
             if todo:
@@ -254,6 +257,8 @@ def predict(
         for job in ctx["pending"]:
             job.result()
     rows = [r for r in rows if r["image_id"] not in ctx["failed"]]
+    if shard is not None:  # one share: dualstage.shards records it; the merge writes the set's files
+        return {"rows": rows, "failed": sorted(ctx["failed"]), "predicted_now": done_now}
     if input_dir is not None:
         pset.write_rejected(rejected)
         if not rows:
