@@ -152,8 +152,11 @@ def _check_cover(records: list[dict], ids: list[str], done: Callable[[str], bool
     by_shard: dict[str, list[str]] = {}
     for i in lacking:
         by_shard.setdefault(owner.get(i, "none"), []).append(i)
-    parts = [f"{'no shard' if k == 'none' else 'shard ' + k} did not write {len(v)} images (e.g. {v[:3]})"
-             for k, v in sorted(by_shard.items())]  # fmt: skip
+    parts = [
+        f"shard {k} did not write {len(v)} images (e.g. {v[:3]})" if k != "none"
+        else f"{len(v)} images are in no shard (e.g. {v[:3]})"
+        for k, v in sorted(by_shard.items())
+    ]  # fmt: skip
     raise ValueError(f"{where}: {'; '.join(parts)}; rerun the shards (same I/N) before --merge")
 
 
