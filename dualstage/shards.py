@@ -190,12 +190,13 @@ def _model_files(run: dict) -> dict[str, list]:
 
 
 def _predict_run(kwargs: dict) -> dict:
-    """The settings of a predict call that every shard of one run shares."""
+    """The settings every shard of one predict run shares (the batch size too: the shares are batches)."""
     paths = {k: str(Path(kwargs[k]).resolve()) if kwargs.get(k) is not None else None
              for k in ("exp_dir", "input_dir")}  # fmt: skip
     run = {**paths, "split": kwargs.get("split"), "tta": bool(kwargs.get("tta", False)),
            "checkpoint": kwargs.get("checkpoint", "best"), "strict": bool(kwargs.get("strict", False)),
-           "only": sorted(kwargs["only"]) if kwargs.get("only") else None}  # fmt: skip
+           "only": sorted(kwargs["only"]) if kwargs.get("only") else None,
+           "batch_size": int(kwargs.get("batch_size", 8))}  # fmt: skip
     return {**run, "models": _model_files(run)}
 
 
@@ -257,7 +258,7 @@ def merge_predict(out: str | Path, device: str = "auto", progress: bool = False,
 
 # -- classify features ----------------------------------------------------------------------------
 def _features_run(pred_dir: str | Path, kwargs: dict) -> dict:
-    """The settings of a features call that every shard of one run shares."""
+    """The settings every shard of one features run shares (the batch size too: the shares are batches)."""
     from dualstage.classify.features import _FEATURE_VERSION, describe_weights
     from dualstage.io import sha256_file
     from dualstage.segment.prediction_set import PredictionSet
@@ -270,6 +271,7 @@ def _features_run(pred_dir: str | Path, kwargs: dict) -> dict:
         "setting": {**describe_weights(kwargs.get("weights", "imagenet")),
                     "image_size": int(kwargs.get("image_size", 224)), "version": _FEATURE_VERSION},
         "index_sha256": sha256_file(pset.index_path) if pset.index_path.is_file() else None,
+        "batch_size": int(kwargs.get("batch_size", 16)),
     }  # fmt: skip
 
 
@@ -290,7 +292,7 @@ def features_shard(shard: Shard, pred_dir: str | Path, out_dir: str | Path, **kw
 
 
 def merge_features(
-    out_dir: str | Path, device: str = "auto", progress: bool = False, batch_size: int = 16, workers: int = 0
+    out_dir: str | Path, device: str = "auto", progress: bool = False, workers: int = 0
 ) -> dict:
     """Merge the shards of a features run in ``out_dir``: the set's files as one process writes them."""
     from dualstage.classify.features import extract_features
@@ -300,15 +302,15 @@ def merge_features(
     records = read_records(out_dir, "features")
     run = records[0]["run"]
     kwargs = {"prepared": run["prepared"], "weights": run["setting"]["weights"],
-              "image_size": run["setting"]["image_size"]}  # fmt: skip
+              "image_size": run["setting"]["image_size"], "batch_size": run["batch_size"]}  # fmt: skip
     if _features_run(run["pred_dir"], kwargs) != run:
         raise ValueError(
             f"{out_dir}/shards: the predictions or weights changed since the shards ran; rerun the shards"
         )
     ids = PredictionSet(run["pred_dir"]).index()["image_id"].tolist()
     _check_cover(records, ids, lambda i: (out_dir / "parts" / f"{i}.npy").is_file(), out_dir / "shards")
-    summary = extract_features(run["pred_dir"], out_dir, device=device, progress=progress,
-                               batch_size=batch_size, workers=workers, **kwargs)  # fmt: skip
+    summary = extract_features(run["pred_dir"], out_dir, device=device, progress=progress, workers=workers,
+                               **kwargs)  # fmt: skip
     summary = _merged_summary(summary, records, "extracted_now", t0)
     write_json_atomic(out_dir / "features.json", summary)
     _remove(records)
@@ -329,8 +331,7 @@ def dispatch(step: str, kwargs: dict, shard: str | None = None, merge: bool = Fa
     }[step]
     if shard is not None and merge:
         raise ValueError("--shard and --merge together: run every --shard I/N first, then --merge once")
-    keep = ("device", "progress", "workers") + (("batch_size",) if step == "features" else ())
-    merge_kw = {k: kwargs[k] for k in keep if k in kwargs}
+    merge_kw = {k: kwargs[k] for k in ("device", "progress", "workers") if k in kwargs}
     if merge:
         return merger(kwargs[folder], **merge_kw)
     if shard is not None:
