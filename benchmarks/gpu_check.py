@@ -77,11 +77,10 @@ def part(name: str):
 
 
 @part("(a) training step: U-Net ResNet34, bf16 autocast, channels_last, AdamW")
-def train_step() -> None:
+def train_step(size: int, batch: int, name: str) -> None:
     from dualstage.segment import losses, models
 
     torch.backends.cudnn.benchmark = True
-    size, batch = SIZES["train_size"], SIZES["train_batch"]
     net = models.build_model("resnet34", "none").to(DEVICE).to(memory_format=torch.channels_last).train()
     opt = torch.optim.AdamW(net.parameters(), 1e-4)
     loss_fn = losses.build_loss({"name": "weighted_bce", "pos_weight": 5.0})
@@ -105,9 +104,10 @@ def train_step() -> None:
     sync()
     seconds = (time.perf_counter() - t0) / SIZES["train_steps"]
     print(f"  {size} px, batch {batch}: {seconds * 1000:.1f} ms per step")
-    claim("gpu_train_step_images_per_s", batch / seconds, "images/s")
+    claim(name, batch / seconds, f"images/s at {size} px, batch {batch}")
     if DEVICE.type == "cuda":
-        claim("gpu_train_step_peak_memory", torch.cuda.max_memory_allocated() / 2**30, "GiB")
+        claim(f"{name}_peak_memory", torch.cuda.max_memory_allocated() / 2**30, "GiB")
+        torch.cuda.reset_peak_memory_stats()
 
 
 def _checkpoint(exp_dir: Path, resolution: int) -> None:
@@ -216,7 +216,9 @@ def main() -> None:
     if DEVICE.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(DEVICE)
     print(json.dumps(info), flush=True)
-    train_step()
+    train_step(SIZES["train_size"], SIZES["train_batch"], "gpu_train_step_images_per_s")
+    if not TINY:  # the progressive recipe's 1024 px refinement phase (the paper's batch 3)
+        train_step(1024, 3, "gpu_train_step_1024_images_per_s")
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:
         pred = predict_part(Path(tmp))
         features_part(Path(tmp), pred)
