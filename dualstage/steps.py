@@ -127,6 +127,7 @@ def predict_experiment(exp: Experiment, split: str, progress: bool = False) -> d
     return predict(
         exp.folder, exp.dir.prediction_set(split), split=split, tta=p.tta, checkpoint=p.checkpoint or
         exp.train.checkpoint, batch_size=p.batch_size, workers=p.workers, progress=progress, only=only,
+        precision=p.precision,
     )  # fmt: skip
 
 
@@ -165,7 +166,7 @@ def features_experiment(exp: Experiment, pred_set: str, progress: bool = False) 
     return extract_features(
         pset, d.feature_set(pred_set), prepared=d.prepared if d.prepared.is_dir() else None,
         weights=f.weights, image_size=f.image_size, batch_size=f.batch_size, workers=f.workers,
-        progress=progress,
+        progress=progress, precision=f.precision,
     )  # fmt: skip
 
 

@@ -72,7 +72,8 @@ def _predict(args: argparse.Namespace) -> int:
 
     exp = open_experiment(args.exp)
     p = override(exp, "predict", tta=args.tta or None, checkpoint=args.checkpoint,
-                 batch_size=args.batch_size, workers=args.workers).predict  # fmt: skip
+                 batch_size=args.batch_size, workers=args.workers,
+                 precision=args.precision).predict  # fmt: skip
     if args.input and not args.out and not args.folds and _crossfit_only(exp):
         return _predict_per_fold(exp, args, p)
     out = args.out or exp.dir.prediction_set(default_set_name(args.split, args.folds, args.set))
@@ -83,7 +84,7 @@ def _predict(args: argparse.Namespace) -> int:
         exp.folder, out, split=args.split, input_dir=args.input, tta=p.tta,
         checkpoint=p.checkpoint or exp.train.checkpoint,
         batch_size=p.batch_size, workers=p.workers, device=args.device, progress=not args.no_progress,
-        only=only, strict=args.strict,
+        only=only, strict=args.strict, precision=p.precision,
     )  # fmt: skip
     print(json.dumps({**summary, "out": str(out)}, indent=2))
     if summary.get("rejected"):
@@ -109,6 +110,7 @@ def _predict_per_fold(exp, args: argparse.Namespace, p) -> int:
             exp.folder, exp.dir.prediction_set(set_name), input_dir=args.input, tta=p.tta,
             checkpoint=p.checkpoint or exp.train.checkpoint, batch_size=p.batch_size, workers=p.workers,
             device=args.device, progress=not args.no_progress, only=[f"fold_{k}"], strict=args.strict,
+            precision=p.precision,
         )  # fmt: skip
     print(json.dumps(results, indent=2))
     return 0
@@ -178,6 +180,9 @@ def _add_predict(sub) -> None:
     p.add_argument("--checkpoint", default=None, choices=["best", "last", "both"])
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--workers", type=int, default=None)
+    p.add_argument(
+        "--precision", default=None, choices=["auto", "fp32", "bf16"], help="default predict.precision"
+    )
     p.add_argument("--device", default="auto")
     p.add_argument(
         "--strict", action="store_true", help="--input: stop at the first bad file (exit 2), no rejected.csv"
