@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["results_path", "record", "load", "alternate", "machine", "OPS"]
+__all__ = ["results_path", "record", "load", "alternate", "median", "machine", "OPS"]
 
 OPS: dict[str, Callable[[float, float], bool]] = {
     ">=": lambda measured, target: measured >= target,
@@ -95,7 +95,8 @@ def record(
             json.dump(dict(sorted(results.items())), fh, indent=2)
             fh.write("\n")
         os.replace(tmp, path)
-    print(f"[record] {claim}: {entry['measured']} {unit} (target {op} {target}: {'met' if entry['met'] else 'NOT met'})")
+    verdict = "met" if entry["met"] else "NOT met"
+    print(f"[record] {claim}: {entry['measured']} {unit} (target {op} {target}: {verdict})")
     return entry
 
 
@@ -135,12 +136,14 @@ def machine() -> dict:
     """CPU model, cores, torch threads, bf16 support and library versions of this machine."""
     import torch
 
+    from dualstage.segment.precision import cpu_bf16_supported
+
     info = {
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
-        "cpu_bf16": bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+        "cpu_bf16": cpu_bf16_supported(),
         "python": platform.python_version(),
     }
     try:

@@ -87,24 +87,47 @@ def map_statistics(q: np.ndarray) -> dict[str, float]:
     h, w = q.shape
     scale = REF_PIXELS / (h * w)
     k = min(q.size, max(1, round(TOPK_1024 * q.size / REF_PIXELS)))
-    top = np.partition(q.ravel(), q.size - k)[q.size - k :]
-    stats = {"stat_max_prob": int(q.max()) / 255.0, "stat_topk_mean_prob": float(top.mean()) / 255.0}
+    counts = np.bincount(q.ravel(), minlength=256)  # one pass; every value below is exact from it
+    at_least = np.cumsum(counts[::-1])[::-1]  # at_least[v]: pixels with q >= v
+    stats = {
+        "stat_max_prob": int(np.flatnonzero(counts)[-1]) / 255.0,
+        "stat_topk_mean_prob": _top_sum(counts, k) / k / 255.0,
+        "stat_mean_prob": int(counts @ np.arange(256)) / q.size / 255.0,
+    }
     for t, lv in zip(AREA_THRESHOLDS, levels(AREA_THRESHOLDS), strict=True):
-        stats[f"stat_area_p{round(t * 100)}"] = int(np.count_nonzero(q >= lv)) * scale
-    labels, n = ndimage.label(q >= levels(0.5), structure=_EIGHT)
-    row = col = -1.0
-    largest = 0
-    if n:
-        sizes = np.bincount(labels.ravel())[1:]
-        biggest = 1 + int(np.argmax(sizes))  # ties: first in raster order
-        largest = int(sizes[biggest - 1])
-        rows, cols = np.nonzero(labels == biggest)
-        row, col = (rows.mean() + 0.5) / h, (cols.mean() + 0.5) / w
+        stats[f"stat_area_p{round(t * 100)}"] = int(at_least[lv]) * scale
+    n, largest, row, col = _largest_component(q, int(levels(0.5)), at_least)
     stats["stat_n_components_p50"] = float(n)
     stats["stat_largest_area_p50"] = largest * scale
     stats["stat_largest_row"], stats["stat_largest_col"] = float(row), float(col)
-    stats["stat_mean_prob"] = float(q.mean()) / 255.0
     return {name: float(stats[name]) for name in STAT_NAMES}
+
+
+def _top_sum(counts: np.ndarray, k: int) -> int:
+    """Sum of the k highest values of a map with value histogram ``counts`` (256,)."""
+    desc = counts[::-1]  # value 255 first
+    cum = np.cumsum(desc)
+    j = int(np.searchsorted(cum, k))  # bins 0..j-1 are taken whole, bin j in part
+    whole = int(desc[:j] @ np.arange(255, 255 - j, -1)) if j else 0
+    return whole + (k - (int(cum[j - 1]) if j else 0)) * (255 - j)
+
+
+def _largest_component(q: np.ndarray, lv: int, at_least: np.ndarray) -> tuple[int, int, float, float]:
+    """(components, largest's pixels, its centroid row, col as fractions) of q >= lv, 8-connected.
+
+    Labelled on the bounding box of the pixels above (none: no labelling): the same components,
+    in the same raster order, as on the whole map."""
+    if lv > 255 or not at_least[lv]:
+        return 0, 0, -1.0, -1.0
+    mask = q >= lv
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    r0, c0 = int(rows[0]), int(cols[0])
+    labels, n = ndimage.label(mask[r0 : rows[-1] + 1, c0 : cols[-1] + 1], structure=_EIGHT)
+    sizes = np.bincount(labels.ravel())[1:]
+    biggest = 1 + int(np.argmax(sizes))  # ties: first in raster order
+    rr, cc = np.nonzero(labels == biggest)
+    h, w = q.shape
+    return int(n), int(sizes[biggest - 1]), ((rr + r0).mean() + 0.5) / h, ((cc + c0).mean() + 0.5) / w
 
 
 def _tensor(image: np.ndarray, size: int) -> torch.Tensor:
