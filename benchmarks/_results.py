@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["results_path", "record", "load", "alternate", "median", "machine", "OPS"]
+__all__ = ["results_path", "record", "load", "alternate", "ratio", "median", "machine", "OPS"]
 
 OPS: dict[str, Callable[[float, float], bool]] = {
     ">=": lambda measured, target: measured >= target,
@@ -100,21 +100,37 @@ def record(
     return entry
 
 
-def alternate(runs: dict[str, Callable[[], object]], rounds: int = 3, warmup: bool = True) -> dict[str, list]:
-    """Seconds of each callable over ``rounds`` rounds, run in turn (a, b, a, b, ...) to share noise.
+def alternate(
+    runs: dict[str, Callable[[], object]], rounds: int = 3, warmup: bool = True
+) -> dict[str, list[float]]:
+    """Wall seconds of each callable over ``rounds`` rounds, run in turn (a, b, a, b, ...) to share noise.
 
-    With ``warmup`` every callable runs once first, untimed. Returns {name: [seconds per round]}.
+    With ``warmup`` every callable runs once first, untimed. Returns {name: [seconds per round]}
+    and {name + "_cpu": [process CPU seconds per round]} (all threads: writer pools count too).
     """
     if warmup:
         for fn in runs.values():
             fn()
-    times: dict[str, list] = {name: [] for name in runs}
+    times: dict[str, list[float]] = {}
     for _ in range(rounds):
         for name, fn in runs.items():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             fn()
-            times[name].append(time.perf_counter() - t0)
+            times.setdefault(name, []).append(time.perf_counter() - t0)
+            times.setdefault(f"{name}_cpu", []).append(time.process_time() - c0)
     return times
+
+
+def ratio(times: dict[str, list[float]], bare: str, real: str) -> dict[str, float]:
+    """bare / real from :func:`alternate`'s times: ``best`` (fastest round of each: the least
+    disturbed by other processes on a shared machine; the claimed figure), ``median`` of the
+    per-round ratios, and ``cpu`` (best CPU seconds of each)."""
+    pairs = [b / r for b, r in zip(times[bare], times[real], strict=True)]
+    return {
+        "best": min(times[bare]) / min(times[real]),
+        "median": float(statistics.median(pairs)),
+        "cpu": min(times[f"{bare}_cpu"]) / min(times[f"{real}_cpu"]),
+    }
 
 
 def median(values: list[float]) -> float:
