@@ -106,6 +106,9 @@ def _load_one(path: Path, model_name: str, device: torch.device) -> LoadedModel:
     with torch.device("meta"):  # no random initialisation: every tensor comes from the checkpoint
         net = models.build_model(ckpt["encoder"], "none", decoder_channels=ckpt.get("decoder_channels"))
     net.load_state_dict(ckpt["model"], assign=True)
+    if any(t.is_meta for t in (*net.parameters(), *net.buffers())):  # a buffer the checkpoint lacks
+        net = models.build_model(ckpt["encoder"], "none", decoder_channels=ckpt.get("decoder_channels"))
+        net.load_state_dict(ckpt["model"])
     fold_batchnorm(net.to(device).eval())
     net = net.to(memory_format=torch.channels_last)  # as its inputs: no layout reorders
     norm = ckpt["normalization"]

@@ -233,8 +233,7 @@ def predict(
 
     New images that cannot be read become ``rejected.csv`` rows, or with ``strict`` stop the run at
     the first one (ValueError naming the file; maps already written are kept for a resume).
-    ``precision``: auto | fp32 | bf16 (:func:`dualstage.segment.precision.inference_dtype`); the
-    one used is recorded in predict.json.
+    ``precision``: auto | fp32 | bf16 (``precision.inference_dtype``), recorded in predict.json.
     """
     if (split is None) == (input_dir is None):
         raise ValueError("give exactly one of --split and --input")
