@@ -36,8 +36,10 @@ test: $(BIN)/.installed
 test-all: $(BIN)/.installed
 	$(BIN)/python -m pytest -q -m "slow or not slow"
 
+# every benchmarks/bench_*.py (claims merged into benchmarks/results.json), then RESULTS.md from it
 bench: $(BIN)/.installed
 	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+	$(BIN)/python benchmarks/results_md.py
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check dualstage tests benchmarks

@@ -152,6 +152,7 @@ class PredictConfig:
     checkpoint: str | None = _opt(None, choices=("best", "last", "both"))  # None: train.checkpoint
     batch_size: int = _opt(8, positive=True)
     workers: int = _opt(0, min=0)
+    precision: str = _opt("auto", choices=("auto", "fp32", "bf16"))  # auto: bf16 where measured faster
 
 
 @dataclass(frozen=True)
@@ -170,6 +171,7 @@ class FeaturesConfig:
     image_size: int = _opt(224, min=32, max=2048)
     batch_size: int = _opt(16, positive=True)
     workers: int = _opt(0, min=0)
+    precision: str = _opt("auto", choices=("auto", "fp32", "bf16"))  # as predict.precision
 
 
 @dataclass(frozen=True)

@@ -127,6 +127,7 @@ def predict_experiment(exp: Experiment, split: str, progress: bool = False) -> d
     return predict(
         exp.folder, exp.dir.prediction_set(split), split=split, tta=p.tta, checkpoint=p.checkpoint or
         exp.train.checkpoint, batch_size=p.batch_size, workers=p.workers, progress=progress, only=only,
+        precision=p.precision,
     )  # fmt: skip
 
 
@@ -173,7 +174,7 @@ def features_experiment(
     return dispatch("features", dict(
         pred_dir=pset, out_dir=d.feature_set(pred_set), prepared=d.prepared if d.prepared.is_dir() else None,
         weights=f.weights, image_size=f.image_size, batch_size=f.batch_size, workers=f.workers,
-        progress=progress, device=device,
+        progress=progress, device=device, precision=f.precision,
     ), shard=shard, merge=merge)  # fmt: skip
 
 

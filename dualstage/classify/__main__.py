@@ -33,7 +33,7 @@ def _features(args: argparse.Namespace) -> int:
         parse_shard(args.shard)  # a bad --shard fails before anything is loaded
     exp = open_experiment(args.exp)
     exp = override(exp, "features", weights=args.weights, image_size=args.image_size,
-                   batch_size=args.batch_size, workers=args.workers)  # fmt: skip
+                   batch_size=args.batch_size, workers=args.workers, precision=args.precision)  # fmt: skip
     sets = args.set or [p.name for p in sorted(exp.dir.predictions.glob("*")) if (p / "index.csv").is_file()]
     sets = [x for s in sets for x in _with_fold_sets(exp, s)]
     if not sets:
@@ -130,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (torchrun: each rank's GPU)")
     add_shard_arguments(p, "features.npz, index.csv")
+    p.add_argument(
+        "--precision", default=None, choices=["auto", "fp32", "bf16"], help="default features.precision"
+    )
     add_progress_argument(p)
     p.set_defaults(func=_features)
 

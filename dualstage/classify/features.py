@@ -28,12 +28,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 import torchvision
 from PIL import Image
 from scipy import ndimage
 from torch.utils.data import DataLoader, Dataset
 
+from dualstage.classify.densenet import N_DENSENET, describe_weights, embed, load_densenet
 from dualstage.data.cache import pick_cache_size
 from dualstage.data.images import read_image_file
 from dualstage.data.prepare import cache_paths
@@ -41,21 +41,18 @@ from dualstage.gating import REF_PIXELS, levels
 from dualstage.io import (
     atomic_write,
     read_npy,
-    sha256_file,
     write_csv_atomic,
     write_json_atomic,
     write_npy_atomic,
 )
 from dualstage.progress import progress as progress_iter
 from dualstage.segment.distributed import pick_device
-from dualstage.segment.models import IMAGENET_MEAN, IMAGENET_STD
+from dualstage.segment.precision import inference_dtype, precision_name
 from dualstage.segment.prediction_set import PredictionSet
-from dualstage.segment.weights import DENSENET_LEGACY, read_state_dict
 from dualstage.shards import Shard, shard_rows
 
 __all__ = ["extract_features", "map_statistics", "feature_names", "load_densenet", "embed", "STAT_NAMES"]
 
-N_DENSENET = 1024
 TOPK_1024 = 100  # top-k pixels at the 1024 x 1024 scale, scaled by the map's area
 AREA_THRESHOLDS = (0.3, 0.5, 0.7, 0.9)
 STAT_NAMES: tuple[str, ...] = (
@@ -91,100 +88,47 @@ def map_statistics(q: np.ndarray) -> dict[str, float]:
     h, w = q.shape
     scale = REF_PIXELS / (h * w)
     k = min(q.size, max(1, round(TOPK_1024 * q.size / REF_PIXELS)))
-    top = np.partition(q.ravel(), q.size - k)[q.size - k :]
-    stats = {"stat_max_prob": int(q.max()) / 255.0, "stat_topk_mean_prob": float(top.mean()) / 255.0}
+    counts = np.bincount(q.ravel(), minlength=256)  # one pass; every value below is exact from it
+    at_least = np.cumsum(counts[::-1])[::-1]  # at_least[v]: pixels with q >= v
+    stats = {
+        "stat_max_prob": int(np.flatnonzero(counts)[-1]) / 255.0,
+        "stat_topk_mean_prob": _top_sum(counts, k) / k / 255.0,
+        "stat_mean_prob": int(counts @ np.arange(256)) / q.size / 255.0,
+    }
     for t, lv in zip(AREA_THRESHOLDS, levels(AREA_THRESHOLDS), strict=True):
-        stats[f"stat_area_p{round(t * 100)}"] = int(np.count_nonzero(q >= lv)) * scale
-    labels, n = ndimage.label(q >= levels(0.5), structure=_EIGHT)
-    row = col = -1.0
-    largest = 0
-    if n:
-        sizes = np.bincount(labels.ravel())[1:]
-        biggest = 1 + int(np.argmax(sizes))  # ties: first in raster order
-        largest = int(sizes[biggest - 1])
-        rows, cols = np.nonzero(labels == biggest)
-        row, col = (rows.mean() + 0.5) / h, (cols.mean() + 0.5) / w
+        stats[f"stat_area_p{round(t * 100)}"] = int(at_least[lv]) * scale
+    n, largest, row, col = _largest_component(q, int(levels(0.5)), at_least)
     stats["stat_n_components_p50"] = float(n)
     stats["stat_largest_area_p50"] = largest * scale
     stats["stat_largest_row"], stats["stat_largest_col"] = float(row), float(col)
-    stats["stat_mean_prob"] = float(q.mean()) / 255.0
     return {name: float(stats[name]) for name in STAT_NAMES}
 
 
-def _load_file(net: torchvision.models.DenseNet, path: Path) -> None:
-    """Load the ``features.*`` tensors of a densenet121 state dict (any head, or none) strictly."""
-    target = net.features.state_dict()
-    source: dict[str, torch.Tensor] = {}
-    for key, value in read_state_dict(path).items():
-        for strip in ("module.", "_orig_mod."):
-            key = key.removeprefix(strip)
-        if "features." in key:  # features.x, densenet121.features.x, model.features.x ...
-            key = key[key.index("features.") + len("features.") :]
-        legacy = DENSENET_LEGACY.match(key)  # old checkpoints: denselayer1.norm.1.weight
-        source[legacy.group(1) + legacy.group(2) if legacy else key] = value
-    needed = [k for k in target if not k.endswith("num_batches_tracked")]
-    matched = [k for k in needed if k in source]
-    if not matched:
-        raise ValueError(
-            f"weights file {path}: no key matches torchvision densenet121 features (file keys e.g. "
-            f"{list(source)[:3]}; expected e.g. features.{needed[0]}): not a DenseNet121 state dict"
-        )
-    missing = [k for k in needed if k not in source]
-    bad = [k for k in matched if source[k].shape != target[k].shape]
-    if missing or bad:
-        raise ValueError(
-            f"weights file {path}: {len(missing)} densenet121 feature tensors missing (e.g. {missing[:3]}), "
-            f"{len(bad)} of the wrong shape (e.g. {bad[:3]}): not a complete DenseNet121 trunk"
-        )
-    net.features.load_state_dict({k: source[k] for k in target if k in source}, strict=False)
+def _top_sum(counts: np.ndarray, k: int) -> int:
+    """Sum of the k highest values of a map with value histogram ``counts`` (256,)."""
+    desc = counts[::-1]  # value 255 first
+    cum = np.cumsum(desc)
+    j = int(np.searchsorted(cum, k))  # bins 0..j-1 are taken whole, bin j in part
+    whole = int(desc[:j] @ np.arange(255, 255 - j, -1)) if j else 0
+    return whole + (k - (int(cum[j - 1]) if j else 0)) * (255 - j)
 
 
-def describe_weights(weights: str | Path) -> dict:
-    """What features.json records about ``weights`` (compared on resume); a file's path and sha256."""
-    choice = str(weights)
-    if choice.lower() == "imagenet":
-        return {"weights": "imagenet", "pretrained": True, "source": "torchvision DenseNet121 IMAGENET1K_V1"}
-    if choice.lower() == "none":
-        return {"weights": "none", "pretrained": False, "note": "random init, seed 0: untrained features"}
-    path = Path(choice).expanduser().resolve()
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path} (weights: 'imagenet', 'none' or a file)")
-    return {"weights": str(path), "pretrained": True, "weights_sha256": sha256_file(path)}
+def _largest_component(q: np.ndarray, lv: int, at_least: np.ndarray) -> tuple[int, int, float, float]:
+    """(components, largest's pixels, its centroid row, col as fractions) of q >= lv, 8-connected.
 
-
-def load_densenet(weights: str | Path = "imagenet") -> tuple[torchvision.models.DenseNet, dict]:
-    """(torchvision DenseNet121 in eval mode, :func:`describe_weights`).
-
-    ``"imagenet"``: torchvision IMAGENET1K_V1 (local cache $TORCH_HOME/hub/checkpoints, else a download;
-    RuntimeError when neither works). ``"none"``: random init, seed 0. A path: see :func:`_load_file`.
-    """
-    info = describe_weights(weights)
-    if info["weights"] == "imagenet":
-        try:
-            net = torchvision.models.densenet121(weights="IMAGENET1K_V1", progress=False)
-        except Exception as exc:  # offline, HTTP, hash mismatch: all mean "not available"
-            raise RuntimeError(
-                f"could not get torchvision's ImageNet DenseNet121 weights ({type(exc).__name__}: {exc}). "
-                "Without internet, put densenet121-a639ec97.pth in $TORCH_HOME/hub/checkpoints, or use "
-                "`--weights none` (random, untrained features) or `--weights /path/to/densenet121.pth` "
-                "(a local densenet121 state dict, e.g. a chest-X-ray-pretrained DenseNet)."
-            ) from exc
-    elif info["weights"] == "none":
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            net = torchvision.models.densenet121(weights=None)
-    else:
-        net = torchvision.models.densenet121(weights=None)
-        _load_file(net, Path(info["weights"]))
-    return net.eval(), info
-
-
-def embed(net: torchvision.models.DenseNet, x: torch.Tensor) -> torch.Tensor:
-    """phi: (N, 1, S, S) in [0, 1] -> (N, 1024): 3 channels, ImageNet norm, trunk, ReLU, average pool."""
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-    x = ((x.expand(-1, 3, -1, -1) - mean) / std).contiguous(memory_format=torch.channels_last)
-    return F.adaptive_avg_pool2d(F.relu(net.features(x)), 1).flatten(1)
+    Labelled on the bounding box of the pixels above (none: no labelling): the same components,
+    in the same raster order, as on the whole map."""
+    if lv > 255 or not at_least[lv]:
+        return 0, 0, -1.0, -1.0
+    mask = q >= lv
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    r0, c0 = int(rows[0]), int(cols[0])
+    labels, n = ndimage.label(mask[r0 : rows[-1] + 1, c0 : cols[-1] + 1], structure=_EIGHT)
+    sizes = np.bincount(labels.ravel())[1:]
+    biggest = 1 + int(np.argmax(sizes))  # ties: first in raster order
+    rr, cc = np.nonzero(labels == biggest)
+    h, w = q.shape
+    return int(n), int(sizes[biggest - 1]), ((rr + r0).mean() + 0.5) / h, ((cc + c0).mean() + 0.5) / w
 
 
 def _tensor(image: np.ndarray, size: int) -> torch.Tensor:
@@ -254,11 +198,13 @@ def _check_record(record: Path, parts: Path, setting: dict) -> None:
     """Refuse to mix rows of another weights / image size (or of an unknown run) into ``parts``."""
     if record.is_file():
         old = json.loads(record.read_text())
-        if any(old.get(k) != setting.get(k) for k in ("weights", "weights_sha256", "image_size", "version")):
+        keys = ("weights", "weights_sha256", "image_size", "version", "precision")
+        if any(old.get(k) != setting.get(k) for k in keys if k in old or k != "precision"):
             raise ValueError(
                 f"{record.parent} holds features made with weights={old.get('weights')!r}, "
-                f"image_size={old.get('image_size')}; now weights={setting['weights']!r}, "
-                f"image_size={setting['image_size']}. Use another --out, or delete {record.parent}."
+                f"image_size={old.get('image_size')}, precision={old.get('precision')}; now "
+                f"weights={setting['weights']!r}, image_size={setting['image_size']}, precision="
+                f"{setting['precision']}. Use another --out, or delete {record.parent}."
             )
     elif parts.is_dir() and any(parts.glob("*.npy")):
         raise ValueError(f"{parts} has rows but {record} is missing: use another --out, or delete it")
@@ -290,7 +236,7 @@ def _extract_rows(ctx: dict, ids: list[str], sources: list[Path], todo: list[int
         loader, desc="features", unit="batch", enabled=ctx["progress"]
     ):
         with torch.no_grad():
-            phi = embed(net, torch.cat([images, maps]).to(dev)).float().cpu().numpy()
+            phi = embed(net, torch.cat([images, maps]).to(dev), ctx["dtype"]).cpu().numpy()
         n = len(pos)
         rows = np.concatenate([phi[:n], phi[n:], stats.numpy()], axis=1).astype(np.float32)
         for row, p, failure in zip(rows, pos.tolist(), failures, strict=True):
@@ -339,6 +285,7 @@ def extract_features(
     device: str = "auto",
     progress: bool = True,
     shard: Shard | None = None,
+    precision: str = "auto",
 ) -> dict:
     """Write features.npz / index.csv / features.json for one prediction set; returns the summary.
 
@@ -347,24 +294,28 @@ def extract_features(
     reused when ``features.json`` records the same weights and image size; a different setting is
     refused (ValueError) rather than mixed. An image that fails is a ``rejected.csv`` row and
     the others go on; ValueError when none is left. ``shard``: that share's parts only (dualstage.shards).
+    ``precision``: auto | fp32 | bf16 of the DenseNet (:func:`dualstage.segment.precision.inference_dtype`),
+    recorded in features.json.
     """
     t0 = time.perf_counter()
-    pset, out_dir = PredictionSet(pred_dir), Path(out_dir)
+    pset, out_dir, dev = PredictionSet(pred_dir), Path(out_dir), pick_device(device)
+    dtype = inference_dtype(precision, dev)
     index = _prediction_index(pset)
     if prepared is not None and not Path(prepared).is_dir():
         raise FileNotFoundError(f"prepared folder not found: {prepared}")
     prepared = Path(prepared).resolve() if prepared is not None else None
     cache_size = pick_cache_size(prepared, image_size) if prepared is not None else None
     sources, rejected = _sources(index, prepared, cache_size)
-    setting = {**describe_weights(weights), "image_size": int(image_size), "version": _FEATURE_VERSION}
+    setting = {**describe_weights(weights), "image_size": int(image_size), "version": _FEATURE_VERSION,
+               "precision": precision_name(dtype)}  # fmt: skip
     record, parts = out_dir / "features.json", out_dir / "parts"
     _check_record(record, parts, setting)
     ids = index["image_id"].tolist()
     todo = [k for k, i in enumerate(ids) if sources[k] is not None and not (parts / f"{i}.npy").is_file()]
     todo = shard_rows(shard, sources, todo, batch_size)
-    dev = pick_device(device)
     ctx = {
-        "device": dev, "parts": parts, "weights": weights, "record": record, "setting": setting, "pset": pset,
+        "device": dev, "dtype": dtype, "parts": parts, "weights": weights, "record": record,
+        "setting": setting, "pset": pset,
         "image_size": image_size, "batch_size": batch_size, "workers": workers, "progress": progress,
         "rejected": rejected,
     }  # fmt: skip

@@ -75,7 +75,8 @@ def _predict(args: argparse.Namespace) -> int:
         parse_shard(args.shard)  # a bad --shard fails before anything is loaded
     exp = open_experiment(args.exp)
     p = override(exp, "predict", tta=args.tta or None, checkpoint=args.checkpoint,
-                 batch_size=args.batch_size, workers=args.workers).predict  # fmt: skip
+                 batch_size=args.batch_size, workers=args.workers,
+                 precision=args.precision).predict  # fmt: skip
     if args.input and not args.out and not args.folds and _crossfit_only(exp):
         if args.shard or args.merge or torchrun_shard():
             raise ValueError("--shard/--merge/torchrun with new images of a cross-fitted experiment: "
@@ -89,7 +90,7 @@ def _predict(args: argparse.Namespace) -> int:
         exp_dir=exp.folder, out=out, split=args.split, input_dir=args.input, tta=p.tta,
         checkpoint=p.checkpoint or exp.train.checkpoint,
         batch_size=p.batch_size, workers=p.workers, device=args.device, progress=not args.no_progress,
-        only=only, strict=args.strict,
+        only=only, strict=args.strict, precision=p.precision,
     ), shard=args.shard, merge=args.merge)  # fmt: skip
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun rank 0 prints the merged summary
@@ -117,6 +118,7 @@ def _predict_per_fold(exp, args: argparse.Namespace, p) -> int:
             exp.folder, exp.dir.prediction_set(set_name), input_dir=args.input, tta=p.tta,
             checkpoint=p.checkpoint or exp.train.checkpoint, batch_size=p.batch_size, workers=p.workers,
             device=args.device, progress=not args.no_progress, only=[f"fold_{k}"], strict=args.strict,
+            precision=p.precision,
         )  # fmt: skip
     print(json.dumps(results, indent=2))
     return 0
@@ -186,6 +188,9 @@ def _add_predict(sub) -> None:
     p.add_argument("--checkpoint", default=None, choices=["best", "last", "both"])
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--workers", type=int, default=None)
+    p.add_argument(
+        "--precision", default=None, choices=["auto", "fp32", "bf16"], help="default predict.precision"
+    )
     p.add_argument("--device", default="auto")
     p.add_argument(
         "--strict", action="store_true", help="--input: stop at the first bad file (exit 2), no rejected.csv"

@@ -31,7 +31,7 @@ from dualstage.data.dataset import load_split_table
 from dualstage.data.ids import check_image_id
 from dualstage.data.images import image_shape, read_image_file
 from dualstage.data.layouts import IMAGE_EXTS
-from dualstage.data.prepare import load_cached
+from dualstage.data.prepare import cache_paths
 from dualstage.layout import ExperimentDir
 from dualstage.progress import progress as progress_iter
 from dualstage.segment.distributed import pick_device
@@ -42,6 +42,7 @@ from dualstage.segment.inference import (
     probabilities,
     select_models,
 )
+from dualstage.segment.precision import inference_dtype, precision_name
 from dualstage.segment.prediction_set import PredictionSet
 from dualstage.shards import Shard, shard_jobs
 
@@ -59,7 +60,8 @@ class _CacheImages(Dataset):
         return len(self.ids)
 
     def __getitem__(self, i: int):
-        image, _ = load_cached(self.prepared, self.size, self.ids[i])
+        with Image.open(cache_paths(self.prepared, self.size, self.ids[i])[0]) as im:  # the image alone
+            image = np.asarray(im)
         return torch.from_numpy(image.astype(np.float32) / 255.0)[None], i, ""
 
 
@@ -162,9 +164,21 @@ def _dataset(todo: list[str], size: int, exp: ExperimentDir, path_of: dict[str, 
 
 
 def _to_grid(p: torch.Tensor, h: int, w: int) -> np.ndarray:
-    """(1, S, S) probabilities -> (h, w) uint8 q = round(p * 255) on the image's own grid."""
-    full = F.interpolate(p[None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
-    return torch.round(full.clamp(0, 1) * 255).to(torch.uint8).cpu().numpy()
+    """(N, 1, S, S) probabilities -> (N, h, w) uint8 q = round(p * 255) on the images' own grid.
+
+    One bilinear resize for the batch and in-place arithmetic: the same values as per image."""
+    full = F.interpolate(p, size=(h, w), mode="bilinear", align_corners=False)[:, 0]
+    return full.clamp_(0, 1).mul_(255).round_().to(torch.uint8).cpu().numpy()
+
+
+def _maps(probs: torch.Tensor, sizes: list[tuple[int, int]]) -> list[np.ndarray]:
+    """(N, 1, S, S) probabilities and each image's (h, w) -> N uint8 maps; same-size images together."""
+    out: list = [None] * len(sizes)
+    for size in dict.fromkeys(sizes):
+        rows = [k for k, s in enumerate(sizes) if s == size]
+        for k, q in zip(rows, _to_grid(probs[rows], *size), strict=True):
+            out[k] = q
+    return out
 
 
 def _run_group(ctx: dict, group: list[LoadedModel], todo: list[str], desc: str) -> int:
@@ -175,8 +189,9 @@ def _run_group(ctx: dict, group: list[LoadedModel], todo: list[str], desc: str) 
     done = 0
     for images, idx, reasons in progress_iter(loader, desc=desc, unit="batch", enabled=ctx["progress"]):
         probs = probabilities(group, images.to(ctx["device"]), ctx["tta"], ctx["amp"])
-        for p, i, reason in zip(probs, idx.tolist(), reasons, strict=True):
-            id_ = todo[i]
+        ids = [todo[i] for i in idx.tolist()]
+        sizes = [(int(info.at[i, "height"]), int(info.at[i, "width"])) for i in ids]
+        for id_, (h, w), q, reason in zip(ids, sizes, _maps(probs, sizes), reasons, strict=True):
             if reason:
                 row = {"item": str(ctx["path_of"][id_]), "stage": "decode", "reason": reason}
                 if ctx["strict"]:
@@ -184,9 +199,8 @@ def _run_group(ctx: dict, group: list[LoadedModel], todo: list[str], desc: str) 
                 ctx["rejected"].append(row)
                 ctx["failed"].add(id_)
                 continue
-            h, w = int(info.loc[id_, "height"]), int(info.loc[id_, "width"])
             mask = np.ascontiguousarray(rle.decode(truth_rle[id_], h, w)) if id_ in truth_rle else None
-            pending.append(pool.submit(pset.write_image, id_, _to_grid(p, h, w), mask))
+            pending.append(pool.submit(pset.write_image, id_, q, mask))
             done += 1
         while len(pending) > 4 * ctx["batch_size"]:  # bound the maps waiting in memory
             pending.pop(0).result()
@@ -215,17 +229,20 @@ def predict(
     only: list[str] | None = None,
     strict: bool = False,
     shard: Shard | None = None,
+    precision: str = "auto",
 ) -> dict:
     """Predict a split of the experiment's prepared data, or a folder of new images; returns a summary.
 
     New images that cannot be read become ``rejected.csv`` rows, or with ``strict`` stop the run at
     the first one (ValueError naming the file; maps already written are kept for a resume).
     ``shard``: only that share of the ids, and no set files (see :mod:`dualstage.shards`).
+    ``precision``: auto | fp32 | bf16 (``precision.inference_dtype``), recorded in predict.json.
     """
     if (split is None) == (input_dir is None):
         raise ValueError("give exactly one of --split and --input")
     t0 = time.perf_counter()
     exp, dev, pset = ExperimentDir(exp_dir), pick_device(device), PredictionSet(out)
+    dtype = inference_dtype(precision, dev)  # an unknown choice fails before models load
     loaded = load_models(select_models(exp, only), checkpoint, dev)
     rejected: list[dict] = []
     path_of, truth_rle = None, {}
@@ -237,11 +254,10 @@ def predict(
         table, groups = split_jobs(split, exp, list(loaded))
         truth = read_rle_csv(exp.masks_csv)
         truth_rle = dict(zip(truth["image_id"], truth["rle"], strict=True))
-    config = next(iter(loaded.values()))[0].config
     ctx = {
         "exp": exp, "pset": pset, "info": table.set_index("image_id"), "truth": truth_rle, "path_of": path_of,
         "batch_size": batch_size, "workers": workers, "device": dev, "tta": tta, "progress": progress,
-        "amp": autocast_context(config["train"]["amp"], dev), "rejected": rejected, "failed": set(),
+        "amp": autocast_context(dtype, dev), "rejected": rejected, "failed": set(),
         "strict": strict,
     }  # fmt: skip
     rows, done_now = [], 0
@@ -278,6 +294,8 @@ def predict(
         "checkpoint": checkpoint,
         "models": {k: [m.name for m in v] for k, v in loaded.items()},
         "device": str(dev),
+        "precision": precision_name(dtype),
+        "channels_last": True,
     }
     pset.write_info(summary)
     return summary
