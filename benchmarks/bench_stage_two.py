@@ -99,8 +99,9 @@ def full_size(args, width: int) -> dict:
     t = TuneConfig(threads=args.threads, halving_min_rounds=args.min_rounds, table2=args.table2)
     parts = ("roc_auc", {}, nullcontext(), None)
     rng = np.random.default_rng(0)
-    counts = np.stack([rng.integers(0, 50, y.size) * y, rng.integers(0, 80, y.size), 60 * y,
-                       np.full(y.size, 1024**2)])  # (4, n) inter, pred area, true area, pixels  # fmt: skip
+    pred, true = rng.integers(0, 80, y.size), 60 * y
+    inter = np.minimum(rng.integers(0, 50, y.size), np.minimum(pred, true))
+    counts = np.stack([inter, pred, true, np.full(y.size, 1024**2)])  # (4, n) as rule_counts(...).T
     per_fold, aucs = [], []
     for k in range(args.measure_folds):
         t1 = time.perf_counter()
@@ -110,7 +111,8 @@ def full_size(args, width: int) -> dict:
         per_fold.append(time.perf_counter() - t1)
         aucs.append(float(roc_auc_score(y[~res["rows"]], res["probabilities"])))
         print(f"  fold {k}: {per_fold[-1]:.1f} s (table2 {extra:.1f} s)  best {res['best_params']}")
-        print(f"    inner AUC {res['best_cv_score']:.4f}  fold AUC {aucs[-1]:.4f}  gate {gate['threshold']}")
+        print(f"    inner AUC {res['best_cv_score']:.4f}  fold AUC {aucs[-1]:.4f}  gate {gate['threshold']}"
+              f"  seconds {({k: round(v, 1) for k, v in res.get('timing', {}).items()})}")
     return {"fold_seconds": per_fold, "fold_auc": aucs, "minutes_k": args.k * float(np.mean(per_fold)) / 60}
 
 

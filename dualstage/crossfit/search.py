@@ -49,7 +49,8 @@ def search_rows(t: TuneConfig, X: np.ndarray, y: np.ndarray, inner: np.ndarray, 
                              score_function(t.scoring), t.halving_eta, t.halving_min_rounds)  # fmt: skip
         return {"estimator": res.best_estimator_, "best_params": res.best_params_,
                 "best_cv_score": res.best_score_, "default_cv_score": None, "inner": res.inner_oof_,
-                "cv_results": res.cv_results_, "search_seconds": time.perf_counter() - t0}  # fmt: skip
+                "cv_results": res.cv_results_, "search_seconds": time.perf_counter() - t0,
+                "timing": res.seconds}  # fmt: skip
     search, default_cv, _ = random_search(
         X, y, inner, dims, parts, lambda: _classifier(base), t.n_iter, t.n_jobs, t.seed, False
     )
