@@ -154,3 +154,22 @@ def test_tune_search_keys_checked() -> None:
         from_dict(TuneConfig, {"halving_eta": 1}, "tune")
     with pytest.raises(ConfigError, match="tune.inner_folds"):
         from_dict(TuneConfig, {"inner_folds": 1}, "tune")
+
+
+def test_holdout_tune_by_halving(tmp_path) -> None:
+    import json
+
+    from test_tune import FAST, SMALL_SPACE, make_experiment
+
+    from dualstage.classify.feature_set import load_feature_table
+    from dualstage.classify.tune import estimator_from_params, load_classifier, tune
+
+    exp = make_experiment(tmp_path, n_oof=60, n_test=20, n_new=2)
+    summary = tune(exp, n_iter=4, space=SMALL_SPACE, progress=False, search="halving", halving=(2, 5), **FAST)
+    out = exp / "classifier"
+    params = json.loads((out / "params.json").read_text())
+    assert params["search"] == "halving" and summary["best_cv_score"] == params["best_cv_score"]
+    assert (out / "cv_results.csv").read_text().count("\n") == 5  # header + 4 candidates
+    _, X, _, index = load_feature_table(exp / "features" / "oof")
+    refit = estimator_from_params(params).fit(X, index["has_pneumothorax"].to_numpy())
+    assert np.array_equal(refit.predict_proba(X), load_classifier(out).predict_proba(X))
