@@ -185,6 +185,14 @@ class TuneConfig:
     threads: int | None = _opt(None, positive=True)
     n_jobs: int = _opt(1, positive=True)
     seed: int = 0
+    # halving: successive halving of the same random candidates on boosting rounds (classify.halving);
+    # random: RandomizedSearchCV, every candidate at full rounds on every inner fold
+    search: str = _opt("halving", choices=("halving", "random"))
+    halving_eta: int = _opt(3, min=2)
+    halving_min_rounds: int = _opt(10, positive=True)
+    # cross-fitting: the other K-1 folds grouped into at most this many inner folds (fold index mod n)
+    inner_folds: int = _opt(3, min=2)
+    table2: bool = True  # cross-fitted Table 2 (4 more models per fold; the paper comparison)
 
 
 @dataclass(frozen=True)

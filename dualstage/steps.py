@@ -189,7 +189,8 @@ def tune_experiment(exp: Experiment, progress: bool = False) -> dict:
     if holdout(exp) and (d.feature_set("val") / "features.npz").is_file():
         out["holdout"] = tune(
             exp.folder, n_iter=t.n_iter, scoring=t.scoring, seed=t.seed, n_jobs=t.n_jobs, max_bin=t.max_bin,
-            dice_rule=t.dice_rule, threads=t.threads, progress=progress, train_set="val",
+            dice_rule=t.dice_rule, threads=t.threads, progress=progress, train_set="val", search=t.search,
+            halving=(t.halving_eta, t.halving_min_rounds),
         )  # fmt: skip
     if not out:
         raise FileNotFoundError(f"{d.features}: no oof or val features; run `classify features` first")

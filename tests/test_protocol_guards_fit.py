@@ -95,7 +95,9 @@ def test_gate_fit_threshold_is_chosen_on_out_of_fold_probabilities(weak) -> None
 def test_crossfit_gate_threshold_uses_inner_out_of_fold_probabilities(weak) -> None:
     exp, X, y, folds = weak
     ids, _, names, _ = load_feature_table(exp / "features" / "oof")
-    config = Experiment(name=exp.name, output_root=str(exp.parent), tune=TuneConfig(n_iter=1, threads=1),
+    # inner_folds=4: the other 4 folds stay the inner folds (the grouping is tested in test_halving)
+    tune = TuneConfig(n_iter=1, threads=1, inner_folds=4)
+    config = Experiment(name=exp.name, output_root=str(exp.parent), tune=tune,
                         gate=GateConfig(modes=("classifier",)))  # fmt: skip
     data = {"ids": ids, "X": X, "y": y, "folds": folds, "settings": {}, "names": names,
             "pset": PredictionSet(exp / "predictions" / "oof")}  # fmt: skip

@@ -69,7 +69,7 @@ def _tune(args: argparse.Namespace) -> int:
 
     exp = override(open_experiment(args.exp), "tune", n_iter=args.n_iter, scoring=args.scoring,
                    dice_rule=args.dice_rule, seed=args.seed, n_jobs=args.n_jobs, threads=args.threads,
-                   max_bin=args.max_bin)  # fmt: skip
+                   max_bin=args.max_bin, search=args.search)  # fmt: skip
     summary = steps.tune_experiment(exp, progress=not args.no_progress)
     print(json.dumps(summary, indent=2, default=str))
     return 0
@@ -145,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-jobs", type=int, default=None, help="parallel candidate fits")
     p.add_argument("--threads", type=int, default=None, help="XGBoost threads per fit")
     p.add_argument("--max-bin", type=int, default=None, help="hist bins (64 cut one fit ~4x vs 256)")
+    p.add_argument("--search", default=None, choices=["halving", "random"],
+                   help="successive halving (default) or plain random search: same candidates")  # fmt: skip
     add_progress_argument(p)
     p.set_defaults(func=_tune)
 

@@ -37,6 +37,7 @@ from sklearn.model_selection import PredefinedSplit, RandomizedSearchCV, cross_v
 from xgboost import XGBClassifier
 
 from dualstage.classify.feature_set import labels_of, load_feature_table, read_settings
+from dualstage.classify.halving import halving_like_random
 from dualstage.classify.table2 import PAPER_TABLE2, table2
 from dualstage.data.splits import read_folds
 from dualstage.io import atomic_write, write_csv_atomic, write_json_atomic
@@ -218,8 +219,12 @@ def scorer_for(scoring: str, exp_dir: Path, ids: np.ndarray, dice_rule: str, tra
     return scorer, {"counts": counts}, ctx, rule
 
 
-def random_search(X, y, folds, dims, scoring_parts, make, n_iter, n_jobs, seed, progress):
-    """(fitted RandomizedSearchCV, default-parameter CV scores, search seconds)."""
+def random_search(X, y, folds, dims, scoring_parts, make, n_iter, n_jobs, seed, progress, kind="random",
+                  halving=(3, 10)):  # fmt: skip
+    """(fitted RandomizedSearchCV, default-parameter CV scores, search seconds); ``kind="halving"``:
+    the same candidates by successive halving (``halving`` = (eta, min rounds); a ``HalvingResult``)."""
+    if kind == "halving":
+        return halving_like_random(X, y, folds, dims, scoring_parts, make, n_iter, seed, *halving)
     scorer, fit_params, ctx, _ = scoring_parts
     cv = PredefinedSplit(folds)
     search = RandomizedSearchCV(
@@ -243,10 +248,11 @@ def random_search(X, y, folds, dims, scoring_parts, make, n_iter, n_jobs, seed, 
     return search, default_cv, seconds
 
 
-def _save_search(out: Path, search, dims: dict) -> None:
-    """cv_results.csv with one column per searched parameter and the params as JSON."""
-    results = pd.DataFrame({k: v for k, v in search.cv_results_.items() if not k.startswith("param")})
-    params_list = [{k: _py(v) for k, v in p.items()} for p in search.cv_results_["params"]]
+def _save_search(out: Path, cv_results: dict, dims: dict) -> None:
+    """cv_results.csv (a search's ``cv_results_``) with one column per searched parameter and the
+    params as JSON."""
+    results = pd.DataFrame({k: v for k, v in cv_results.items() if not k.startswith("param")})
+    params_list = [{k: _py(v) for k, v in p.items()} for p in cv_results["params"]]
     for k in dims:
         results[f"param_{k}"] = [p.get(k) for p in params_list]
     results["params"] = [json.dumps(p, sort_keys=True) for p in params_list]
@@ -283,6 +289,8 @@ def tune(
     dice_rule: str = "threshold",
     threads: int | None = None,
     train_set: str = "val",
+    search: str = "random",
+    halving: tuple[int, int] = (3, 10),
 ) -> dict:
     """Random search on ``train_set``, refit on all its rows, Table 2 on test; returns a summary.
 
@@ -292,6 +300,7 @@ def tune(
     ``space`` overrides / adds search dimensions (name -> scipy distribution or list);
     ``dice_rule`` is the operating-point rule behind ``scoring="dice"``; ``threads``: XGBoost threads
     per fit (default: all cores when ``n_jobs == 1``, else 1; pass 1 on a crowded machine).
+    ``search``: "random" or "halving" (``halving`` = (eta, min rounds); see ``random_search``).
     """
     start = time.perf_counter()
     exp = ExperimentDir(exp_dir)
@@ -308,24 +317,22 @@ def tune(
     def make() -> XGBClassifier:
         return make_classifier(seed, max_bin, device, n_jobs=xgb_jobs)
 
-    search, default_cv, search_seconds = random_search(
-        X, y, folds, dims, scoring_parts, make, n_iter, n_jobs, seed, progress
-    )
+    kind, (search, default_cv, search_seconds) = search, random_search(
+        X, y, folds, dims, scoring_parts, make, n_iter, n_jobs, seed, progress, search, halving)  # fmt: skip
     default, tuned = make().fit(X, y), search.best_estimator_
     save_model(tuned, out / "model.ubj")
     save_model(default, out / "default_model.ubj")
     write_json_atomic(out / "feature_names.json", names.tolist())
-    _save_search(out, search, dims)
+    _save_search(out, search.cv_results_, dims)
     test_metrics = table2(exp, out, names, {"default": default, "tuned": tuned})
-    fold_sizes = [
-        {"fold": int(f), "n": int((folds == f).sum()), "n_pos": int(y[folds == f].sum())}
-        for f in np.unique(folds)
-    ]
+    fold_sizes = [{"fold": int(f), "n": int((folds == f).sum()), "n_pos": int(y[folds == f].sum())}
+                  for f in np.unique(folds)]  # fmt: skip
     run = {
         "scoring": scoring, "rule": scoring_parts[3], "n_iter": n_iter, "seed": seed, "n_jobs": n_jobs,
         "threads": xgb_jobs, "device": device, "max_bin": max_bin, "base_device": make().device,
-        "features": read_settings(oof_dir), "fold_sizes": fold_sizes, "n_rows": int(y.size), "n_pos": n_pos,
-        "n_neg": n_neg, "n_features": int(names.size), "search_seconds": search_seconds, "start": start,
+        "search": kind, "features": read_settings(oof_dir), "fold_sizes": fold_sizes, "n_rows": int(y.size),
+        "n_pos": n_pos, "n_neg": n_neg, "n_features": int(names.size), "search_seconds": search_seconds,
+        "start": start,
     }  # fmt: skip
     params = _params_record(search, default_cv, dims, run)
     write_json_atomic(out / "params.json", params)
@@ -359,6 +366,7 @@ def _params_record(search, default_cv, dims: dict, run: dict) -> dict:
         "scoring": run["scoring"],
         "dice_rule": run["rule"],
         "n_iter": run["n_iter"],
+        "search": run["search"],
         "seed": run["seed"],
         "n_jobs": run["n_jobs"],
         "threads": run["threads"],

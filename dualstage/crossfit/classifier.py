@@ -1,32 +1,25 @@
 """Per-fold classifier and gate: for fold k, fitted on the other folds' out-of-fold features only.
 
-For each fold k: a random search (the ``tune`` section's candidates and scoring) cross-validated
-on the other folds (``PredefinedSplit``), the best model refit on all their rows; inner
-out-of-fold probabilities (``cross_val_predict`` over the same folds) choose each gate mode's
-threshold with fold k's own pixel rules; then fold k's studies get their probabilities. Writes
+For each fold k (:func:`dualstage.crossfit.search.tune_fold`): the ``tune`` section's search
+(successive halving by default, or the plain random search; same candidates and scoring) over
+inner folds made of the other folds (at most ``tune.inner_folds``), the best model refit on all
+their rows; the winner's inner out-of-fold probabilities choose each gate mode's threshold with
+fold k's own pixel rules; then fold k's studies get their probabilities. Writes
 ``crossfit/fold_<k>/classifier/`` (model.ubj, params.json and gate.json with ``fitted_ids``,
-probabilities.csv).
+cv_results.csv, probabilities.csv).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import PredefinedSplit, cross_val_predict
 
 from dualstage.classify.feature_set import labels_of, load_feature_table, read_settings
 from dualstage.classify.gate import GATE_MODES, choose_gate
-from dualstage.classify.tune import (
-    check_labels,
-    estimator_from_params,
-    make_classifier,
-    random_search,
-    save_model,
-    scorer_for,
-    search_space,
-)
-from dualstage.config import Experiment
+from dualstage.classify.tune import _save_search, check_labels, save_model, scorer_for, search_space
+from dualstage.config import Experiment, to_dict
 from dualstage.crossfit.rules import read_fold_rules
+from dualstage.crossfit.search import tune_fold
 from dualstage.crossfit.table2 import fold_table2_models, write_table2
 from dualstage.data.splits import read_folds
 from dualstage.io import write_csv_atomic, write_json_atomic
@@ -45,48 +38,41 @@ def fit_fold(exp: Experiment, k: int, data: dict, rules, progress: bool = False)
     if t.scoring == "dice":
         raise ValueError("tune.scoring: dice is not available for cross-fitting; use roc_auc or f1")
     parts = scorer_for(t.scoring, exp.folder, ids[rows], t.dice_rule)
-
-    def make():
-        return make_classifier(t.seed, t.max_bin, "auto", n_jobs=t.threads)
-
-    search, default_cv, seconds = random_search(
-        X[rows], y[rows], folds[rows], search_space(n_neg / n_pos), parts, make, t.n_iter, t.n_jobs, t.seed,
-        False,
-    )  # fmt: skip
-    best = {name: v.item() if hasattr(v, "item") else v for name, v in search.best_params_.items()}
-    params = {"best_params": best, "base": {"seed": t.seed, "max_bin": t.max_bin}, "threads": t.threads}
-    inner = cross_val_predict(
-        estimator_from_params(params),
-        X[rows],
-        y[rows],
-        cv=PredefinedSplit(folds[rows]),
-        method="predict_proba",
-    )[:, 1]
+    res = tune_fold(t, X, y, folds, k, parts)
+    inner = res["inner"]
+    params = {"best_params": res["best_params"], "base": {"seed": t.seed, "max_bin": t.max_bin},
+              "threads": t.threads}  # fmt: skip
     fitted = ids[rows].tolist()
     gate = {}
     for mode in exp.gate.modes:
         rule = rules[k].rule(GATE_MODES[mode])
         counts = data["pset"].rule_counts(ids[rows], rule).T
-        res = choose_gate(inner, counts)
+        choice = choose_gate(inner, counts)
         gate[mode] = {
-            "threshold": res["threshold"], "pixel_rule": rule, "mean_dice_inner_oof": res["mean_dice"],
+            "threshold": choice["threshold"], "pixel_rule": rule, "mean_dice_inner_oof": choice["mean_dice"],
             "chosen_on": f"inner out-of-fold probabilities of folds != {k}",
         }  # fmt: skip
     out = exp.dir.crossfit_fold(k) / "classifier"
-    save_model(search.best_estimator_, out / "model.ubj")
-    probs = search.best_estimator_.predict_proba(X[~rows])[:, 1].astype(np.float64)
+    save_model(res["estimator"], out / "model.ubj")
+    _save_search(out, res["cv_results"], search_space(n_neg / n_pos))
+    keys = ("search", "halving_eta", "halving_min_rounds", "inner_folds")
+    search = {key: v for key, v in to_dict(t).items() if key in keys}
+    grouping = sorted(set(zip(folds[rows].tolist(), res["inner_folds"].tolist(), strict=True)))
     record = {
-        **params, "best_cv_score": float(search.best_score_), "default_cv_score": float(np.mean(default_cv)),
-        "scoring": t.scoring, "n_iter": t.n_iter, "n_rows": int(rows.sum()), "n_pos": n_pos,
-        "search_seconds": round(seconds, 3), "features": data["settings"], "fitted_ids": fitted,
+        **params, "best_cv_score": res["best_cv_score"], "default_cv_score": res["default_cv_score"],
+        "scoring": t.scoring, "n_iter": t.n_iter, "n_rows": int(rows.sum()), "n_pos": n_pos, **search,
+        "inner_fold_of": {str(f): int(g) for f, g in grouping},
+        "search_seconds": round(res["search_seconds"], 3), "features": data["settings"], "fitted_ids": fitted,
     }  # fmt: skip
     write_json_atomic(out / "params.json", record)
     write_json_atomic(out / "gate.json", {**gate, "fitted_ids": fitted})
     frame = pd.DataFrame(
-        {"image_id": ids[~rows], "fold": k, "has_pneumothorax": y[~rows], "probability": probs}
+        {"image_id": ids[~rows], "fold": k, "has_pneumothorax": y[~rows], "probability": res["probabilities"]}
     )
     write_csv_atomic(frame, out / "probabilities.csv")
-    table2 = fold_table2_models(exp, k, data, parts, (search.best_estimator_, inner))
+    table2 = None
+    if t.table2:
+        table2 = fold_table2_models(exp, k, data, parts, (res["estimator"], inner), res["inner_folds"])
     return {"gate": gate, "probabilities": frame, "cv_score": record["best_cv_score"], "table2": table2}
 
 
@@ -110,7 +96,8 @@ def crossfit_classifier(exp: Experiment, progress: bool = False) -> dict:
         out[k] = {m: g["threshold"] for m, g in res["gate"].items()}
         frames.append(res["probabilities"])
         table2.append(res["table2"])
-    write_table2(exp, table2)
+    if exp.tune.table2:
+        write_table2(exp, table2)
     write_csv_atomic(pd.concat(frames, ignore_index=True), d.crossfit / "probabilities.csv")
     write_json_atomic(d.crossfit / "gate_thresholds.json", {m: {str(k): v[m] for k, v in out.items()}
                                                             for m in exp.gate.modes})  # fmt: skip

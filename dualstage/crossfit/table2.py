@@ -3,10 +3,11 @@
 Four presence classifiers per fold, each fitted on the other folds' out-of-fold rows only:
 ``paper`` features (DenseNet of image and mask, the paper's [phi(I); phi(M)]) and ``ours``
 (plus the map statistics), each ``default`` (XGBoost's own defaults, max_bin 256) and ``tuned``
-(the same random search as the gate's classifier). Each one's decision threshold is the one
-maximising presence F1 on its inner out-of-fold probabilities (not 0.5). Table 2 then pools
-fold k's decisions on its own studies: precision / recall / F1 / support per class, and ROC AUC
-with a 95 % bootstrap interval over studies.
+(the same search as the gate's classifier, ``tune.search``, on the same inner folds). Off with
+``tune.table2: false`` (at full size its 4 models per fold cost more than the gate's classifier).
+Each one's decision threshold is the one maximising presence F1 on its inner out-of-fold
+probabilities (not 0.5). Table 2 then pools fold k's decisions on its own studies: precision /
+recall / F1 / support per class, and ROC AUC with a 95 % bootstrap interval over studies.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from sklearn.metrics import f1_score
 from sklearn.model_selection import PredefinedSplit, cross_val_predict
 from xgboost import XGBClassifier
 
-from dualstage.classify.tune import random_search, search_space
 from dualstage.config import Experiment
+from dualstage.crossfit.search import base_settings, search_rows
 from dualstage.io import write_csv_atomic, write_json_atomic
 from dualstage.metrics import presence_report, roc_auc
 
@@ -34,37 +35,37 @@ def _f1_threshold(probs: np.ndarray, y: np.ndarray) -> float:
     return float(grid[int(np.argmax(scores))])
 
 
-def fold_table2_models(exp: Experiment, k: int, data: dict, parts, ours_tuned: tuple) -> pd.DataFrame:
+def fold_table2_models(
+    exp: Experiment, k: int, data: dict, parts, ours_tuned: tuple, inner: np.ndarray
+) -> pd.DataFrame:
     """Probabilities of fold k's studies (M models) and each model's inner-OOF threshold.
 
-    ``ours_tuned``: (estimator, inner OOF probabilities) of the gate's classifier, reused.
-    Returns image_id, fold, has_pneumothorax, ``<model>`` probability and ``<model>_threshold``.
+    ``ours_tuned``: (estimator, inner OOF probabilities) of the gate's classifier, reused;
+    ``inner`` (rows of folds != k,): their inner folds (the gate classifier's). Returns image_id,
+    fold, has_pneumothorax, ``<model>`` probability and ``<model>_threshold``.
     """
     t = exp.tune
     X, y, folds, names = data["X"], data["y"], data["folds"], data["names"]
     rows, paper = folds != k, ~np.char.startswith(names.astype(str), "stat_")
-    cv = PredefinedSplit(folds[rows])
+    cv = PredefinedSplit(inner)
     frame = pd.DataFrame({"image_id": data["ids"][~rows], "fold": k, "has_pneumothorax": y[~rows]})
 
     def default() -> XGBClassifier:
         return XGBClassifier(random_state=t.seed, n_jobs=t.threads)  # XGBoost's defaults (max_bin 256)
 
-    n_pos = int(y[rows].sum())
     for model in MODELS:
         cols = paper if model.startswith("paper") else np.ones(names.size, bool)
         Xr = X[rows][:, cols]
         if model == "ours_tuned":
-            est, inner = ours_tuned
-        elif model.endswith("tuned"):
-            space = search_space((rows.sum() - n_pos) / n_pos)
-            est = random_search(Xr, y[rows], folds[rows], space, parts, default, t.n_iter, t.n_jobs, t.seed,
-                                False)[0].best_estimator_  # fmt: skip
-            inner = cross_val_predict(est, Xr, y[rows], cv=cv, method="predict_proba")[:, 1]
+            est, probs = ours_tuned
+        elif model.endswith("tuned"):  # the gate classifier's search on XGBoost's default max_bin
+            res = search_rows(t, Xr, y[rows], inner, base_settings(t, max_bin=256, device="cpu"), parts)
+            est, probs = res["estimator"], res["inner"]
         else:
             est = default().fit(Xr, y[rows])
-            inner = cross_val_predict(default(), Xr, y[rows], cv=cv, method="predict_proba")[:, 1]
+            probs = cross_val_predict(default(), Xr, y[rows], cv=cv, method="predict_proba")[:, 1]
         frame[model] = est.predict_proba(X[~rows][:, cols])[:, 1].astype(np.float64)
-        frame[f"{model}_threshold"] = _f1_threshold(inner, y[rows])
+        frame[f"{model}_threshold"] = _f1_threshold(probs, y[rows])
     return frame
 
 
