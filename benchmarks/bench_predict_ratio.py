@@ -65,7 +65,7 @@ def model_flops(net: torch.nn.Module, size: int, dtype: torch.dtype | None) -> i
 
 
 def main() -> None:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 16
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 32
     encoder = sys.argv[2] if len(sys.argv) > 2 else "resnet34"
     res = int(sys.argv[3]) if len(sys.argv) > 3 else 512
     source = int(sys.argv[4]) if len(sys.argv) > 4 else 1024

@@ -19,16 +19,14 @@ signal: ``--informative`` columns shifted by ``--shift`` in positives (half of t
 another column is positive: an interaction trees must find). Width: the real one
 (``len(feature_names())``: 2 x 1024 DenseNet + 9 map statistics) unless ``--width``.
 Run: .venv/bin/python benchmarks/bench_stage_two.py [--measure-folds 10] [--table2]
-Results also merged into the JSON at $DUALSTAGE_BENCH_RESULTS (if set).
+Claims recorded in benchmarks/results.json (or $DUALSTAGE_BENCH_RESULTS) by ``_results.record``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import resource
-import tempfile
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -41,6 +39,9 @@ from dualstage.classify.halving import halving_like_random
 from dualstage.classify.tune import make_classifier, random_search, search_space
 from dualstage.config import Experiment, TuneConfig
 from dualstage.crossfit.search import tune_fold
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import record  # noqa: E402
 
 POSITIVE_SHARE = 0.22  # SIIM-ACR stage-2 train: about 22 % of studies show a pneumothorax
 
@@ -143,18 +144,17 @@ def _table2(t: TuneConfig, X, y, folds, k: int, res: dict) -> float:
 
 
 def write_results(claims: dict) -> None:
-    """Merge ``claims`` into $DUALSTAGE_BENCH_RESULTS (read, update, write atomically), if set."""
-    path = os.environ.get("DUALSTAGE_BENCH_RESULTS")
-    if not path:
-        return
-    p = Path(path)
-    current = json.loads(p.read_text()) if p.is_file() and p.stat().st_size else {}
-    current.update(claims)
-    fd, tmp = tempfile.mkstemp(dir=p.parent if str(p.parent) else ".", prefix=p.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(current, fh, indent=2, sort_keys=True)
-    os.replace(tmp, p)
-    print(f"results merged into {p}")
+    """Record each claim through ``_results.record`` (benchmarks/results.json or $DUALSTAGE_BENCH_RESULTS);
+    claims without a target go into the info of the claim named by their ``of`` key."""
+    extra: dict[str, dict] = {}
+    for name, c in claims.items():
+        if c.get("target") is None:
+            extra.setdefault(c.get("of", ""), {})[name] = c["measured"]
+    for name, c in claims.items():
+        if c.get("target") is not None:
+            info = {k: v for k, v in c.items() if k not in ("measured", "target", "unit", "op")}
+            info.update(extra.get(name, {}))
+            record(name, c["measured"], c["target"], c["unit"], op=c.get("op", "<="), **info)
 
 
 def main() -> None:
@@ -186,7 +186,8 @@ def main() -> None:
             "note": f"{args.compare_rows} x {width} train, {args.test_rows} test, 20 candidates x 3 folds",
         }  # fmt: skip
         claims["stage_two_search_speedup_vs_plain"] = {
-            "measured": round(ratio, 2), "target": None, "unit": "x, plain seconds / halving seconds"
+            "measured": round(ratio, 2), "target": None, "unit": "x, plain seconds / halving seconds",
+            "of": "stage_two_auc_gap_vs_plain",
         }
     if args.measure_folds < 1:  # (a) only
         write_results(claims)
@@ -207,7 +208,9 @@ def main() -> None:
         "unit": f"CPU minutes / {args.threads} threads (the wall time on idle cores)",
         "note": f"{label}; differs from the wall figure when other processes share the cores",
     }  # fmt: skip
-    claims["stage_two_peak_rss_mb"] = {"measured": round(peak_rss_mb()), "target": None, "unit": "MiB"}
+    claims["stage_two_peak_rss_mb"] = {
+        "measured": round(peak_rss_mb()), "target": None, "unit": "MiB", "of": "stage_two_k10_tuning_minutes"
+    }
     write_results(claims)
 
 

@@ -7,6 +7,7 @@ Run by ``make bench`` after every ``benchmarks/bench_*.py``; or
 from __future__ import annotations
 
 import datetime as dt
+import json
 import sys
 from pathlib import Path
 
@@ -41,7 +42,21 @@ def render(results: dict, info: dict, date: str) -> str:
     notes = {c: e["note"] for c, e in sorted(results.items()) if e.get("note")}
     if notes:
         lines += ["", "## Notes", ""] + [f"- **{c}**: {n}" for c, n in notes.items()]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + gpu_section(Path(__file__).with_name("gpu_check_h100.json"))) + "\n"
+
+
+def gpu_section(path: Path) -> list[str]:
+    """A table of the last GPU check's figures (``benchmarks/gpu_check.sh``'s $OUT/gpu_check.json)."""
+    if not path.is_file():
+        return []
+    run = json.loads(path.read_text())
+    lines = ["", f"## GPU check: {run.get('gpu', run.get('device'))} ({path.name})", "",
+             f"torch {run.get('torch')}, CUDA {run.get('cuda')}, {run.get('cpus')} CPU cores; "
+             f"`benchmarks/gpu_check.sh`, {run.get('seconds')} s in all.", "",
+             "| figure | measured | unit |", "|---|---|---|"]  # fmt: skip
+    for name, c in run.get("claims", {}).items():
+        lines.append(f"| {name} | {c.get('measured')} | {c.get('unit', '')} |")
+    return lines
 
 
 def main() -> None:
