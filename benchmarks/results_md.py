@@ -42,11 +42,14 @@ def render(results: dict, info: dict, date: str) -> str:
     notes = {c: e["note"] for c, e in sorted(results.items()) if e.get("note")}
     if notes:
         lines += ["", "## Notes", ""] + [f"- **{c}**: {n}" for c, n in notes.items()]
-    return "\n".join(lines + gpu_section(Path(__file__).with_name("gpu_check_h100.json"))) + "\n"
+    for run in sorted(Path(__file__).parent.glob("gpu_check_*.json")):
+        lines += gpu_section(run)
+    return "\n".join(lines) + "\n"
 
 
 def gpu_section(path: Path) -> list[str]:
-    """A table of the last GPU check's figures (``benchmarks/gpu_check.sh``'s $OUT/gpu_check.json)."""
+    """A table of one GPU check's figures (``benchmarks/gpu_check.sh``'s $OUT/gpu_check.json, kept as
+    ``benchmarks/gpu_check_<gpu>.json``)."""
     if not path.is_file():
         return []
     run = json.loads(path.read_text())

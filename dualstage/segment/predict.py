@@ -231,13 +231,9 @@ def predict(
     shard: Shard | None = None,
     precision: str = "auto",
 ) -> dict:
-    """Predict a split of the experiment's prepared data, or a folder of new images; returns a summary.
-
-    New images that cannot be read become ``rejected.csv`` rows, or with ``strict`` stop the run at
-    the first one (ValueError naming the file; maps already written are kept for a resume).
-    ``shard``: only that share of the ids, and no set files (see :mod:`dualstage.shards`).
-    ``precision``: auto | fp32 | bf16 (``precision.inference_dtype``), recorded in predict.json.
-    """
+    """Predict a split of the prepared data, or a folder of new images (unreadable ones: ``rejected.csv``
+    rows, or with ``strict`` a ValueError naming the first); ``shard``: that share only, no set files
+    (:mod:`dualstage.shards`); ``precision``: auto | fp32 | bf16, recorded in predict.json."""
     if (split is None) == (input_dir is None):
         raise ValueError("give exactly one of --split and --input")
     t0 = time.perf_counter()
