@@ -1,8 +1,11 @@
 """bf16 + channels_last vs fp32 inference: speed, and whether the final masks agree.
 
-Trains a small phantom model (the demo's U-Net ResNet18 with half decoder at 128 px, a few epochs),
-chooses its operating point with ``segment sweep`` on val (fp32 maps), then predicts every study at
-fp32 and at bf16 and applies that rule to both. Claims (benchmarks/results.json):
+With a finished demo (``make demo``: models/demo with out-of-fold maps and per-fold operating
+points) it predicts the demo's studies at fp32 and at bf16 with the demo's fold models (each study
+by the model that did not train on it) and applies each study's fold rule to both. Otherwise it
+trains a small phantom model (the demo's U-Net ResNet18 with half decoder at 128 px, 8 epochs),
+chooses its operating point with ``segment sweep`` on val (fp32 maps), then predicts every study
+at fp32 and at bf16 and applies that rule to both. Claims (benchmarks/results.json):
 
 - ``bf16_inference_speedup``: fp32 predict seconds / bf16 predict seconds, target > 1;
 - ``bf16_vs_fp32_mask_dice``: mean Dice between the two precisions' final masks (both empty = 1),
@@ -10,9 +13,8 @@ fp32 and at bf16 and applies that rule to both. Claims (benchmarks/results.json)
 - ``bf16_vs_fp32_presence_agreement``: share of studies with the same presence decision (mask
   empty or not), target >= 0.99.
 
-No finished demo run (models/demo) was at hand, so the model is trained here (8 epochs: its maps
-are less sharp than the demo's, so more pixels sit near the threshold: a harder test). The
-studies with a non-empty fp32 mask and the mean map difference are recorded beside the claims.
+The studies with a non-empty fp32 mask, the mean map difference and which models were used are
+recorded beside the claims.
 Run: make bench  (or .venv/bin/python benchmarks/bench_bf16_agreement.py)
 """
 
@@ -27,6 +29,9 @@ from _results import alternate, machine, record
 from _setup import phantom_experiment
 
 from dualstage import gating
+from dualstage.crossfit.rules import read_fold_rules
+from dualstage.data.splits import read_folds
+from dualstage.layout import ExperimentDir
 from dualstage.segment.operating_points import OperatingPoints
 from dualstage.segment.precision import cpu_bf16_supported
 from dualstage.segment.predict import predict
@@ -41,12 +46,13 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
 
 
-def compare(fp32: PredictionSet, bf16: PredictionSet, rule: dict) -> dict:
+def compare(fp32: PredictionSet, bf16: PredictionSet, rule_of) -> dict:
     """Final masks of both sets under ``rule``: mean Dice, presence agreement, studies, studies with a
     non-empty fp32 mask, and the mean |q_fp32 - q_bf16| of the uint8 maps."""
     dices, same, nonempty, diffs = [], [], 0, []
     for image_id in fp32.index()["image_id"]:
         qa, qb = fp32.read_map(image_id), bf16.read_map(image_id)
+        rule = rule_of(image_id)
         a, b = gating.apply_rule(qa, rule), gating.apply_rule(qb, rule)
         dices.append(dice(a, b))
         same.append(bool(a.any()) == bool(b.any()))
@@ -83,14 +89,32 @@ def trained_phantom(root: Path):
     return exp, rule
 
 
+def finished_demo() -> tuple[Path, dict] | None:
+    """(models/demo, {image id: its fold's chosen rule}) when a finished demo is at hand, else None."""
+    d = ExperimentDir(Path(__file__).resolve().parents[1] / "models" / "demo")
+    if not (d.prediction_set("oof") / "predict.json").is_file() or not d.crossfit_folds():
+        return None
+    rules = read_fold_rules(d)
+    ids = PredictionSet(d.prediction_set("oof")).index()["image_id"].to_numpy(dtype=str)
+    folds = read_folds(d.splits_csv, ids, allow_test=True)
+    return d.root, {i: rules[int(f)].rule("best") for i, f in zip(ids, folds, strict=True)}
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        exp, rule = trained_phantom(root)
+        demo = finished_demo()
+        if demo:
+            folder, rules = demo
+            split, model, rule = "oof", "the demo's 3 fold models (models/demo), each study by its own", None
+        else:
+            exp, rule = trained_phantom(root)
+            folder, rules, split = exp.folder, None, "all"
+            model = "phantom U-Net ResNet18 half decoder, 128 px, 8 epochs (no finished demo at hand)"
         sets = {p: PredictionSet(root / f"all_{p}") for p in ("fp32", "bf16")}
 
-        def run(precision: str, folder: Path) -> None:
-            predict(exp.folder, folder, split="all", batch_size=8, workers=0, device="cpu", progress=False,
+        def run(precision: str, out: Path) -> None:
+            predict(folder, out, split=split, batch_size=8, workers=0, device="cpu", progress=False,
                     precision=precision)  # fmt: skip
 
         for precision, pset in sets.items():  # the kept sets (also the warm-up)
@@ -107,12 +131,13 @@ def main() -> None:
             return fn
 
         times = alternate({"fp32": timed("fp32"), "bf16": timed("bf16")}, rounds=2, warmup=False)
-        c = compare(sets["fp32"], sets["bf16"], rule)
+        c = compare(sets["fp32"], sets["bf16"], rules.get if rules else lambda _: rule)
         srule = stress_rule(sets["fp32"])
-        stress = {**compare(sets["fp32"], sets["bf16"], srule), "rule": srule}
+        stress = {**compare(sets["fp32"], sets["bf16"], lambda _: srule), "rule": srule}
     speedup = min(times["fp32"]) / min(times["bf16"])
     print(
-        f"{c['studies']} studies ({c['nonempty_fp32']} with a fp32 mask), rule {rule}: mean Dice fp32 vs "
+        f"{model}: {c['studies']} studies ({c['nonempty_fp32']} with a fp32 mask), rule "
+        f"{rule or 'of each fold'}: mean Dice fp32 vs "
         f"bf16 final masks {c['mean_dice']:.4f}, same presence decision {c['agreement']:.2%}, "
         f"mean |q32 - q16| {c['map_mean_abs_diff']:.3f}; predict fp32 {min(times['fp32']):.2f}s, bf16 "
         f"{min(times['bf16']):.2f}s: bf16 {speedup:.2f}x (native bf16: {cpu_bf16_supported()})"
@@ -121,8 +146,7 @@ def main() -> None:
         f"stress rule {stress['rule']}: mean Dice {stress['mean_dice']:.4f}, same presence "
         f"{stress['agreement']:.2%} ({stress['nonempty_fp32']} studies with a fp32 mask)"
     )
-    info = {**c, "stress": stress, "rule": rule,
-            "model": "phantom U-Net ResNet18 half decoder, 128 px, 8 epochs",
+    info = {**c, "stress": stress, "rule": rule or "each study's fold rule (crossfit/fold_k)", "model": model,
             "seconds_fp32": times["fp32"], "seconds_bf16": times["bf16"], **machine()}  # fmt: skip
     record("bf16_inference_speedup", speedup, 1.0, "fp32 s / bf16 s (segment predict)", op=">", **info)
     record("bf16_vs_fp32_mask_dice", c["mean_dice"], 0.995, "mean Dice", **info)
