@@ -193,10 +193,10 @@ def _predict_run(kwargs: dict) -> dict:
     """The settings every shard of one predict run shares (the batch size too: the shares are batches)."""
     paths = {k: str(Path(kwargs[k]).resolve()) if kwargs.get(k) is not None else None
              for k in ("exp_dir", "input_dir")}  # fmt: skip
-    run = {**paths, "split": kwargs.get("split"), "tta": bool(kwargs.get("tta", False)),
-           "checkpoint": kwargs.get("checkpoint", "best"), "strict": bool(kwargs.get("strict", False)),
-           "only": sorted(kwargs["only"]) if kwargs.get("only") else None,
-           "batch_size": int(kwargs.get("batch_size", 8))}  # fmt: skip
+    get = kwargs.get
+    run = {**paths, "split": get("split"), "tta": bool(get("tta")), "strict": bool(get("strict")),
+           "checkpoint": get("checkpoint", "best"), "only": sorted(get("only")) if get("only") else None,
+           "batch_size": int(get("batch_size", 8)), "precision": get("precision", "auto")}  # fmt: skip
     return {**run, "models": _model_files(run)}
 
 
@@ -248,7 +248,7 @@ def merge_predict(out: str | Path, device: str = "auto", progress: bool = False,
     summary = predict(
         run["exp_dir"], out, split=run["split"], input_dir=run["input_dir"], tta=run["tta"],
         checkpoint=run["checkpoint"], only=run["only"], strict=run["strict"], device=device,
-        progress=progress, workers=workers,
+        progress=progress, workers=workers, batch_size=run["batch_size"], precision=run["precision"],
     )  # fmt: skip
     summary = _merged_summary(summary, records, "predicted_now", t0)
     pset.write_info(summary)
@@ -271,7 +271,7 @@ def _features_run(pred_dir: str | Path, kwargs: dict) -> dict:
         "setting": {**describe_weights(kwargs.get("weights", "imagenet")),
                     "image_size": int(kwargs.get("image_size", 224)), "version": _FEATURE_VERSION},
         "index_sha256": sha256_file(pset.index_path) if pset.index_path.is_file() else None,
-        "batch_size": int(kwargs.get("batch_size", 16)),
+        "batch_size": int(kwargs.get("batch_size", 16)), "precision": kwargs.get("precision", "auto"),
     }  # fmt: skip
 
 
@@ -302,7 +302,8 @@ def merge_features(
     records = read_records(out_dir, "features")
     run = records[0]["run"]
     kwargs = {"prepared": run["prepared"], "weights": run["setting"]["weights"],
-              "image_size": run["setting"]["image_size"], "batch_size": run["batch_size"]}  # fmt: skip
+              "image_size": run["setting"]["image_size"], "batch_size": run["batch_size"],
+              "precision": run["precision"]}  # fmt: skip
     if _features_run(run["pred_dir"], kwargs) != run:
         raise ValueError(
             f"{out_dir}/shards: the predictions or weights changed since the shards ran; rerun the shards"

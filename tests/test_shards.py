@@ -231,3 +231,14 @@ def test_torchrun_two_processes_predict_and_features(tiny, tmp_path):
     _same_prediction_sets(one, exp.dir.prediction_set("test"))
     _same_arrays(tmp_path / "f1" / "features.npz", exp.dir.feature_set("test") / "features.npz")
     assert single["images"] == len(pd.read_csv(tmp_path / "f1" / "index.csv"))
+
+
+def test_merge_keeps_the_shards_precision(tiny, tmp_path):
+    exp, _, _ = tiny
+    kwargs = _predict_kwargs(exp, tmp_path / "set", split="test", batch_size=2, only=["main"],
+                             precision="bf16")  # fmt: skip
+    _sharded("predict", kwargs, 2)
+    assert json.loads((tmp_path / "set" / "predict.json").read_text())["precision"] == "bf16"
+    base = {"pred_dir": tmp_path / "set", "prepared": exp.dir.prepared, "device": "cpu", **FEATURES}
+    _sharded("features", {**base, "out_dir": tmp_path / "f", "precision": "bf16"}, 2)
+    assert json.loads((tmp_path / "f" / "features.json").read_text())["precision"] == "bf16"

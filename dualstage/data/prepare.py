@@ -44,6 +44,7 @@ __all__ = [
     "process_item",
     "cache_paths",
     "load_cached",
+    "load_cached_image",
     "MANIFEST_COLUMNS",
     "check_options",
     "SIZE_RANGE",
@@ -83,10 +84,17 @@ def cache_paths(out: str | Path, size: int, image_id: str) -> tuple[Path, Path]:
     return base / "images" / f"{image_id}.png", base / "masks" / f"{image_id}.png"
 
 
+def load_cached_image(out: str | Path, size: int, image_id: str) -> np.ndarray:
+    """Cached image uint8 (S, S) of one image, without its mask (what inference needs)."""
+    with Image.open(cache_paths(out, size, image_id)[0]) as im:
+        return np.asarray(im)
+
+
 def load_cached(out: str | Path, size: int, image_id: str) -> tuple[np.ndarray, np.ndarray]:
     """Cached (image uint8 (S, S), mask bool (S, S)) of one image."""
-    img_path, mask_path = cache_paths(out, size, image_id)
-    return np.asarray(Image.open(img_path)), np.asarray(Image.open(mask_path)) > 127
+    with Image.open(cache_paths(out, size, image_id)[1]) as im:
+        mask = np.asarray(im) > 127
+    return load_cached_image(out, size, image_id), mask
 
 
 def _save_png(array: np.ndarray, path: Path) -> None:

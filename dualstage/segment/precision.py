@@ -24,11 +24,10 @@ __all__ = [
 ]
 
 INFERENCE_PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
-# Off for now. On this project's 2-core AMD EPYC (AVX512-BF16), bf16 + channels_last ran predict at
-# the demo's size 1.14x faster (0.80x when the machine was loaded), a ResNet34 forward at 512 px
-# 1.7x and DenseNet121 at 224 px 2.6x; stage-one final masks agreed (mean Dice 0.9997, same presence
-# on 100 % of 120 studies) on a phantom model trained for the benchmark, not yet on the demo's fold
-# models through the classifier gate (benchmarks/bench_bf16_agreement.py, RESULTS.md). Until then
+# Off for now. On this project's 2-core AMD EPYC (AVX512-BF16), bf16 + channels_last ran predict 1.22x
+# faster on the demo's studies with the demo's fold models, and the stage-one final masks agreed
+# (mean Dice 0.9998, same presence on 100 % of 600); the classifier gate's masks also depend on bf16
+# DenseNet features, not yet compared (benchmarks/bench_bf16_agreement.py, RESULTS.md). Until then
 # bf16 is `--precision bf16`.
 AUTO_CPU_BF16 = False
 

@@ -31,7 +31,7 @@ from dualstage.data.dataset import load_split_table
 from dualstage.data.ids import check_image_id
 from dualstage.data.images import image_shape, read_image_file
 from dualstage.data.layouts import IMAGE_EXTS
-from dualstage.data.prepare import cache_paths
+from dualstage.data.prepare import load_cached_image
 from dualstage.layout import ExperimentDir
 from dualstage.progress import progress as progress_iter
 from dualstage.segment.distributed import pick_device
@@ -60,8 +60,7 @@ class _CacheImages(Dataset):
         return len(self.ids)
 
     def __getitem__(self, i: int):
-        with Image.open(cache_paths(self.prepared, self.size, self.ids[i])[0]) as im:  # the image alone
-            image = np.asarray(im)
+        image = load_cached_image(self.prepared, self.size, self.ids[i])
         return torch.from_numpy(image.astype(np.float32) / 255.0)[None], i, ""
 
 
