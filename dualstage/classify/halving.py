@@ -204,10 +204,11 @@ def halving_search(
         cv_results_=_table(candidates, scores, sizes, eta, min_rounds), inner_oof_=inner,
     )  # fmt: skip
     if refit:
-        result.best_estimator_ = XGBClassifier(
-            tree_method="hist", max_bin=base["max_bin"], device=base["device"], eval_metric="logloss",
-            random_state=base["seed"], n_jobs=base.get("threads"), **candidates[best],
-        ).fit(X, y)  # fmt: skip
+        from dualstage.classify.tune import make_classifier  # tune imports this module
+
+        result.best_estimator_ = make_classifier(
+            base["seed"], base["max_bin"], base["device"], n_jobs=base.get("threads"), **candidates[best]
+        ).fit(X, y)
     result.seconds = {"data": t_data, "search": t_search, "refit": time.perf_counter() - t0 - t_search}
     return result
 

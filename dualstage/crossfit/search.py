@@ -16,7 +16,7 @@ from sklearn.model_selection import PredefinedSplit, cross_val_predict
 from xgboost import XGBClassifier
 
 from dualstage.classify.halving import group_inner_folds, halving_search, sample_candidates, score_function
-from dualstage.classify.tune import random_search, resolve_device, search_space
+from dualstage.classify.tune import make_classifier, random_search, resolve_device, search_space
 from dualstage.config import TuneConfig
 
 __all__ = ["base_settings", "search_rows", "tune_fold"]
@@ -29,9 +29,8 @@ def base_settings(t: TuneConfig, max_bin: int | None = None, device: str = "auto
 
 
 def _classifier(base: dict, **params) -> XGBClassifier:
-    return XGBClassifier(tree_method="hist", max_bin=base["max_bin"], device=base["device"],
-                         eval_metric="logloss", random_state=base["seed"], n_jobs=base["threads"],
-                         **params)  # fmt: skip
+    """:func:`~dualstage.classify.tune.make_classifier` with ``base`` (device already resolved)."""
+    return make_classifier(base["seed"], base["max_bin"], base["device"], n_jobs=base["threads"], **params)
 
 
 def search_rows(t: TuneConfig, X: np.ndarray, y: np.ndarray, inner: np.ndarray, base: dict, parts) -> dict:
