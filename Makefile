@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export NO_ALBUMENTATIONS_UPDATE := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: demo test test-all bench bench-full lint clean-venv
+.PHONY: demo demo-reference test test-all bench bench-full lint clean-venv
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -27,8 +27,14 @@ $(BIN)/.installed: setup.cfg pyproject.toml
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_install.py
 	touch $@
 
+# the demo ends by comparing its summary with the committed reference (docs/demo_summary.json)
 demo: $(BIN)/.installed
 	$(BIN)/python -m dualstage run experiments/demo.yaml
+	$(BIN)/python -m dualstage.report.readme compare models/demo/report/summary.json
+
+# after a change that moves the answer: the fresh summary becomes the reference, README re-rendered
+demo-reference: $(BIN)/.installed
+	$(BIN)/python -m dualstage.report.readme accept models/demo/report/summary.json
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q

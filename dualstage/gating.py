@@ -43,6 +43,7 @@ __all__ = [
     "RULES",
     "Histograms",
     "apply_rule",
+    "canonical_rule",
     "cumulative_counts",
     "histogram",
     "keep_area",
@@ -126,6 +127,16 @@ def _check_rule(rule: Mapping) -> tuple[str, dict[str, float], bool]:
     if not isinstance(lcc, bool | np.bool_):
         raise ValueError(f"'lcc' must be true or false, got {lcc!r}")
     return name, params, bool(lcc)
+
+
+def canonical_rule(rule: Mapping) -> tuple[int, float, int, bool]:
+    """(gate level, min area, mask level, lcc): two rules with equal tuples give the same mask on
+    every map. ``threshold`` t is (level(t), 0, level(t)); ``threshold_area`` (t, a) is
+    (level(t), a, level(t)); ``triplet`` is (level(top), min_area, level(bottom))."""
+    name, p, lcc = _check_rule(rule)
+    if name == "triplet":
+        return level(p["top"]), p["min_area"], level(p["bottom"]), lcc
+    return level(p["threshold"]), p.get("min_area", 0.0), level(p["threshold"]), lcc
 
 
 def apply_rule(prob_u8: np.ndarray, rule: Mapping) -> np.ndarray:

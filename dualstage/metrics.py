@@ -222,3 +222,13 @@ def roc_auc(scores, labels) -> float:
     if np.unique(y).size < 2:
         return float("nan")
     return float(skm.roc_auc_score(y, s))
+
+
+POS_DICE_MAX = 0.05  # positive-case Dice below this ...
+NEG_DICE_MIN = 0.95  # ... with negative-case Dice above this: a model that calls everything empty
+
+
+def collapsed_on_validation(pos_dice: float, neg_dice: float) -> bool:
+    """Whether a (positive-case, negative-case) Dice pair is the "everything empty" signature of a
+    collapsed segmenter (positive-case Dice < POS_DICE_MAX and negative-case > NEG_DICE_MIN)."""
+    return bool(pos_dice < POS_DICE_MAX and neg_dice > NEG_DICE_MIN)

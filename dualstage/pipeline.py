@@ -83,12 +83,7 @@ def _features(exp: Experiment) -> str:
 
 
 def _tune(exp: Experiment) -> str:
-    d = exp.dir
-    folds = d.crossfit_folds()
-    done_cf = not steps.crossfit(exp) or (folds and all(
-        (d.crossfit_fold(k) / "classifier" / "gate.json").is_file() for k in folds))  # fmt: skip
-    done_ho = not steps.holdout(exp) or (d.classifier / "model.ubj").is_file()
-    if done_cf and done_ho:
+    if steps.tune_done(exp):
         return "done before"
     s = steps.tune_experiment(exp)
     parts = [f"{exp.tune.n_iter} candidates per search"]

@@ -23,6 +23,7 @@ __all__ = [
     "sweep_experiment",
     "features_experiment",
     "tune_experiment",
+    "tune_done",
     "gate_experiment",
 ]
 
@@ -176,6 +177,16 @@ def features_experiment(
         weights=f.weights, image_size=f.image_size, batch_size=f.batch_size, workers=f.workers,
         progress=progress, device=device, precision=f.precision,
     ), shard=shard, merge=merge)  # fmt: skip
+
+
+def tune_done(exp: Experiment) -> bool:
+    """Whether every classifier ``tune`` makes exists (per-fold gates; the holdout classifier)."""
+    d = exp.dir
+    folds = d.crossfit_folds()
+    done_cf = not crossfit(exp) or bool(folds) and all(
+        (d.crossfit_fold(k) / "classifier" / "gate.json").is_file() for k in folds
+    )
+    return bool(done_cf and (not holdout(exp) or (d.classifier / "model.ubj").is_file()))
 
 
 def tune_experiment(exp: Experiment, progress: bool = False) -> dict:

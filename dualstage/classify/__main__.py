@@ -70,9 +70,32 @@ def _tune(args: argparse.Namespace) -> int:
     exp = override(open_experiment(args.exp), "tune", n_iter=args.n_iter, scoring=args.scoring,
                    dice_rule=args.dice_rule, seed=args.seed, n_jobs=args.n_jobs, threads=args.threads,
                    max_bin=args.max_bin, search=args.search)  # fmt: skip
+    if not args.force and steps.tune_done(exp):
+        print(f"tune: done already ({exp.dir.crossfit} / {exp.dir.classifier}); --force re-runs it")
+        return 0
     summary = steps.tune_experiment(exp, progress=not args.no_progress)
     print(json.dumps(summary, indent=2, default=str))
     return 0
+
+
+def _gate_set(exp, name: str | None) -> str:
+    """The set ``gate apply`` works on: ``--set``, else oof (cross-fitted) or test (holdout view);
+    ValueError naming the sets that exist when it has no maps."""
+    if name is None:
+        name = "oof" if steps_crossfit_only(exp) else "test"
+    if name != "oof" and _with_fold_sets(exp, name) == [name] and not exp.dir.prediction_set(name).is_dir():
+        sets = sorted(p.name for p in exp.dir.predictions.glob("*") if (p / "index.csv").is_file())
+        raise ValueError(
+            f"--set {name!r}: no prediction set {exp.dir.prediction_set(name)} "
+            f"(sets: {', '.join(sets) or 'none'}); a cross-fitted experiment scores every study with "
+            "--set oof, new images need `segment predict --input DIR --set NAME` first"
+        )
+    return name
+
+
+def steps_crossfit_only(exp) -> bool:
+    """Cross-fitted without the holdout view's main model and classifier."""
+    return exp.train.folds == "all" or not (exp.dir.classifier / "model.ubj").is_file()
 
 
 def _gate(args: argparse.Namespace) -> int:
@@ -80,9 +103,16 @@ def _gate(args: argparse.Namespace) -> int:
 
     exp = open_experiment(args.exp)
     modes = list(exp.gate.modes) if args.mode in (None, "both") else [args.mode]
+    if args.action == "fit" and steps_crossfit_only(exp):
+        print("gate fit: cross-fitted experiment, each fold's gate threshold was chosen by `classify tune` "
+              "(crossfit/fold_<k>/classifier/gate.json); nothing to fit")  # fmt: skip
+        return 0
     if args.action == "fit":
         result = fit_gate(exp.folder, mode=modes, threads=args.threads or exp.gate.threads)
-    elif args.set != "oof" and _with_fold_sets(exp, args.set) != [args.set]:
+        print(json.dumps(result, indent=2, default=str))
+        return 0
+    args.set = _gate_set(exp, args.set)
+    if args.set != "oof" and _with_fold_sets(exp, args.set) != [args.set]:
         from dualstage.crossfit.deploy import crossfit_apply  # new images through every fold pipeline
 
         result = {m: crossfit_apply(exp.folder, args.set, m, progress=not args.no_progress) for m in modes}
@@ -147,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-bin", type=int, default=None, help="hist bins (64 cut one fit ~4x vs 256)")
     p.add_argument("--search", default=None, choices=["halving", "random"],
                    help="successive halving (default) or plain random search: same candidates")  # fmt: skip
+    p.add_argument("--force", action="store_true", help="re-run the searches even when finished")
     add_progress_argument(p)
     p.set_defaults(func=_tune)
 
@@ -156,7 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--mode", default=None, help="classifier | classifier_and_area | both (default: gate.modes)"
     )
-    p.add_argument("--set", default="test", help="apply: prediction set (test, or a new-image set)")
+    p.add_argument(
+        "--set", default=None, help="apply: prediction set (default: oof when cross-fitted, else test)"
+    )
     p.add_argument("--features-set", default=None, help="apply: feature set name (default: same as --set)")
     p.add_argument("--out", default=None, help="apply: default models/<exp>/final/<set>/<mode>")
     p.add_argument("--threads", type=int, default=None)

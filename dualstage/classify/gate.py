@@ -7,9 +7,10 @@ An image's final mask is the pixel rule's mask when ``probability >= threshold``
 ``fit_gate`` gets *out-of-fold* classifier probabilities on the oof set (``cross_val_predict`` with the
 tuned params and the project's PredefinedSplit: the saved model was fit on all oof rows, so its own
 oof probabilities would be in-sample), chooses the threshold maximising the challenge mean Dice
-(ties -> the lowest threshold) and writes ``<exp>/classifier/gate.json`` (one entry per mode, plus
-``oof_probabilities.csv`` and ``gate_curve_<mode>.csv``). ``apply_gate`` applies that threshold
-unchanged to any set (test, new images without truth) and writes ``<exp>/final/<set>/<mode>/``::
+(ties -> the middle of the best plateau, :func:`dualstage.tolerance.plateau_middle`) and writes
+``<exp>/classifier/gate.json`` (one entry per mode, plus ``oof_probabilities.csv`` and
+``gate_curve_<mode>.csv``). ``apply_gate`` applies that threshold unchanged to any set (test, new
+images without truth) and writes ``<exp>/final/<set>/<mode>/``::
 
     masks/<image_id>.png  final mask, uint8 0/255 on the image's own grid
     submission.csv        ImageId, EncodedPixels (challenge RLE, "-1" for empty), one row per image
@@ -49,13 +50,16 @@ from dualstage.metrics import presence_report, roc_auc, summarize_counts
 from dualstage.progress import progress as progress_iter
 from dualstage.segment.operating_points import OperatingPoints
 from dualstage.segment.prediction_set import PredictionSet
-from dualstage.tolerance import first_best
+from dualstage.tolerance import plateau_middle
 
 __all__ = ["GATE_MODES", "CANDIDATES", "gate_sweep", "choose_gate", "fit_gate", "load_gate", "apply_gate"]
 
 GATE_MODES = {k: g.rule for k, g in CLASSIFIER_GATES.items()}  # mode -> operating-point rule
 CANDIDATES = np.linspace(0.0, 1.0, 101)
-TIE_BREAK = "highest mean Dice (within dualstage.tolerance.TOL); ties -> the lowest threshold"
+TIE_BREAK = (
+    "highest mean Dice on inner out-of-fold data (within dualstage.tolerance.TOL); ties -> the middle "
+    "of the longest run of tied thresholds (the best plateau)"
+)
 
 
 def gate_sweep(probs, counts: Sequence, candidates=CANDIDATES) -> dict[str, np.ndarray]:
@@ -83,7 +87,7 @@ def _scalars(metrics: dict) -> dict:
 
 
 def choose_gate(probs, counts: Sequence, candidates=CANDIDATES) -> dict:
-    """The candidate threshold maximising the gated mean Dice; ties -> the lowest threshold.
+    """The candidate threshold maximising the gated mean Dice; ties -> the middle of the best plateau.
 
     Returns {threshold, mean_dice, metrics (summarize_counts at it), ungated_mean_dice, candidates,
     mean_dice_curve (C,), tie_break}.
@@ -92,7 +96,7 @@ def choose_gate(probs, counts: Sequence, candidates=CANDIDATES) -> dict:
     if t.size == 0:
         raise ValueError("no candidate thresholds")
     curve = np.asarray(gate_sweep(probs, counts, t)["mean_dice"], dtype=np.float64)
-    best = first_best(curve)
+    best = plateau_middle(curve)
     thr = float(t[best])
     return {
         "threshold": thr,

@@ -15,10 +15,12 @@ import numpy as np
 import pandas as pd
 
 from dualstage import gating
+from dualstage.crossfit.collapse import collapse_check
 from dualstage.crossfit.rules import oof_histograms, read_fold_rules, subset
 from dualstage.gates import GATES
 from dualstage.layout import ExperimentDir
 from dualstage.report.compare import Gate, describe_rule, gate_table
+from dualstage.segment.sweep import make_grids
 
 __all__ = ["crossfit_gates", "fold_decisions"]
 
@@ -37,11 +39,12 @@ def fold_decisions(exp: ExperimentDir, k: int, mode: str) -> tuple[pd.DataFrame,
 
 def _gate_counts(
     exp: ExperimentDir, spec, hist, folds, rules
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
-    """(inter (N,), pred_area (N,), decision (N,) or None, text) of one gate over every study."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, str, dict]:
+    """(inter (N,), pred_area (N,), decision (N,) or None, text, params) of one gate over every
+    study; params = {per_fold: {k: rule}, gate_threshold: {k: classifier threshold}}."""
     inter, area = np.zeros(folds.size, np.int64), np.zeros(folds.size, np.int64)
     decision = np.ones(folds.size, np.int64) if spec.classifier else None
-    texts, per_fold = [], {}
+    texts, per_fold, thresholds = [], {}, {}
     for k, op in rules.items():
         rows = folds == k
         if spec.rule not in op.rules:
@@ -54,6 +57,7 @@ def _gate_counts(
             if found is None:
                 raise FileNotFoundError(f"fold {k}: classifier not fitted (classify tune)")
             probs, thr = found
+            thresholds[k] = thr
             p = probs.set_index("image_id")["probability"].reindex(part.image_id)
             if p.isna().any():
                 raise ValueError(f"fold {k}: {int(p.isna().sum())} studies have no classifier probability")
@@ -62,7 +66,8 @@ def _gate_counts(
             i, a = i * keep, a * keep
         inter[rows], area[rows] = i, a
         texts.append(f"fold {k}: {describe_rule(rule)}")
-    return inter, area, decision, "; ".join(texts), per_fold
+    params = {"per_fold": per_fold, **({"gate_threshold": thresholds} if spec.classifier else {})}
+    return inter, area, decision, "; ".join(texts), params
 
 
 def crossfit_gates(exp_dir: str | Path) -> dict:
@@ -78,12 +83,15 @@ def crossfit_gates(exp_dir: str | Path) -> dict:
     gates, skipped = [], {}
     for spec in GATES:
         try:
-            inter, area, decision, text, per_fold = _gate_counts(exp, spec, hist, folds, rules)
+            inter, area, decision, text, params = _gate_counts(exp, spec, hist, folds, rules)
         except (FileNotFoundError, KeyError, ValueError) as exc:
             skipped[spec.label] = f"not run: {exc}"
             continue
-        gates.append(Gate(spec.key, spec.label, text, {"per_fold": per_fold}, inter, area, decision))
+        gates.append(Gate(spec.key, spec.label, text, params, inter, area, decision))
     chosen = "the other folds' out-of-fold maps (cross-fitted)"
+    default = next(iter(rules.values())).rule("default")["threshold"]
+    lowest = min(float(v.min()) for k, v in make_grids().items() if k != "min_areas" and v.size)
+    collapse = collapse_check(hist, folds, default, lowest)
     folds_named = [f"fold_{k}" for k in sorted(rules)]
-    return gate_table(hist.image_id, true_area, n_pix, gates, skipped, chosen, folds_named, fold=folds,
-                      pred_set="oof")  # fmt: skip
+    extra = {"fold": folds, "pred_set": "oof", "collapse": collapse}
+    return gate_table(hist.image_id, true_area, n_pix, gates, skipped, chosen, folds_named, **extra)

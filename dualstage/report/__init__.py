@@ -57,7 +57,11 @@ def _headline(cmp: dict) -> list:
         return [Note("no gate could be scored")]
     md = g[best]["metrics"]["mean_dice"]
     names = ", ".join(f"\u201c{g[k]['name']}\u201d" for k in cmp["tied"])
-    lead = f"the best gates (tied) are {names}" if len(cmp["tied"]) > 1 else f"the best gate is {names}"
+    lead = (
+        f"the best distinct outcomes (tied) are {names}"
+        if len(cmp["tied"]) > 1
+        else f"the best distinct outcome is {names}"
+    )
     where = (
         f"all {cmp['n']} studies ({cmp['n_pos']} positive), each scored by a pipeline that never saw it "
         f"(cross-fitted over {len(cmp['fold_model'])} folds)"
@@ -79,7 +83,28 @@ def _headline(cmp: dict) -> list:
         f" All-empty baseline (share of negative studies): {_ci(base)}; best gate minus baseline "
         f"{_ci(b, True)}, {clear}."
     )
-    return [Paragraph(text, "lead")]
+    return [Paragraph(text, "lead"), *_outcome_notes(cmp)]
+
+
+def same_outcome_lines(cmp: dict) -> list[str]:
+    """Gates with identical masks on every study, and folds where a gate does nothing, in words."""
+    g, lines = cmp["gates"], []
+    for group in cmp.get("outcomes", []):
+        if len(group) > 1:
+            n = cmp["same_masks"][f"{group[0]}|{group[1]}"][1]
+            names = " = ".join(g[k]["name"] for k in group)
+            lines.append(f"{names}: same masks on {n} / {n} studies (one outcome, ranked once)")
+    for v in cmp.get("vacuous", []):
+        where = f"fold {v['fold']}" if v["fold"] is not None else "every study"
+        lines.append(f"{g[v['gate']]['name']} {v['what']} in {where}")
+    return lines
+
+
+def _outcome_notes(cmp: dict) -> list:
+    lines = same_outcome_lines(cmp)
+    if not lines:
+        return []
+    return [Paragraph("Identical and vacuous gates: " + "; ".join(lines) + ".")]
 
 
 def _how(cmp: dict, op: OperatingPoints | None) -> str:
@@ -124,6 +149,7 @@ def _comparison_section(
     if cmp is None:
         sec.blocks.append(Table(key, "Gate comparison", None, error))
         return sec
+    sec.blocks += [Paragraph(w, "warning") for w in cmp.get("warnings", [])]
     sec.blocks += _headline(cmp)
     sec.blocks.append(Paragraph(_how(cmp, op)))
     display = comparison_display(cmp)

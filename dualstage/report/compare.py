@@ -24,6 +24,7 @@ from dualstage import gating
 from dualstage.gates import BASELINE, GATES, REFERENCE, GateSpec
 from dualstage.layout import ExperimentDir
 from dualstage.metrics import dice_from_counts, presence_report, summarize_counts
+from dualstage.report.outcomes import outcomes, vacuous_folds
 from dualstage.segment.operating_points import OperatingPoints, default_rule
 from dualstage.segment.prediction_set import PredictionSet
 from dualstage.tolerance import TOL
@@ -231,8 +232,11 @@ def compare(exp_dir: str | Path, resamples: int = 2000, seed: int = 0) -> dict:
 
     Returns {n, n_pos, n_neg, resamples, seed, confidence, reference, chosen_on, fold_model,
     gates: {key: {name, rule, params, metrics: {m: {value, lo, hi}}, diff_vs_reference}}, order, skipped,
-    best, tied (gates with the best mean Dice), winner (best vs the best gate below it), baseline (best
-    vs all empty), per_image (DataFrame)}. Differences carry ``share_above_zero`` of the resamples.
+    best, tied (distinct outcomes with the best mean Dice), winner (best vs the best distinct outcome
+    below it), baseline (best vs all empty), outcomes (groups of gates with identical masks on every
+    study), same_masks ({"a|b": [n same, n]}), vacuous (folds where a gate does nothing), per_image
+    (DataFrame)}. Differences carry ``share_above_zero`` of the resamples; the ranking is over
+    distinct outcomes (see :mod:`dualstage.report.outcomes`).
     """
     return compare_counts(load_gates(exp_dir), resamples, seed, split="test")
 
@@ -284,9 +288,10 @@ def compare_counts(g: dict, resamples: int = 2000, seed: int = 0, split: str = "
             if ref
             else None
         )
-    real = [k for k in gates if k != BASELINE.key]
-    score = {k: gates[k]["metrics"]["mean_dice"]["value"] for k in real}
-    ranked = sorted(real, key=lambda k: (-score[k], real.index(k)))
+    same = outcomes(g["gates"], g.get("fold"))
+    distinct = [grp[0] for grp in same["groups"] if grp[0] != BASELINE.key]
+    score = {k: gates[k]["metrics"]["mean_dice"]["value"] for k in distinct}
+    ranked = sorted(distinct, key=lambda k: (-score[k], distinct.index(k)))
     tied = [k for k in ranked if ranked and score[k] >= score[ranked[0]] - TOL]
     behind = [k for k in ranked if k not in tied]
 
@@ -310,6 +315,15 @@ def compare_counts(g: dict, resamples: int = 2000, seed: int = 0, split: str = "
         "order": list(gates),
         "skipped": g["skipped"],
         "best": ranked[0] if ranked else None,
+        "outcomes": same["groups"],
+        "same_masks": same["same"],
+        "vacuous": vacuous_folds(g["gates"], g.get("fold")),
+        "collapse": g.get("collapse") or [],
+        "warnings": [
+            f"{c['model']} collapsed on its out-of-fold studies: {c['why']}"
+            for c in g.get("collapse") or []
+            if c["collapsed"]
+        ],
         "tied": tied,
         "winner": vs(ranked[0], behind[0]) if ranked and behind else None,
         "baseline": vs(ranked[0], BASELINE.key) if ranked else None,

@@ -23,7 +23,7 @@ __all__ = [
 
 @dataclass
 class Paragraph:
-    """Plain text; ``kind`` "lead" for the headline finding."""
+    """Plain text; ``kind`` "lead" for the headline finding, "warning" for a banner (a failed model)."""
 
     text: str
     kind: str = "text"
@@ -99,6 +99,8 @@ def markdown_table(frame: pd.DataFrame, digits: int = 4) -> str:
 
 def _block_md(block, root: Path) -> str:
     if isinstance(block, Paragraph):
+        if block.kind == "warning":
+            return f"> **WARNING: {block.text}**"
         return f"**{block.text}**" if block.kind == "lead" else block.text
     if isinstance(block, Note):
         return f"> _{block.text}_"

@@ -17,6 +17,8 @@ body { font: 15px/1.45 -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans
 h1 { font-size: 26px; margin-bottom: 4px; } h2 { font-size: 20px; margin-top: 36px;
      border-bottom: 2px solid #e3e3e8; padding-bottom: 4px; }
 nav { font-size: 13px; color: #555; margin-bottom: 16px; } nav a { margin-right: 14px; color: #0b63c5; }
+p.warning { font-size: 16px; font-weight: bold; color: #8b0000; background: #ffecec;
+  border-left: 6px solid #d00000; padding: 10px 14px; }
 p.lead { font-size: 16px; background: #eef5ff; border-left: 4px solid #0b63c5; padding: 10px 14px; }
 p.note, div.note, td.note { color: #8a5300; background: #fff7e6; border-left: 4px solid #f0a020;
                             padding: 6px 12px; font-size: 13px; margin: 8px 0; }

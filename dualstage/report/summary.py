@@ -6,6 +6,9 @@
      "per_fold": {gate: {"mean": m, "sd": s, "n_folds": k}} (cross-fitting),
      "single_model_thresholds": {"0.1": {"mean_dice": v, "pos_dice": v, "neg_dice": v,
                                          "pos_accuracy": v}, ..., "0.9": {...}},
+     "outcomes": [[gate, ...], ...] (gates with identical masks on every study share a group),
+     "vacuous": [{"gate", "fold", "what"}] (folds where a gate empties or keeps every mask),
+     "warnings": ["fold_1 collapsed on ...", ...] (fold models that failed; empty when none),
      "holdout": {... the same "gates" shape for the papers' holdout view, or null}}
 
 Intervals: 95 % percentile bootstrap over studies, paired between gates.
@@ -53,6 +56,11 @@ def summary_json(primary: dict, protocol: str, thresholds: dict | None, holdout:
             for k, v in (primary.get("per_fold") or {}).items()
         },  # fmt: skip
         "single_model_thresholds": thresholds,
+        "outcomes": [[SUMMARY_NAMES.get(k, k) for k in grp] for grp in primary.get("outcomes", [])],
+        "vacuous": [
+            {**v, "gate": SUMMARY_NAMES.get(v["gate"], v["gate"])} for v in primary.get("vacuous", [])
+        ],
+        "warnings": list(primary.get("warnings", [])),
         "holdout": None,
     }
     if holdout is not None and protocol != "holdout":

@@ -69,10 +69,13 @@ def default_set_name(split: str | None, folds: list[str] | None, name: str | Non
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from dualstage.segment.predict import check_input_set_name
     from dualstage.shards import dispatch, parse_shard, torchrun_shard
 
     if args.shard is not None:
         parse_shard(args.shard)  # a bad --shard fails before anything is loaded
+    if args.input and args.set:
+        check_input_set_name(args.set)
     exp = open_experiment(args.exp)
     p = override(exp, "predict", tta=args.tta or None, checkpoint=args.checkpoint,
                  batch_size=args.batch_size, workers=args.workers,

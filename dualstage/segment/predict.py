@@ -14,6 +14,7 @@ stops at the first such file instead, with a one-line ValueError naming it.
 
 from __future__ import annotations
 
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -46,7 +47,7 @@ from dualstage.segment.precision import inference_dtype, precision_name
 from dualstage.segment.prediction_set import PredictionSet
 from dualstage.shards import Shard, shard_jobs
 
-__all__ = ["predict", "SPLITS"]
+__all__ = ["predict", "SPLITS", "check_input_set_name", "refuse_seen", "seen_studies"]
 
 SPLITS = ("oof", "val", "test", "all")
 Jobs = list[tuple[list[str], list[str]]]  # [(model names, image ids)]
@@ -112,10 +113,49 @@ def split_jobs(split: str, exp: ExperimentDir, models: list[str]) -> tuple[pd.Da
             )
         return table, [(["main"], table.loc[table.split == "val", "image_id"].tolist())]
     if split == "test":
-        return table, [(list(models), table.loc[table.split == "test", "image_id"].tolist())]
+        ids = table.loc[table.split == "test", "image_id"].tolist()
+        refuse_seen(exp, models, ids, "--split test")
+        return table, [(list(models), ids)]
     if split == "all":
         return table, [(list(models), table["image_id"].tolist())]
     raise ValueError(f"--split {split!r}: expected one of {', '.join(SPLITS)}")
+
+
+def check_input_set_name(name: str) -> str:
+    """``name`` for a set of new images; ValueError when the pipeline owns it (a split such as
+    ``oof`` or ``test``, or a name derived from one such as ``oof_fold_0`` / ``test_fold_3``)."""
+    if name in SPLITS or any(name.startswith(f"{s}_") for s in SPLITS):
+        raise ValueError(
+            f"--set {name!r}: the pipeline owns this set name ({', '.join(SPLITS)} and names starting "
+            "with them); give new images their own name, e.g. --set new"
+        )
+    return name
+
+
+def seen_studies(exp: ExperimentDir, model: str, ids: list[str]) -> int:
+    """How many of ``ids`` model ``model`` trained on or chose its epoch on (its ``split.json``)."""
+    path = exp.segmenter / model / "split.json"
+    if not path.is_file():
+        return 0
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: unreadable split record ({exc})") from None
+    seen = set(map(str, record.get("train", []))) | set(map(str, record.get("validation", [])))
+    return len(seen.intersection(ids))
+
+
+def refuse_seen(exp: ExperimentDir, models: list[str], ids: list[str], what: str) -> None:
+    """ValueError naming each model that trained (or chose its epoch) on any of ``ids``: a score of
+    such maps is not a holdout number."""
+    seen = {m: n for m in models if (n := seen_studies(exp, m, ids))}
+    if seen:
+        names = ", ".join(f"{m} saw {n} of the {len(ids)} studies" for m, n in seen.items())
+        raise ValueError(
+            f"{what}: {names} (trained or chose its epoch on them), so its maps would give a leaky "
+            "number; use --split oof (every study by the fold model that never saw it) or --folds with "
+            "models that never saw these studies (e.g. main)"
+        )
 
 
 def input_jobs(

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from dualstage import metrics
 from dualstage.config import Experiment, to_dict
 from dualstage.data.cache import cached_sizes
 from dualstage.data.dataset import load_split_table
@@ -178,8 +179,24 @@ def _train_fold(
     result = trainer.run(stop_after=stop_after)
     result.update(fold=name, seconds=round(time.perf_counter() - t0, 1), world=runtime.world)
     if not result["stopped"] and runtime.is_main:
+        result["collapse"] = collapse_on_validation(out / "log.csv", exp.train.checkpoint)
+        if result["collapse"]["collapsed"]:
+            print(f"[train] WARNING: {name} collapsed: {result['collapse']['why']}", flush=True)
         write_json_atomic(out / "done.json", result)
     return result
+
+
+def collapse_on_validation(log_csv: Path, checkpoint: str) -> dict:
+    """The collapse check of a finished model on its inner validation at the kept epoch (the last,
+    or the best validation Dice's): {epoch, pos_dice, neg_dice, collapsed, why}."""
+    log = pd.read_csv(log_csv)
+    row = log.iloc[-1] if checkpoint == "last" else log.loc[log["val_mean_dice"].idxmax()]
+    pos, neg = float(row["val_pos_dice"]), float(row["val_neg_dice"])
+    bad = metrics.collapsed_on_validation(pos, neg)
+    epoch = int(row["epoch"])
+    why = f"validation positive-case Dice {pos:.3f}, negative-case {neg:.3f} at kept epoch {epoch}"
+    return {"epoch": epoch, "pos_dice": pos, "neg_dice": neg, "collapsed": bad,
+            "why": why if bad else ""}  # fmt: skip
 
 
 def train(
