@@ -110,7 +110,11 @@ def _report(exp: Experiment) -> str:
     r = exp.report
     res = build_report(exp.folder, resamples=r.resamples, seed=r.seed, gallery=r.gallery)
     print(res["summary_markdown"], flush=True)
-    return f"best gate: {res['best']}; report: {res['report_html']}"
+    for line in res["outcomes"]:
+        print(f"[report  ] {line}", flush=True)
+    for line in res["warnings"]:
+        print(f"[report  ] WARNING: {line}", flush=True)
+    return f"best distinct outcome: {res['best']}; report: {res['report_html']}"
 
 
 STEPS: dict[str, Callable[[Experiment], str]] = {

@@ -136,7 +136,8 @@ def test_collapse_on_validation_reads_the_kept_epoch(tmp_path):
 def test_scoring_a_set_with_a_model_that_saw_it_is_refused(tmp_path):
     exp = ExperimentDir(tmp_path)
     (exp.segmenter / "fold_0").mkdir(parents=True)
-    (exp.segmenter / "fold_0" / "split.json").write_text(json.dumps({"train": ["a", "b"], "validation": ["c"]}))
+    record = {"train": ["a", "b"], "validation": ["c"]}
+    (exp.segmenter / "fold_0" / "split.json").write_text(json.dumps(record))
     (exp.segmenter / "main").mkdir()
     (exp.segmenter / "main" / "split.json").write_text(json.dumps({"train": ["x"], "validation": ["y"]}))
     refuse_seen(exp, ["main"], ["a", "b", "c", "d"], "--split test")  # main never saw them

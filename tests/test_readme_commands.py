@@ -59,8 +59,9 @@ def readme_blocks(text: str) -> list[tuple[int, list[str], str | None]]:
 def substitute(cmd: str, ctx: dict) -> list[str]:
     """One README command line -> argv for the tiny experiment."""
     cmd = re.sub(r"\s*\[[^\]]*\]", "", cmd)  # optional groups
-    for pattern, value in ctx["subs"]:
-        cmd = re.sub(pattern, value, cmd)
+    subs = ctx["subs"]
+    one_pass = re.compile("|".join(f"({pattern})" for pattern, _ in subs))  # a value is never re-read
+    cmd = one_pass.sub(lambda m: subs[m.lastindex - 1][1], cmd)
     argv, out = shlex.split(cmd, comments=True), []
     for a in argv:  # one experiment named several times (evaluate over experiments) -> once
         if not (out and a == out[-1] and a == ctx["exp"]):
@@ -75,7 +76,8 @@ def _run(argv: list[str], where: str) -> str:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", nproc, *rest]
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
-        assert proc.returncode == 0, f"{where}: {' '.join(argv)}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+        tail = f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+        assert proc.returncode == 0, f"{where}: {' '.join(argv)}\n{tail}"
         return proc.stdout
     assert argv[0] == "python" and argv[1] == "-m", f"{where}: not a python -m command: {argv}"
     out, err, code = io.StringIO(), io.StringIO(), 0
@@ -88,7 +90,8 @@ def _run(argv: list[str], where: str) -> str:
         code = exc.code or 0
     finally:
         sys.argv = saved
-    assert code == 0, f"{where}: {' '.join(argv)} exited {code}\n{out.getvalue()[-2000:]}\n{err.getvalue()[-2000:]}"
+    tail = f"{out.getvalue()[-2000:]}\n{err.getvalue()[-2000:]}"
+    assert code == 0, f"{where}: {' '.join(argv)} exited {code}\n{tail}"
     return out.getvalue()
 
 

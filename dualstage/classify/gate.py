@@ -50,16 +50,13 @@ from dualstage.metrics import presence_report, roc_auc, summarize_counts
 from dualstage.progress import progress as progress_iter
 from dualstage.segment.operating_points import OperatingPoints
 from dualstage.segment.prediction_set import PredictionSet
-from dualstage.tolerance import plateau_middle
+from dualstage.tolerance import GATE_TIE_RULE, plateau_middle
 
 __all__ = ["GATE_MODES", "CANDIDATES", "gate_sweep", "choose_gate", "fit_gate", "load_gate", "apply_gate"]
 
 GATE_MODES = {k: g.rule for k, g in CLASSIFIER_GATES.items()}  # mode -> operating-point rule
 CANDIDATES = np.linspace(0.0, 1.0, 101)
-TIE_BREAK = (
-    "highest mean Dice on inner out-of-fold data (within dualstage.tolerance.TOL); ties -> the middle "
-    "of the longest run of tied thresholds (the best plateau)"
-)
+TIE_BREAK = GATE_TIE_RULE
 
 
 def gate_sweep(probs, counts: Sequence, candidates=CANDIDATES) -> dict[str, np.ndarray]:

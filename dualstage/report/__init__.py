@@ -41,6 +41,7 @@ from dualstage.report.provenance import provenance
 from dualstage.report.summary import summary_json, threshold_table
 from dualstage.report.tables import comparison_display, comparison_frame, paper_tables
 from dualstage.segment.operating_points import OperatingPoints
+from dualstage.tolerance import GATE_TIE_RULE
 
 __all__ = ["build_report", "compare"]
 
@@ -152,6 +153,7 @@ def _comparison_section(
     sec.blocks += [Paragraph(w, "warning") for w in cmp.get("warnings", [])]
     sec.blocks += _headline(cmp)
     sec.blocks.append(Paragraph(_how(cmp, op)))
+    sec.blocks.append(Paragraph(GATE_TIE_RULE))
     display = comparison_display(cmp)
     order = list(cmp["gates"])
     classes = {order.index(cmp["best"]): "best"} if cmp["best"] else {}
@@ -255,7 +257,8 @@ def build_report(
 
     Returns {out, report_md, report_html, metrics_json, per_image_csv, figures (paths), table (numeric
     DataFrame, one row per gate), markdown (display table), summary_markdown (gate, mean / pos / neg Dice,
-    difference), best (gate name or None), notes (what was not run)}.
+    difference), best (the best distinct outcome's gate name or None), notes (what was not run),
+    warnings (collapsed fold models), outcomes (identical and vacuous gates in words)}.
     """
     exp = Path(exp_dir)
     if not exp.is_dir():
@@ -323,4 +326,6 @@ def build_report(
         "summary_markdown": markdown_table(comparison_display(cmp, short=True)) if cmp else error,
         "best": cmp["gates"][cmp["best"]]["name"] if cmp and cmp["best"] else None,
         "notes": notes,
+        "warnings": list((cmp or {}).get("warnings", [])),
+        "outcomes": same_outcome_lines(cmp) if cmp else [],
     }

@@ -18,7 +18,11 @@ def _report(args: argparse.Namespace) -> int:
     res = build_report(exp.folder, out=args.out, resamples=r.resamples, seed=r.seed, gallery=r.gallery)
     print(res["summary_markdown"])
     if res["best"]:
-        print(f"\nbest gate on test: {res['best']}")
+        print(f"\nbest distinct outcome: {res['best']}")
+    for line in res["outcomes"]:
+        print(line)
+    for line in res["warnings"]:
+        print(f"WARNING: {line}")
     for note in res["notes"]:
         print(f"note: {note}")
     print(f"report: {res['report_html']} ({res['report_md'].name}, {res['metrics_json'].name})")
