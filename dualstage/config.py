@@ -41,7 +41,6 @@ __all__ = [
 ]
 
 
-
 def _encoders() -> tuple[str, ...]:
     from dualstage.segment.models import ENCODERS
 

@@ -16,7 +16,7 @@ import pandas as pd
 
 from dualstage import gating
 from dualstage.crossfit.rules import oof_histograms, read_fold_rules, subset
-from dualstage.gates import GATES
+from dualstage.gates import GATES, gate_name
 from dualstage.layout import ExperimentDir
 from dualstage.report.compare import Gate, describe_rule, gate_table
 
@@ -82,7 +82,8 @@ def crossfit_gates(exp_dir: str | Path) -> dict:
         except (FileNotFoundError, KeyError, ValueError) as exc:
             skipped[spec.label] = f"not run: {exc}"
             continue
-        gates.append(Gate(spec.key, spec.label, text, {"per_fold": per_fold}, inter, area, decision))
+        name = gate_name(spec, next(iter(per_fold.values()), None))  # "no gate": one key, every fold
+        gates.append(Gate(spec.key, name, text, {"per_fold": per_fold}, inter, area, decision))
     chosen = "the other folds' out-of-fold maps (cross-fitted)"
     folds_named = [f"fold_{k}" for k in sorted(rules)]
     return gate_table(hist.image_id, true_area, n_pix, gates, skipped, chosen, folds_named, fold=folds,

@@ -155,7 +155,7 @@ def _provenance_section(prov: dict) -> Section:
     n = prov["numbers"]
     rows = [
         ("split", n["split"]),
-        ("test images", n["n_images"]),
+        ("studies scored", n["n_images"]),
         ("model", n["model"]),
         ("operating points chosen on", n["operating_points_chosen_on"]),
         ("classifier threshold chosen on", ", ".join(n["classifier_threshold_chosen_on"]) or "-"),
@@ -296,5 +296,6 @@ def build_report(
         "markdown": markdown_table(comparison_display(cmp)) if cmp else error,
         "summary_markdown": markdown_table(comparison_display(cmp, short=True)) if cmp else error,
         "best": cmp["gates"][cmp["best"]]["name"] if cmp and cmp["best"] else None,
+        "split": cmp["split"] if cmp else None,
         "notes": notes,
     }
