@@ -41,6 +41,7 @@ __all__ = [
 ]
 
 
+
 def _encoders() -> tuple[str, ...]:
     from dualstage.segment.models import ENCODERS
 
