@@ -159,7 +159,7 @@ def _maps(frame: pd.DataFrame | None, fallback: str) -> str:
     """Which maps a stage-one table scored ("holdout test split" / "cross-fitted out-of-fold maps")."""
     if frame is None or "maps" not in frame or frame.empty:
         return fallback
-    return ", ".join(sorted(frame["maps"].astype(str).unique()))
+    return ", ".join(sorted({str(m) for m in frame["maps"].dropna()})) or fallback
 
 
 def _not_run(missing: list[str], what: str) -> str | None:
