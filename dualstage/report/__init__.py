@@ -172,6 +172,8 @@ def _provenance_section(prov: dict) -> Section:
     ]
     frame = pd.DataFrame(rows, columns=["Item", "Value"]).astype(str)
     sec = Section("Provenance", [Table("provenance", "Where the numbers come from", frame)])
+    if prov.get("normalisation"):
+        sec.blocks.append(Paragraph(prov["normalisation"]))
     if prov["configs_differ_from_first"]:
         sec.blocks.append(
             Note(

@@ -96,6 +96,24 @@ def _gate_chosen_on(exp: Path, split: str) -> list[str]:
     return sorted(found)
 
 
+def normalisation_note(exp: Path) -> str | None:
+    """What ``prepared/stats.json`` spans and why that is acceptable (None when it is not used)."""
+    path = exp / "prepared" / "stats.json"
+    model = ExperimentDir(exp).read_config().get("model") or {}
+    if not path.is_file() or model.get("normalization", "dataset") != "dataset":
+        return None
+    stats = json.loads(path.read_text())
+    return (
+        f"Input normalisation: prepared/stats.json (pixel mean {stats.get('mean', float('nan')):.4f}, std "
+        f"{stats.get('std', float('nan')):.4f}, pixels / 255) is one pair of numbers over all "
+        f"{stats.get('n_images', '?')} train-split studies, every fold's included, so fold model k is "
+        "normalised with statistics that include fold k's images. Acceptable here: the statistic is "
+        "label-free (no mask or presence enters it), one study moves it by about 1/n, and every gate is "
+        "scored on the same maps, so it cannot favour one gate over another. Per-fold statistics would need "
+        "prepare, training and inference to carry each fold's own pair; not done."
+    )
+
+
 def provenance(exp: Path, cmp: dict | None) -> dict:
     """JSON-able provenance of a report on ``exp`` (``cmp``: the comparison, or None when not run)."""
     cfg, differ, versions = _configs(exp)
@@ -120,6 +138,7 @@ def provenance(exp: Path, cmp: dict | None) -> dict:
             f"{cmp['seed']}, 95 % percentile intervals; differences paired (same resamples)",
         },
         "inputs_sha256": {rel: sha256(exp / rel) for rel in read},
+        "normalisation": normalisation_note(exp),
         "segmenter_models": models,
         "configs_differ_from_first": differ,
         "training_versions": versions,
