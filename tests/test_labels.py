@@ -147,3 +147,10 @@ def test_probability_figure_shows_each_folds_threshold(report):
     _, lines = report
     assert sorted(x for x, _ in lines) == sorted(THRESHOLDS.values())
     assert {label.split("fold ")[1] for _, label in lines} == {"0: 0", "1: 0.9", "2: 0.08"}
+
+
+def test_report_method_names_the_one_threshold_grid(report):
+    res, _ = report
+    md = res["report_md"].read_text()
+    assert "Pixel rules chosen on one threshold grid, 0.02 to 0.98 step 0.02 (49 values)" in md
+    assert "exactly the triplet's top == bottom subset" in md

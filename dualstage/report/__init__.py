@@ -39,7 +39,7 @@ from dualstage.report.gallery import gallery as draw_gallery
 from dualstage.report.html import render_html
 from dualstage.report.provenance import provenance
 from dualstage.report.summary import summary_json, threshold_table
-from dualstage.report.tables import comparison_display, comparison_frame, paper_tables
+from dualstage.report.tables import comparison_display, comparison_frame, paper_tables, rules_method
 from dualstage.segment.operating_points import OperatingPoints
 
 __all__ = ["build_report", "compare"]
@@ -126,6 +126,8 @@ def _comparison_section(
         return sec
     sec.blocks += _headline(cmp)
     sec.blocks.append(Paragraph(_how(cmp, op)))
+    if (method := rules_method(exp, cmp["split"])) is not None:
+        sec.blocks.append(Paragraph(method))
     display = comparison_display(cmp)
     order = list(cmp["gates"])
     classes = {order.index(cmp["best"]): "best"} if cmp["best"] else {}

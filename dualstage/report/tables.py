@@ -26,6 +26,7 @@ __all__ = [
     "comparison_display",
     "comparison_frame",
     "paper_tables",
+    "rules_method",
     "stage_one_frames",
 ]
 
@@ -95,6 +96,37 @@ def comparison_display(cmp: dict, short: bool = False) -> pd.DataFrame:
                 for _, r in frame.iterrows()
             ]
     return out
+
+
+def _grid_text(g: dict) -> str:
+    """A recorded grid (``start/stop/step/n`` or ``values``) in words."""
+    if "values" in g:
+        return ", ".join(f"{v:g}" for v in g["values"])
+    return f"{g['start']:g} to {g['stop']:g} step {g['step']:g} ({g['n']} values)"
+
+
+def rules_method(exp: Path, split: str) -> str | None:
+    """The pixel rules' search in words, from the grid recorded beside the chosen operating points
+    (fold 0's when cross-fitted); None when no operating points were written."""
+    d = ExperimentDir(exp)
+    path = d.operating_point
+    if split == "crossfit" and d.crossfit_folds():
+        path = d.crossfit_fold(d.crossfit_folds()[0]) / "operating_point.json"
+    op = OperatingPoints.read_or_none(path)
+    grid = op.grid if op is not None else {}
+    if op is None:
+        return None
+    if "thresholds" not in grid:
+        return (f"Pixel rules: {path} records one grid per rule (an older sweep), so part of a difference "
+                "between rules may be the grid; re-run `segment sweep`.")  # fmt: skip
+    return (
+        f"Pixel rules chosen on one threshold grid, {_grid_text(grid['thresholds'])}, for best threshold, "
+        f"threshold + min area and the triplet's top and bottom (bottom <= top), with minimum areas "
+        f"{_grid_text(grid['min_areas'])} px at 1024 x 1024: threshold + min area is exactly the triplet's "
+        "top == bottom subset and best threshold its min area 0 subset, so on the data they were chosen on "
+        "the three are nested and a difference between them is the rule, not the grid. Ties: "
+        f"{grid.get('tie_break', '?')}."
+    )
 
 
 def _read(path: Path) -> pd.DataFrame | None:
