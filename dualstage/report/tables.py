@@ -296,6 +296,21 @@ def _dual_table2(exp: Path) -> Table:
     return Table("dual_table2", caption, pd.DataFrame(rows), None, footer)
 
 
+def _cv_table(cv: pd.DataFrame | None, rule: str) -> Table:
+    """The progressive paper's k-fold table: inner validation and out-of-fold Dice, named as such."""
+    return Table(
+        "prog_cv",
+        f"Progressive paper, k-fold cross-validation ({rule}): mean and std over fold models",
+        None
+        if cv is None
+        else cv.rename(columns={"set": "Set", "mean": "Mean Dice", "std": "Std", "folds": "Folds"}),
+        "not run: no fold models (segment train --fold all)" if cv is None else None,
+        "inner_val_mean_dice: each fold model on its inner validation (studies carved from its own "
+        "training folds, at the kept epoch), not a held-out fold; oof_mean_dice: each fold model on its "
+        "own held-out fold (its out-of-fold maps; the cross-validation score).",
+    )
+
+
 def paper_tables(exp: Path, out: Path, chosen: OperatingPoints | None) -> tuple[list[Table], list[str]]:
     """The papers' tables (progressive 2, 3, 4, k-fold; dual-stage 1, 2) and evaluate's notes."""
     frames, notes, dirs = stage_one_frames(exp, out)
@@ -343,20 +358,7 @@ def paper_tables(exp: Path, out: Path, chosen: OperatingPoints | None) -> tuple[
             "selection set; scores on test.",
         )
     )
-    cv = frames["cv_summary"]
-    tables.append(
-        Table(
-            "prog_cv",
-            f"Progressive paper, k-fold cross-validation ({rule}): mean and std over fold models",
-            None
-            if cv is None
-            else cv.rename(columns={"set": "Set", "mean": "Mean Dice", "std": "Std", "folds": "Folds"}),
-            "not run: no fold models (segment train --fold all)" if cv is None else None,
-            "inner_val_mean_dice: each fold model on its inner validation (studies carved from its own "
-            "training folds, at the kept epoch), not a held-out fold; oof_mean_dice: each fold model on its "
-            "own held-out fold (its out-of-fold maps; the cross-validation score).",
-        )
-    )
+    tables.append(_cv_table(frames["cv_summary"], rule))
     tables.append(
         _backbone_table(
             frames["dualstage_table1"],

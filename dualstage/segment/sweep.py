@@ -41,24 +41,9 @@ from dualstage.segment.operating_points import OperatingPoints, default_rule
 from dualstage.segment.prediction_set import PredictionSet
 from dualstage.tolerance import TOL, tied_mask
 
-__all__ = [
-    "run_sweep",
-    "find_sets",
-    "selection_set",
-    "lcc_sweep",
-    "truth_from_rle_csv",
-    "sweep_tables",
-    "write_tables",
-    "choose_rules",
-    "score_rules",
-    "best_rule",
-    "make_grids",
-    "grid_record",
-    "COARSE",
-    "GRID",
-    "FINE",
-    "MIN_AREAS",
-]
+__all__ = ["run_sweep", "find_sets", "selection_set", "lcc_sweep", "truth_from_rle_csv", "sweep_tables",
+           "write_tables", "choose_rules", "score_rules", "best_rule", "make_grids", "grid_record", "COARSE",
+           "GRID", "FINE", "MIN_AREAS"]  # fmt: skip
 
 COARSE = np.round(np.arange(1, 10) / 10, 2)  # the paper's Table 3 rows (reported, never chosen on)
 GRID = np.round(np.arange(1, 50) * 0.02, 2)  # THE threshold grid of every tuned pixel rule
