@@ -84,7 +84,14 @@ def trained_phantom(root: Path):
     train(exp, progress=False)
     preds = exp.folder / "predictions"
     predict(exp.folder, preds / "val", split="val", workers=0, device="cpu", progress=False, precision="fp32")
-    run_sweep(preds, exp.folder, select_on="val", report_on=(), progress=False)
+    run_sweep(
+        preds,
+        exp.folder,
+        select_on="val",
+        report_on=(),
+        progress=False,
+        default_threshold=exp.train.val_threshold,
+    )
     rule = OperatingPoints.read(exp.folder / "operating_point.json").rule("best")
     return exp, rule
 

@@ -38,7 +38,7 @@ from dualstage.classify.gate import choose_gate
 from dualstage.classify.halving import halving_like_random
 from dualstage.classify.tune import make_classifier, random_search, search_space
 from dualstage.config import Experiment, TuneConfig
-from dualstage.crossfit.search import tune_fold
+from dualstage.crossfit.search import base_settings, tune_fold
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import record  # noqa: E402
@@ -139,7 +139,7 @@ def _table2(t: TuneConfig, X, y, folds, k: int, res: dict) -> float:
     data = {"X": X, "y": y, "folds": folds, "names": names, "ids": np.arange(y.size).astype(str)}
     t0 = time.perf_counter()
     fold_table2_models(Experiment(name="bench", tune=t), k, data, ("roc_auc", {}, nullcontext(), None),
-                       (res["estimator"], res["inner"]), res["inner_folds"])  # fmt: skip
+                       (res["estimator"], res["inner"]), res["inner_folds"], base_settings(t))  # fmt: skip
     return time.perf_counter() - t0
 
 

@@ -8,6 +8,7 @@ presence classifier says "absent". Classifier gates write ``final/<set>/<key>/``
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "CLASSIFIER_GATES",
     "COLORS",
     "SUMMARY_NAMES",
+    "gate_name",
 ]
 
 
@@ -34,7 +36,7 @@ class GateSpec:
 
 
 GATES: tuple[GateSpec, ...] = (
-    GateSpec("default", "no gate (0.5)", "#e6b800", "default", summary="no_gate"),
+    GateSpec("default", "no gate", "#e6b800", "default", summary="no_gate"),  # + its threshold: gate_name
     GateSpec("threshold", "best threshold", "#1e90ff", "threshold", summary="best_threshold"),
     GateSpec("threshold_area", "threshold + min area", "#ff8c00", "threshold_area", summary="threshold_area"),
     GateSpec("triplet", "triplet", "#a64dff", "triplet", summary="triplet"),
@@ -54,3 +56,10 @@ CLASSIFIER_GATES: dict[str, GateSpec] = {g.key: g for g in GATES if g.classifier
 COLORS: dict[str, str] = {g.key: g.color for g in (*GATES, BASELINE)}
 SUMMARY_NAMES: dict[str, str] = {g.key: g.summary for g in (*GATES, BASELINE)}
 
+
+def gate_name(spec: GateSpec, rule: Mapping | None) -> str:
+    """The gate's display name under its pixel ``rule``: the un-tuned gate names its threshold
+    (``train.val_threshold``, e.g. "no gate (0.4)"), every other gate its label."""
+    if spec.rule == "default" and rule is not None and "threshold" in rule:
+        return f"{spec.label} ({float(rule['threshold']):g})"
+    return spec.label

@@ -252,7 +252,7 @@ def pred_root(tmp_path):
 def test_run_sweep(pred_root, tmp_path):
     root, (maps, truths) = pred_root
     out = tmp_path / "exp"
-    summary = run_sweep(root, out, progress=False)
+    summary = run_sweep(root, out, progress=False, default_threshold=0.5)
     op = json.loads((out / "operating_point.json").read_text())
     assert op["chosen_on"] == summary["chosen_on"] == "oof" and op["n_images"] == len(maps)
     for name in ("oof", "test"):
@@ -261,8 +261,8 @@ def test_run_sweep(pred_root, tmp_path):
     fine = pd.read_csv(out / "sweep" / "oof" / "thresholds_fine.csv")
     table4 = pd.read_csv(out / "sweep" / "oof" / "table4_threshold_area.csv")
     assert (
-        len(fine) == 99
-        and len(table4) == 99 * 52
+        len(fine) == 49  # the one grid of the tuned rules: 0.02 .. 0.98 step 0.02
+        and len(table4) == 49 * 52
         and list(table4.columns[:3]) == ["threshold", "min_area", "n"]
     )
     assert op["threshold"]["metrics"]["mean_dice"] == pytest.approx(fine["mean_dice"].max())
@@ -273,18 +273,25 @@ def test_run_sweep(pred_root, tmp_path):
         brute = _brute(maps, truths, op[key])
         assert op[key]["metrics"]["mean_dice"] == pytest.approx(brute["mean_dice"], abs=1e-9)
     assert set(summary["report"]) == {"oof", "test"} and summary["skipped"] == []
-    assert run_sweep(root, tmp_path / "b", report_on=("test", "nope"), progress=False)["skipped"] == ["nope"]
+    again = run_sweep(root, tmp_path / "b", report_on=("test", "nope"), progress=False, default_threshold=0.5)
+    assert again["skipped"] == ["nope"]
     with pytest.raises(ValueError, match="test"):
-        run_sweep(root, out, select_on="test", progress=False)
+        run_sweep(root, out, select_on="test", progress=False, default_threshold=0.5)
 
 
 def test_run_sweep_lcc(pred_root, tmp_path):
     root, (maps, truths) = pred_root
     out = tmp_path / "exp"
     with pytest.raises(ValueError, match="truth"):
-        run_sweep(root, out, lcc=True, progress=False)
+        run_sweep(root, out, lcc=True, progress=False, default_threshold=0.5)
     run_sweep(
-        root, out, lcc=True, truth=tmp_path / "masks.csv", lcc_thresholds=[0.2, 0.5, 0.8], progress=False
+        root,
+        out,
+        lcc=True,
+        truth=tmp_path / "masks.csv",
+        lcc_thresholds=[0.2, 0.5, 0.8],
+        progress=False,
+        default_threshold=0.5,
     )
     op = json.loads((out / "operating_point.json").read_text())
     lcc = pd.read_csv(out / "sweep" / "oof" / "lcc_thresholds.csv")
@@ -305,4 +312,5 @@ def test_selection_set_rules(pred_root, tmp_path):
     index = root / "other" / "index.csv"
     index.write_text(index.read_text().replace(",train,", ",test,"))
     with pytest.raises(ValueError, match="test-split"):
-        run_sweep(root, tmp_path / "x", select_on="other", report_on=(), progress=False)
+        run_sweep(root, tmp_path / "x", select_on="other", report_on=(), progress=False,
+                  default_threshold=0.5)  # fmt: skip

@@ -184,14 +184,17 @@ def test_choose_rules_takes_each_rules_best_point_with_the_documented_tie_breaks
     assert chosen["default"] == {"rule": "threshold", "threshold": 0.5}
     assert chosen["threshold"] == {"rule": "threshold", "threshold": 0.4}
     assert chosen["threshold_area"] == {"rule": "threshold_area", "threshold": 0.4, "min_area": 100}
-    # triplet ties at 0.9: min_area 100 first; then the smaller gap (0.1: 0.5/0.4, 0.7/0.6), then lower top
-    assert chosen["triplet"] == {"rule": "triplet", "top": 0.5, "min_area": 100, "bottom": 0.4}
+    # triplet ties at 0.9: the smaller gap first (0: 0.4/0.4, a threshold + area rule), then min_area, top
+    assert chosen["triplet"] == {"rule": "triplet", "top": 0.4, "min_area": 200, "bottom": 0.4}
+    no_zero_gap = choose_rules(_tables(fine, area, TRIPLET[:3] + TRIPLET[4:]), default_threshold=0.5)
+    # without it: gap 0.1 (0.5/0.4 and 0.7/0.6, both min_area 100), then the lower top
+    assert no_zero_gap["triplet"] == {"rule": "triplet", "top": 0.5, "min_area": 100, "bottom": 0.4}
 
 
 def test_area_grid_ties_are_within_tol_only() -> None:
     fine = [(0.3, 0.6), (0.4, 0.8)]
     area = [(0.4, 100, 0.85), (0.9, 0, 0.85 - 5e-13), (0.2, 0, 0.85 - 1e-9), (0.1, 0, 0.84)]
-    chosen = choose_rules(_tables(fine, area, TRIPLET))
+    chosen = choose_rules(_tables(fine, area, TRIPLET), default_threshold=0.5)
     # 0.85 - 5e-13 ties 0.85 (TOL 1e-12) and has the smaller min_area; 0.85 - 1e-9 does not tie
     assert chosen["threshold_area"] == {"rule": "threshold_area", "threshold": 0.9, "min_area": 0}
 

@@ -241,7 +241,7 @@ def test_folds_predict_sweep_evaluate(tiny, tmp_path):
     finally:
         replace(points, best_rule=original).write(exp / "operating_point.json")
     cv = pd.read_csv(exp / "evaluation" / "tiny_cv.csv")
-    assert len(cv) == 3 and cv["val_mean_dice"].notna().all() and cv["test_mean_dice"].notna().all()
+    assert len(cv) == 3 and cv["inner_val_mean_dice"].notna().all() and cv["oof_mean_dice"].notna().all()
 
 
 def test_two_process_gloo_training(tiny, tmp_path):

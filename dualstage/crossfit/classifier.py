@@ -19,7 +19,7 @@ from dualstage.classify.gate import GATE_MODES, choose_gate
 from dualstage.classify.tune import _save_search, check_labels, save_model, scorer_for, search_space
 from dualstage.config import Experiment, to_dict
 from dualstage.crossfit.rules import read_fold_rules
-from dualstage.crossfit.search import tune_fold
+from dualstage.crossfit.search import base_settings, tune_fold
 from dualstage.crossfit.table2 import fold_table2_models, write_table2
 from dualstage.data.splits import read_folds
 from dualstage.io import write_csv_atomic, write_json_atomic
@@ -72,7 +72,8 @@ def fit_fold(exp: Experiment, k: int, data: dict, rules, progress: bool = False)
     write_csv_atomic(frame, out / "probabilities.csv")
     table2 = None
     if t.table2:
-        table2 = fold_table2_models(exp, k, data, parts, (res["estimator"], inner), res["inner_folds"])
+        base = base_settings(t)  # the gate classifier's configuration: every Table 2 cell shares it
+        table2 = fold_table2_models(exp, k, data, parts, (res["estimator"], inner), res["inner_folds"], base)
     return {"gate": gate, "probabilities": frame, "cv_score": record["best_cv_score"], "table2": table2}
 
 

@@ -17,7 +17,7 @@ import pandas as pd
 from dualstage import gating
 from dualstage.crossfit.collapse import collapse_check
 from dualstage.crossfit.rules import oof_histograms, read_fold_rules, subset
-from dualstage.gates import GATES
+from dualstage.gates import GATES, gate_name
 from dualstage.layout import ExperimentDir
 from dualstage.report.compare import Gate, describe_rule, gate_table
 from dualstage.segment.sweep import make_grids
@@ -87,10 +87,11 @@ def crossfit_gates(exp_dir: str | Path) -> dict:
         except (FileNotFoundError, KeyError, ValueError) as exc:
             skipped[spec.label] = f"not run: {exc}"
             continue
-        gates.append(Gate(spec.key, spec.label, text, params, inter, area, decision))
+        name = gate_name(spec, next(iter(params["per_fold"].values()), None))  # "no gate": one key
+        gates.append(Gate(spec.key, name, text, params, inter, area, decision))
     chosen = "the other folds' out-of-fold maps (cross-fitted)"
     default = next(iter(rules.values())).rule("default")["threshold"]
-    lowest = min(float(v.min()) for k, v in make_grids().items() if k != "min_areas" and v.size)
+    lowest = float(make_grids()["fine"].min())  # the lowest threshold any tuned rule may choose
     collapse = collapse_check(hist, folds, default, lowest)
     folds_named = [f"fold_{k}" for k in sorted(rules)]
     extra = {"fold": folds, "pred_set": "oof", "collapse": collapse}

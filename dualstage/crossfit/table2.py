@@ -2,8 +2,11 @@
 
 Four presence classifiers per fold, each fitted on the other folds' out-of-fold rows only:
 ``paper`` features (DenseNet of image and mask, the paper's [phi(I); phi(M)]) and ``ours``
-(plus the map statistics), each ``default`` (XGBoost's own defaults, max_bin 256) and ``tuned``
-(the same search as the gate's classifier, ``tune.search``, on the same inner folds). Off with
+(plus the map statistics), each ``default`` (XGBoost's default hyper-parameters) and ``tuned``
+(the same search as the gate's classifier, ``tune.search``, on the same inner folds). Like with
+like: all four share one XGBoost configuration, the gate classifier's (``base_settings``: tree
+method hist, ``tune.max_bin``, logloss, ``tune.seed``, device, threads), so a column varies only the
+feature set and a row only the hyper-parameters; ``ours, tuned`` is the gate's classifier itself. Off with
 ``tune.table2: false`` (at full size its 4 models per fold cost more than the gate's classifier).
 Each one's decision threshold is the one maximising presence F1 on its inner out-of-fold
 probabilities (not 0.5). Table 2 then pools fold k's decisions on its own studies: precision /
@@ -18,12 +21,13 @@ from sklearn.metrics import f1_score
 from sklearn.model_selection import PredefinedSplit, cross_val_predict
 from xgboost import XGBClassifier
 
+from dualstage.classify.tune import make_classifier
 from dualstage.config import Experiment
 from dualstage.crossfit.search import base_settings, search_rows
 from dualstage.io import write_csv_atomic, write_json_atomic
 from dualstage.metrics import presence_report, roc_auc
 
-__all__ = ["fold_table2_models", "table2_rows", "MODELS"]
+__all__ = ["fold_table2_models", "shared_settings", "table2_rows", "MODELS"]
 
 MODELS = ("paper_default", "paper_tuned", "ours_default", "ours_tuned")
 
@@ -35,14 +39,21 @@ def _f1_threshold(probs: np.ndarray, y: np.ndarray) -> float:
     return float(grid[int(np.argmax(scores))])
 
 
+def shared_settings(base: dict) -> dict:
+    """The XGBoost configuration every Table 2 cell shares (``base``: :func:`base_settings`)."""
+    return {"tree_method": "hist", "max_bin": base["max_bin"], "eval_metric": "logloss",
+            "device": base["device"], "seed": base["seed"], "threads": base["threads"]}  # fmt: skip
+
+
 def fold_table2_models(
-    exp: Experiment, k: int, data: dict, parts, ours_tuned: tuple, inner: np.ndarray
+    exp: Experiment, k: int, data: dict, parts, ours_tuned: tuple, inner: np.ndarray, base: dict
 ) -> pd.DataFrame:
     """Probabilities of fold k's studies (M models) and each model's inner-OOF threshold.
 
     ``ours_tuned``: (estimator, inner OOF probabilities) of the gate's classifier, reused;
-    ``inner`` (rows of folds != k,): their inner folds (the gate classifier's). Returns image_id,
-    fold, has_pneumothorax, ``<model>`` probability and ``<model>_threshold``.
+    ``inner`` (rows of folds != k,): their inner folds (the gate classifier's); ``base``: the gate
+    classifier's :func:`base_settings`, shared by every model. Returns image_id, fold,
+    has_pneumothorax, ``<model>`` probability and ``<model>_threshold``.
     """
     t = exp.tune
     X, y, folds, names = data["X"], data["y"], data["folds"], data["names"]
@@ -50,16 +61,16 @@ def fold_table2_models(
     cv = PredefinedSplit(inner)
     frame = pd.DataFrame({"image_id": data["ids"][~rows], "fold": k, "has_pneumothorax": y[~rows]})
 
-    def default() -> XGBClassifier:
-        return XGBClassifier(random_state=t.seed, n_jobs=t.threads)  # XGBoost's defaults (max_bin 256)
+    def default() -> XGBClassifier:  # XGBoost's default hyper-parameters, the shared configuration
+        return make_classifier(base["seed"], base["max_bin"], base["device"], n_jobs=base["threads"])
 
     for model in MODELS:
         cols = paper if model.startswith("paper") else np.ones(names.size, bool)
         Xr = X[rows][:, cols]
         if model == "ours_tuned":
             est, probs = ours_tuned
-        elif model.endswith("tuned"):  # the gate classifier's search on XGBoost's default max_bin
-            res = search_rows(t, Xr, y[rows], inner, base_settings(t, max_bin=256, device="cpu"), parts)
+        elif model.endswith("tuned"):  # the gate classifier's search, with its configuration
+            res = search_rows(t, Xr, y[rows], inner, base, parts)
             est, probs = res["estimator"], res["inner"]
         else:
             est = default().fit(Xr, y[rows])
@@ -87,10 +98,13 @@ def table2_rows(frame: pd.DataFrame, resamples: int = 2000, seed: int = 0) -> pd
 
 
 def write_table2(exp: Experiment, frames: list[pd.DataFrame]) -> pd.DataFrame:
-    """``crossfit/table2_probabilities.csv`` and ``crossfit/table2.csv``."""
+    """``crossfit/table2_probabilities.csv``, ``crossfit/table2.csv`` and ``table2.json`` (models, n and
+    the shared XGBoost configuration, ``xgboost``)."""
     frame = pd.concat(frames, ignore_index=True)
     write_csv_atomic(frame, exp.dir.crossfit / "table2_probabilities.csv")
     table = table2_rows(frame, exp.report.resamples, exp.report.seed)
     write_csv_atomic(table, exp.dir.crossfit / "table2.csv")
-    write_json_atomic(exp.dir.crossfit / "table2.json", {"models": list(MODELS), "n": int(len(frame))})
+    shared = shared_settings(base_settings(exp.tune))
+    write_json_atomic(exp.dir.crossfit / "table2.json", {"models": list(MODELS), "n": int(len(frame)),
+                                                         "xgboost": shared})  # fmt: skip
     return table

@@ -39,7 +39,7 @@ from dualstage.report.gallery import gallery as draw_gallery
 from dualstage.report.html import render_html
 from dualstage.report.provenance import provenance
 from dualstage.report.summary import summary_json, threshold_table
-from dualstage.report.tables import comparison_display, comparison_frame, paper_tables
+from dualstage.report.tables import comparison_display, comparison_frame, paper_tables, rules_method
 from dualstage.segment.operating_points import OperatingPoints
 from dualstage.tolerance import GATE_TIE_RULE
 
@@ -153,6 +153,8 @@ def _comparison_section(
     sec.blocks += [Paragraph(w, "warning") for w in cmp.get("warnings", [])]
     sec.blocks += _headline(cmp)
     sec.blocks.append(Paragraph(_how(cmp, op)))
+    if (method := rules_method(exp, cmp["split"])) is not None:
+        sec.blocks.append(Paragraph(method))
     sec.blocks.append(Paragraph(GATE_TIE_RULE))
     display = comparison_display(cmp)
     order = list(cmp["gates"])
@@ -183,7 +185,7 @@ def _provenance_section(prov: dict) -> Section:
     n = prov["numbers"]
     rows = [
         ("split", n["split"]),
-        ("test images", n["n_images"]),
+        ("studies scored", n["n_images"]),
         ("model", n["model"]),
         ("operating points chosen on", n["operating_points_chosen_on"]),
         ("classifier threshold chosen on", ", ".join(n["classifier_threshold_chosen_on"]) or "-"),
@@ -200,6 +202,8 @@ def _provenance_section(prov: dict) -> Section:
     ]
     frame = pd.DataFrame(rows, columns=["Item", "Value"]).astype(str)
     sec = Section("Provenance", [Table("provenance", "Where the numbers come from", frame)])
+    if prov.get("normalisation"):
+        sec.blocks.append(Paragraph(prov["normalisation"]))
     if prov["configs_differ_from_first"]:
         sec.blocks.append(
             Note(
@@ -325,6 +329,7 @@ def build_report(
         "markdown": markdown_table(comparison_display(cmp)) if cmp else error,
         "summary_markdown": markdown_table(comparison_display(cmp, short=True)) if cmp else error,
         "best": cmp["gates"][cmp["best"]]["name"] if cmp and cmp["best"] else None,
+        "split": cmp["split"] if cmp else None,
         "notes": notes,
         "warnings": list((cmp or {}).get("warnings", [])),
         "outcomes": same_outcome_lines(cmp) if cmp else [],

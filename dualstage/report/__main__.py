@@ -18,7 +18,8 @@ def _report(args: argparse.Namespace) -> int:
     res = build_report(exp.folder, out=args.out, resamples=r.resamples, seed=r.seed, gallery=r.gallery)
     print(res["summary_markdown"])
     if res["best"]:
-        print(f"\nbest distinct outcome: {res['best']}")
+        where = "every study, cross-fitted" if res.get("split") == "crossfit" else "test split"
+        print(f"\nbest distinct outcome ({where}): {res['best']}")
     for line in res["outcomes"]:
         print(line)
     for line in res["warnings"]:
@@ -32,7 +33,8 @@ def _report(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m dualstage.report",
-        description="Compare the gates on the held-out test split (mean Dice with bootstrap intervals), "
+        description="Compare the gates on every study, cross-fitted (else on the held-out test split): "
+        "mean Dice with bootstrap intervals, "
         "the papers' tables, figures and provenance: report.md, report.html, metrics.json, figures/.",
     )
     add_experiment_argument(parser)

@@ -21,11 +21,11 @@ import numpy as np
 import pandas as pd
 
 from dualstage import gating
-from dualstage.gates import BASELINE, GATES, REFERENCE, GateSpec
+from dualstage.gates import BASELINE, GATES, REFERENCE, GateSpec, gate_name
 from dualstage.layout import ExperimentDir
 from dualstage.metrics import dice_from_counts, presence_report, summarize_counts
 from dualstage.report.outcomes import outcomes, vacuous_folds
-from dualstage.segment.operating_points import OperatingPoints, default_rule
+from dualstage.segment.operating_points import OperatingPoints, configured_threshold, default_rule
 from dualstage.segment.prediction_set import PredictionSet
 from dualstage.tolerance import TOL
 
@@ -105,12 +105,14 @@ def _decisions(exp: ExperimentDir, spec: GateSpec, ids: np.ndarray, pixel_rule: 
     return keep, summary.get("threshold"), None
 
 
-def _rule_of(spec: GateSpec, op: OperatingPoints | None) -> tuple[dict | None, str | None]:
-    """(the gate's pixel rule, reason when it cannot be scored)."""
+def _rule_of(
+    spec: GateSpec, op: OperatingPoints | None, exp: ExperimentDir
+) -> tuple[dict | None, str | None]:
+    """(the gate's pixel rule, reason when it cannot be scored); "no gate" is ``train.val_threshold``."""
+    if spec.rule == "default":
+        return default_rule(configured_threshold(exp.root)), None
     if op is None:
-        if spec.rule == "default":
-            return default_rule(), None
-        return None, "not run: operating_point.json missing (segment sweep)"
+        return None, "not run: operating_point.json missing (run `segment sweep`)"
     if spec.rule not in op.rules:
         return None, f"not run: no {spec.rule!r} rule in operating_point.json (segment sweep)"
     return op.rule(spec.rule), None
@@ -130,7 +132,7 @@ def load_gates(exp_dir: str | Path) -> dict:
     gates: list[Gate] = []
     skipped: dict[str, str] = {}
     for spec in GATES:
-        rule, why = _rule_of(spec, op)
+        rule, why = _rule_of(spec, op, exp)
         if rule is None:
             skipped[spec.label] = why
             continue
@@ -143,7 +145,7 @@ def load_gates(exp_dir: str | Path) -> dict:
                 continue
             text += f"; classifier p >= {thr:g}" if thr is not None else "; classifier decision"
             inter, area = inter * decision, area * decision
-        gates.append(Gate(spec.key, spec.label, text, rule, inter, area, decision))
+        gates.append(Gate(spec.key, gate_name(spec, rule), text, rule, inter, area, decision))
     frame = pset.index() if pset.exists() else pd.DataFrame()
     fold_model = sorted(frame["fold_model"].astype(str).unique().tolist()) if "fold_model" in frame else []
     return gate_table(hist.image_id, true_area, n_pix, gates, skipped, op.chosen_on if op else None,

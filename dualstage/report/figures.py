@@ -22,7 +22,7 @@ from dualstage.gates import CLASSIFIER_GATES, COLORS  # noqa: E402
 from dualstage.io import atomic_write  # noqa: E402
 from dualstage.metrics import roc_auc  # noqa: E402
 from dualstage.report.document import Figure  # noqa: E402
-from dualstage.segment.operating_points import OperatingPoints  # noqa: E402
+from dualstage.segment.operating_points import OperatingPoints, configured_threshold  # noqa: E402
 
 __all__ = [
     "classifier_curves",
@@ -131,19 +131,39 @@ def _probability_file(exp: Path) -> Path:
     return cross if not holdout.is_file() and cross.is_file() else holdout
 
 
-def _probabilities(exp: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, dict]:
+def _probabilities(exp: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, dict, np.ndarray | None]:
+    """(y (N,), tuned p (N,), default p (N,) or None, {mode: {fold: threshold}}, fold (N,) or None).
+
+    Holdout: one threshold per mode (fold key "all"); cross-fitted: fold k's own threshold per mode.
+    """
     path = _probability_file(exp)
     t = pd.read_csv(path)
-    if path.parent.name == "crossfit":  # per-fold thresholds: the median is marked
+    if path.parent.name == "crossfit":  # each fold has its own gate threshold
         g = json.loads((exp / "crossfit" / "gate_thresholds.json").read_text())
-        thr = {m: float(np.median(list(g[m].values()))) for m in GATE_MODES if m in g}
+        thr = {m: {str(k): float(v) for k, v in g[m].items()} for m in GATE_MODES if m in g}
+        fold = t["fold"].astype(str).to_numpy() if "fold" in t else None
     else:
         gate = exp / "classifier" / "gate.json"
         g = json.loads(gate.read_text()) if gate.is_file() else {}
-        thr = {m: float(g[m]["threshold"]) for m in GATE_MODES if isinstance(g.get(m), dict)}
+        thr = {m: {"all": float(g[m]["threshold"])} for m in GATE_MODES if isinstance(g.get(m), dict)}
+        fold = None
     col = "tuned" if "tuned" in t else "probability"
     default = t["default"].to_numpy(float) if "default" in t else None
-    return t["has_pneumothorax"].to_numpy(np.int64), t[col].to_numpy(float), default, thr
+    return t["has_pneumothorax"].to_numpy(np.int64), t[col].to_numpy(float), default, thr, fold
+
+
+def _study_thresholds(per_fold: dict[str, float], fold: np.ndarray | None, n: int) -> np.ndarray:
+    """(N,) the gate threshold each study was decided with (its own fold's, cross-fitted)."""
+    if fold is None or "all" in per_fold:
+        return np.full(n, next(iter(per_fold.values())))
+    return np.array([per_fold.get(f, np.nan) for f in fold], dtype=np.float64)
+
+
+def _thresholds_text(per_fold: dict[str, float]) -> str:
+    """``p >= 0.08`` (one threshold) or ``p >= 0 / 0.9 / 0.08 (folds 0 / 1 / 2)``."""
+    if list(per_fold) == ["all"]:
+        return f"p >= {per_fold['all']:g}"
+    return f"p >= {' / '.join(f'{v:g}' for v in per_fold.values())} (folds {' / '.join(per_fold)})"
 
 
 def classifier_curves(exp: Path, out: Path) -> Figure:
@@ -151,7 +171,7 @@ def classifier_curves(exp: Path, out: Path) -> Figure:
     key, caption = "classifier_roc_pr", "Classifier ROC and precision-recall curves"
     if (fig := _missing(key, caption, _probability_file(exp))) is not None:
         return fig
-    y, p, default, thr = _probabilities(exp)
+    y, p, default, thr, fold = _probabilities(exp)
     if np.unique(y).size < 2:
         return Figure(key, caption, None, "not drawn: the test split holds one class only")
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4.4))
@@ -165,13 +185,13 @@ def classifier_curves(exp: Path, out: Path) -> Figure:
         prec, rec, _ = precision_recall_curve(y, probs)
         b.plot(rec, prec, style, lw=2 if label == "tuned" else 1, label=label)
     sizes = (11, 7, 5)  # later markers drawn smaller: the modes' thresholds may coincide
-    for size, (mode, t) in zip(sizes, thr.items(), strict=False):
-        pred = p >= t
+    for size, (mode, per_fold) in zip(sizes, thr.items(), strict=False):
+        pred = p >= _study_thresholds(per_fold, fold, p.size)  # each study at its own fold's threshold
         tpr, fpr = pred[y == 1].mean(), pred[y == 0].mean()
         prec = (pred & (y == 1)).sum() / max(1, pred.sum())
-        color = COLORS[mode]
-        a.plot(fpr, tpr, "o", ms=size, color=color, label=f"{GATE_MODES[mode]}: p >= {t:g}")
-        b.plot(tpr, prec, "o", ms=size, color=color, label=f"{GATE_MODES[mode]}: p >= {t:g}")
+        color, text = COLORS[mode], f"{GATE_MODES[mode]}: {_thresholds_text(per_fold)}"
+        a.plot(fpr, tpr, "o", ms=size, color=color, label=text)
+        b.plot(tpr, prec, "o", ms=size, color=color, label=text)
     a.plot([0, 1], [0, 1], ":", color="gray")
     b.axhline(y.mean(), ls=":", color="gray", label=f"prevalence {y.mean():.2f}")
     a.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC")
@@ -183,18 +203,26 @@ def classifier_curves(exp: Path, out: Path) -> Figure:
 
 
 def probability_by_class(exp: Path, out: Path) -> Figure:
-    """Classifier probability of each test study by its true class (jittered strip), gate thresholds."""
+    """Classifier probability of each study by its true class (jittered strip) and every gate
+    threshold: one per mode (holdout), or each fold's own per mode (cross-fitted)."""
     key, caption = "classifier_probability", "Classifier probability by true class"
     if (fig := _missing(key, caption, _probability_file(exp))) is not None:
         return fig
-    y, p, _, thr = _probabilities(exp)
+    y, p, _, thr, _ = _probabilities(exp)
+    if any(list(v) != ["all"] for v in thr.values()):
+        caption += " (every study, out-of-fold; each fold's own gate threshold)"
     fig, ax = plt.subplots(figsize=(7.5, 3.2))
     jitter = np.random.default_rng(0).uniform(-0.25, 0.25, y.size)
     for cls, color, name in ((0, "#1f77b4", "absent"), (1, "#d62728", "present")):
         m = y == cls
         ax.scatter(p[m], cls + jitter[m], s=12, alpha=0.5, color=color, label=f"{name} ({m.sum()})")
-    for mode, t in thr.items():
-        ax.axvline(t, color=COLORS[mode], ls="--", label=f"{GATE_MODES[mode]} threshold {t:g}")
+    styles = ("--", ":", "-.", (0, (5, 1)), (0, (1, 3)))
+    for mode, per_fold in thr.items():
+        for i, (f, t) in enumerate(per_fold.items()):
+            where = "" if f == "all" else f", fold {f}"
+            ax.axvline(
+                t, color=COLORS[mode], ls=styles[i % len(styles)], label=f"{GATE_MODES[mode]}{where}: {t:g}"
+            )
     ax.set(
         xlabel="classifier probability (tuned)",
         yticks=[0, 1],
@@ -243,7 +271,11 @@ def training_curves(exp: Path, out: Path) -> Figure:
         if "val_mean_dice" in log:
             b.plot(log["epoch"], log["val_mean_dice"], "-o", ms=3, color=c, label=name)
     a.set(xlabel="epoch", ylabel="loss (the phase's own loss)", title="loss")
-    b.set(xlabel="epoch", ylabel="validation mean Dice (threshold 0.5)", title="validation mean Dice")
+    try:
+        rule = f"threshold {configured_threshold(exp):g}"
+    except FileNotFoundError:
+        rule = "train.val_threshold"
+    b.set(xlabel="epoch", ylabel=f"validation mean Dice ({rule})", title="validation mean Dice")
     for ax in (a, b):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)

@@ -1,4 +1,8 @@
-"""Provenance: resolved config, library versions, input hashes, where each number comes from, dates."""
+"""Provenance: resolved config, library versions, input hashes, where each number comes from, dates.
+
+The hashed inputs are the files the comparison read, by protocol: cross-fitted (every study's
+out-of-fold map, each fold's operating points and classifier files) or the holdout test split.
+"""
 
 from __future__ import annotations
 
@@ -10,18 +14,30 @@ from pathlib import Path
 
 from dualstage.gates import CLASSIFIER_GATES
 from dualstage.io import sha256_file
+from dualstage.layout import ExperimentDir
 
-__all__ = ["provenance", "sha256"]
+__all__ = ["provenance", "sha256", "inputs_read"]
 
 LIBRARIES = ("dualstage", "numpy", "pandas", "scikit-learn", "xgboost", "matplotlib", "scipy", "torch")
-DATED = (
-    "prepared/manifest.csv",
+DATA = ("prepared/manifest.csv", "prepared/masks.csv", "prepared/splits.csv")
+HOLDOUT = (
+    "predictions/test/histograms.npz",
     "operating_point.json",
     "classifier/model.ubj",
     "classifier/gate.json",
-    "predictions/test/histograms.npz",
     *(f"final/test/{mode}/decisions.csv" for mode in CLASSIFIER_GATES),
 )
+FOLD_FILES = (
+    "operating_point.json",
+    "classifier/model.ubj",
+    "classifier/gate.json",
+    "classifier/probabilities.csv",
+)
+SPLIT_TEXT = {
+    "crossfit": "none held out: every study scored once, cross-fitted (fold model k's out-of-fold map of "
+    "each study of fold k, with rules and classifier fitted on the other folds only)",
+    "test": "test (held out: never used to choose an operating point)",
+}
 
 
 def sha256(path: Path) -> str | None:
@@ -58,40 +74,75 @@ def _configs(exp: Path) -> tuple[dict | None, list[str], dict | None]:
     return cfg, differ, json.loads(versions.read_text()) if versions.is_file() else None
 
 
+def inputs_read(exp: Path, split: str) -> list[str]:
+    """Paths (relative to ``exp``) of the files a comparison of protocol ``split`` reads: for
+    "crossfit" every fold's operating points and classifier files and the out-of-fold histograms,
+    for "test" the holdout files; the data's manifest, masks and splits for both."""
+    if split != "crossfit":
+        return [*DATA, *HOLDOUT]
+    d = ExperimentDir(exp)
+    folds = [f"crossfit/fold_{k}/{f}" for k in d.crossfit_folds() for f in FOLD_FILES]
+    return [*DATA, "predictions/oof/histograms.npz", "predictions/oof/index.csv", *folds,
+            "crossfit/gate_thresholds.json"]  # fmt: skip
+
+
+def _gate_chosen_on(exp: Path, split: str) -> list[str]:
+    """Where the classifier gate thresholds were chosen (each gate.json's ``chosen_on``)."""
+    paths = [f for f in inputs_read(exp, split) if f.endswith("gate.json")]
+    found = set()
+    for rel in paths:
+        g = json.loads((exp / rel).read_text()) if (exp / rel).is_file() else {}
+        found |= {v.get("chosen_on", "?") for v in g.values() if isinstance(v, dict)}
+    return sorted(found)
+
+
+def normalisation_note(exp: Path) -> str | None:
+    """What ``prepared/stats.json`` spans and why that is acceptable (None when it is not used)."""
+    path = exp / "prepared" / "stats.json"
+    model = ExperimentDir(exp).read_config().get("model") or {}
+    if not path.is_file() or model.get("normalization", "dataset") != "dataset":
+        return None
+    stats = json.loads(path.read_text())
+    return (
+        f"Input normalisation: prepared/stats.json (pixel mean {stats.get('mean', float('nan')):.4f}, std "
+        f"{stats.get('std', float('nan')):.4f}, pixels / 255) is one pair of numbers over all "
+        f"{stats.get('n_images', '?')} train-split studies, every fold's included, so fold model k is "
+        "normalised with statistics that include fold k's images. Acceptable here: the statistic is "
+        "label-free (no mask or presence enters it), one study moves it by about 1/n, and every gate is "
+        "scored on the same maps, so it cannot favour one gate over another. Per-fold statistics would need "
+        "prepare, training and inference to carry each fold's own pair; not done."
+    )
+
+
 def provenance(exp: Path, cmp: dict | None) -> dict:
     """JSON-able provenance of a report on ``exp`` (``cmp``: the comparison, or None when not run)."""
     cfg, differ, versions = _configs(exp)
     models = sorted(p.parent.name for p in (exp / "segmenter").glob("*/config.json"))
-    gate = exp / "classifier" / "gate.json"
-    gate_json = json.loads(gate.read_text()) if gate.is_file() else {}
+    split = "test" if cmp is None else cmp["split"]
+    pred_set = "oof" if split == "crossfit" else "test"
+    read = inputs_read(exp, split)
     return {
         "experiment": exp.name,
         "experiment_dir": str(exp.resolve()),
         "generated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "numbers": {
-            "split": "test (held out: never used to choose an operating point)",
+            "split": SPLIT_TEXT.get(split, split),
             "n_images": None if cmp is None else cmp["n"],
-            "model": "predictions/test, fold_model: "
+            "model": f"predictions/{pred_set}, fold_model: "
             + (", ".join(cmp["fold_model"]) if cmp and cmp["fold_model"] else "?"),
             "operating_points_chosen_on": None if cmp is None else cmp["chosen_on"],
-            "classifier_threshold_chosen_on": sorted(
-                {v.get("chosen_on", "?") for k, v in gate_json.items() if isinstance(v, dict)}
-            ),
+            "classifier_threshold_chosen_on": _gate_chosen_on(exp, split),
             "bootstrap": None
             if cmp is None
-            else f"{cmp['resamples']} resamples of test images with replacement, seed {cmp['seed']}, "
-            "95 % percentile intervals; differences paired (same resamples)",
+            else f"{cmp['resamples']} resamples of the {cmp['n']} scored studies with replacement, seed "
+            f"{cmp['seed']}, 95 % percentile intervals; differences paired (same resamples)",
         },
-        "inputs_sha256": {
-            "prepared/manifest.csv": sha256(exp / "prepared" / "manifest.csv"),
-            "prepared/masks.csv": sha256(exp / "prepared" / "masks.csv"),
-            "predictions/test/histograms.npz": sha256(exp / "predictions" / "test" / "histograms.npz"),
-            "classifier/model.ubj": sha256(exp / "classifier" / "model.ubj"),
-        },
+        "inputs_sha256": {rel: sha256(exp / rel) for rel in read},
+        "normalisation": normalisation_note(exp),
         "segmenter_models": models,
         "configs_differ_from_first": differ,
         "training_versions": versions,
         "report_versions": {"python": platform.python_version(), **{n: _version(n) for n in LIBRARIES}},
-        "dates": {p: _iso((exp / p).stat().st_mtime) for p in DATED if (exp / p).is_file()},
+        "dates": {p: _iso((exp / p).stat().st_mtime) for p in read if (exp / p).is_file()},
         "config": cfg,
     }

@@ -8,6 +8,7 @@ beside this one (any folder whose saved config has ``report.paper_table: progres
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from dualstage.classify.table2 import PAPER_TABLE2
 from dualstage.layout import ExperimentDir, find_experiments
 from dualstage.report.compare import METRICS
 from dualstage.report.document import Table
-from dualstage.segment.operating_points import OperatingPoints
+from dualstage.segment.operating_points import OperatingPoints, configured_threshold
 
 __all__ = [
     "DUALSTAGE_BACKBONES",
@@ -25,6 +26,7 @@ __all__ = [
     "comparison_display",
     "comparison_frame",
     "paper_tables",
+    "rules_method",
     "stage_one_frames",
 ]
 
@@ -96,6 +98,37 @@ def comparison_display(cmp: dict, short: bool = False) -> pd.DataFrame:
     return out
 
 
+def _grid_text(g: dict) -> str:
+    """A recorded grid (``start/stop/step/n`` or ``values``) in words."""
+    if "values" in g:
+        return ", ".join(f"{v:g}" for v in g["values"])
+    return f"{g['start']:g} to {g['stop']:g} step {g['step']:g} ({g['n']} values)"
+
+
+def rules_method(exp: Path, split: str) -> str | None:
+    """The pixel rules' search in words, from the grid recorded beside the chosen operating points
+    (fold 0's when cross-fitted); None when no operating points were written."""
+    d = ExperimentDir(exp)
+    path = d.operating_point
+    if split == "crossfit" and d.crossfit_folds():
+        path = d.crossfit_fold(d.crossfit_folds()[0]) / "operating_point.json"
+    op = OperatingPoints.read_or_none(path)
+    grid = op.grid if op is not None else {}
+    if op is None:
+        return None
+    if "thresholds" not in grid:
+        return (f"Pixel rules: {path} records one grid per rule (an older sweep), so part of a difference "
+                "between rules may be the grid; re-run `segment sweep`.")  # fmt: skip
+    return (
+        f"Pixel rules chosen on one threshold grid, {_grid_text(grid['thresholds'])}, for best threshold, "
+        f"threshold + min area and the triplet's top and bottom (bottom <= top), with minimum areas "
+        f"{_grid_text(grid['min_areas'])} px at 1024 x 1024: threshold + min area is exactly the triplet's "
+        "top == bottom subset and best threshold its min area 0 subset, so on the data they were chosen on "
+        "the three are nested and a difference between them is the rule, not the grid. Ties: "
+        f"{grid.get('tie_break', '?')}."
+    )
+
+
 def _read(path: Path) -> pd.DataFrame | None:
     return pd.read_csv(path) if path.is_file() else None
 
@@ -146,6 +179,21 @@ def _g(values) -> list[str]:
     return [f"{float(v):g}" for v in values]
 
 
+def _untuned(exp: Path) -> str:
+    """The un-tuned rule in words: ``threshold <train.val_threshold>`` of the folder's saved config."""
+    try:
+        return f"threshold {configured_threshold(exp):g}"
+    except FileNotFoundError:
+        return "threshold train.val_threshold (no saved config)"
+
+
+def _maps(frame: pd.DataFrame | None, fallback: str) -> str:
+    """Which maps a stage-one table scored ("holdout test split" / "cross-fitted out-of-fold maps")."""
+    if frame is None or "maps" not in frame or frame.empty:
+        return fallback
+    return ", ".join(sorted({str(m) for m in frame["maps"].dropna()})) or fallback
+
+
 def _not_run(missing: list[str], what: str) -> str | None:
     return f"not run: {', '.join(missing)} ({what})" if missing else None
 
@@ -171,11 +219,27 @@ def _backbone_table(frame, dirs, paper: dict, key: str, caption: str, columns: d
     return Table(key, caption, out, missing, footer)
 
 
+def _xgboost_text(base: dict) -> str:
+    """The XGBoost settings every cell of Table 2 shares, in words."""
+    keys = ("tree_method", "max_bin", "eval_metric", "device", "seed")
+    return ", ".join(f"{k} {base[k]}" for k in keys if base.get(k) is not None) or "?"
+
+
 def _crossfit_table2(path: Path) -> Table:
+    record = path.with_name("table2.json")
+    shared = (json.loads(record.read_text()) if record.is_file() else {}).get("xgboost")
     caption = (
-        "Dual-stage paper, Table 2, cross-fitted over every study: the paper's features (DenseNet of "
-        "image and mask) and ours (plus map statistics), XGBoost defaults and tuned; threshold per "
-        "fold from inner out-of-fold probabilities"
+        "Dual-stage paper, Table 2, cross-fitted over every study (out-of-fold probabilities): the paper's "
+        "features (DenseNet of image and mask) and ours (plus map statistics), XGBoost defaults and tuned; "
+        "threshold per fold from inner out-of-fold probabilities"
+    )
+    footer = (
+        f"Every cell shares one XGBoost configuration ({_xgboost_text(shared)}); a column varies only the "
+        "feature set, and defaults vs tuned only the searched hyper-parameters (the gate classifier's "
+        "search on the same inner folds; 'ours, tuned' is the gate's classifier)."
+        if shared
+        else "not recorded which XGBoost settings the cells share (crossfit/table2.json from an older run: "
+        "re-run `classify tune`)"
     )
     t = pd.read_csv(path)
     names = {"paper_default": "paper features, defaults", "paper_tuned": "paper features, tuned",
@@ -192,11 +256,19 @@ def _crossfit_table2(path: Path) -> Table:
             "Support": int(r["support"]), "ROC AUC [95 % CI]": auc if first else "",
         })  # fmt: skip
         seen.add(model)
-    return Table("dual_table2", caption, pd.DataFrame(rows))
+    return Table("dual_table2", caption, pd.DataFrame(rows), None, footer)
 
 
 def _dual_table2(exp: Path) -> Table:
     caption = "Dual-stage paper, Table 2: classifier before / after tuning (test split, probability 0.5)"
+    params = exp / "classifier" / "params.json"
+    base = (json.loads(params.read_text()) if params.is_file() else {}).get("base")
+    footer = (
+        f"Both rows share one XGBoost configuration ({_xgboost_text(base)}); they differ only in the "
+        "searched hyper-parameters (XGBoost's defaults before tuning)."
+        if base
+        else None
+    )
     path = exp / "classifier" / "table2.csv"
     if not path.is_file() and (exp / "crossfit" / "table2.csv").is_file():
         return _crossfit_table2(exp / "crossfit" / "table2.csv")
@@ -221,7 +293,22 @@ def _dual_table2(exp: Path) -> Table:
             }
         )
         seen.add(model)
-    return Table("dual_table2", caption, pd.DataFrame(rows))
+    return Table("dual_table2", caption, pd.DataFrame(rows), None, footer)
+
+
+def _cv_table(cv: pd.DataFrame | None, rule: str) -> Table:
+    """The progressive paper's k-fold table: inner validation and out-of-fold Dice, named as such."""
+    return Table(
+        "prog_cv",
+        f"Progressive paper, k-fold cross-validation ({rule}): mean and std over fold models",
+        None
+        if cv is None
+        else cv.rename(columns={"set": "Set", "mean": "Mean Dice", "std": "Std", "folds": "Folds"}),
+        "not run: no fold models (segment train --fold all)" if cv is None else None,
+        "inner_val_mean_dice: each fold model on its inner validation (studies carved from its own "
+        "training folds, at the kept epoch), not a held-out fold; oof_mean_dice: each fold model on its "
+        "own held-out fold (its out-of-fold maps; the cross-validation score).",
+    )
 
 
 def paper_tables(exp: Path, out: Path, chosen: OperatingPoints | None) -> tuple[list[Table], list[str]]:
@@ -229,13 +316,15 @@ def paper_tables(exp: Path, out: Path, chosen: OperatingPoints | None) -> tuple[
     frames, notes, dirs = stage_one_frames(exp, out)
     prog = [d for d in dirs if d == exp or d in _paper_siblings(exp, "progressive")]
     dual = [d for d in dirs if d == exp or d in _paper_siblings(exp, "dualstage")]
+    rule = _untuned(exp)
+    t2_maps = _maps(frames["progressive_table2"], "test split")
     tables = [
         _backbone_table(
             frames["progressive_table2"],
             prog,
             PROGRESSIVE_BACKBONES,
             "prog_table2",
-            "Progressive paper, Table 2: backbones (test split, threshold 0.5)",
+            f"Progressive paper, Table 2: backbones ({t2_maps}, {rule})",
             SCORES,
             "Positive accuracy: share of positive studies with a non-empty mask.",
         )
@@ -245,7 +334,7 @@ def paper_tables(exp: Path, out: Path, chosen: OperatingPoints | None) -> tuple[
     tables.append(
         Table(
             "prog_table3",
-            "Progressive paper, Table 3: confidence thresholds (test split)",
+            f"Progressive paper, Table 3: confidence thresholds ({_maps(t3, 'test split')})",
             None
             if t3 is None
             else t3.rename(columns={"threshold": "Confidence threshold", **SCORES})[
@@ -269,28 +358,16 @@ def paper_tables(exp: Path, out: Path, chosen: OperatingPoints | None) -> tuple[
             "selection set; scores on test.",
         )
     )
-    cv = frames["cv_summary"]
-    tables.append(
-        Table(
-            "prog_cv",
-            "Progressive paper, k-fold cross-validation (threshold 0.5): mean and std over fold models",
-            None
-            if cv is None
-            else cv.rename(columns={"set": "Set", "mean": "Mean Dice", "std": "Std", "folds": "Folds"}),
-            "not run: no fold models (segment train --fold all)" if cv is None else None,
-            "val_mean_dice: each fold model on its own validation fold (out-of-fold maps); test_mean_dice: "
-            "each fold model alone on test (- when per-fold test predictions were not made).",
-        )
-    )
+    tables.append(_cv_table(frames["cv_summary"], rule))
     tables.append(
         _backbone_table(
             frames["dualstage_table1"],
             dual,
             DUALSTAGE_BACKBONES,
             "dual_table1",
-            "Dual-stage paper, Table 1: loss, IoU, accuracy per backbone (test split, threshold 0.5)",
+            f"Dual-stage paper, Table 1: loss, IoU, accuracy per backbone ({t2_maps}, {rule})",
             {
-                "val_loss_best_epoch": "Loss",
+                "val_loss_kept_epoch": "Loss",
                 "iou_pooled": "IoU (pixel-pooled)",
                 "iou": "IoU per image (empty = 1)",
                 "iou_pos": "IoU (positives)",

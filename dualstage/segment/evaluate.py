@@ -1,16 +1,19 @@
 """``segment evaluate``: the papers' stage-one tables from finished experiment folders.
 
-Every number is computed on the held-out ``test`` predictions (``predictions/test``); choices
-(thresholds, minimum areas) come from ``operating_point.json`` or the selection set's sweep,
-never from test. A table whose inputs are missing says so instead of disappearing.
+Numbers are computed on the held-out ``test`` predictions (``predictions/test``) when the holdout
+view was run, else on every study's cross-fitted out-of-fold map (``predictions/oof``); each table
+says which. Choices (thresholds, minimum areas) come from ``operating_point.json`` or the selection
+set's sweep, never from test. The un-tuned rule is ``train.val_threshold`` of the folder's saved
+config (:func:`~dualstage.segment.operating_points.configured_threshold`). A table whose inputs are
+missing says so, naming the step to run, instead of disappearing.
 
 - progressive paper Table 2: mean / positive / negative Dice, positive accuracy per backbone
-  (default operating point 0.5, and the chosen operating point);
-- Table 3: metrics per confidence threshold 0.1..0.9 (test), chosen threshold marked;
+  (the un-tuned rule, and the chosen operating point);
+- Table 3: metrics per confidence threshold 0.1..0.9, chosen threshold marked;
 - Table 4: per minimum-pixel value, the threshold chosen on validation/OOF, its test metrics;
-- 10-fold CV: mean +- std over fold models of mean Dice on their own held-out fold (each fold
-  a test fold once: its out-of-fold maps), the inner-validation Dice of the kept epoch beside it;
-- dual-stage paper Table 1: validation loss (best epoch), IoU and pixel accuracy per backbone.
+- k-fold CV: mean +- std over fold models of mean Dice on their own held-out fold (its
+  out-of-fold maps), the inner-validation Dice of the kept epoch beside it;
+- dual-stage paper Table 1: validation loss at the kept epoch, IoU and pixel accuracy per backbone.
 """
 
 from __future__ import annotations
@@ -25,12 +28,18 @@ from dualstage import gating
 from dualstage.io import atomic_write_text, write_csv_atomic, write_json_atomic
 from dualstage.layout import ExperimentDir
 from dualstage.metrics import summarize_counts
-from dualstage.segment.operating_points import OperatingPoints, default_rule, read_chosen_table
+from dualstage.segment.operating_points import (
+    OperatingPoints,
+    configured_threshold,
+    default_rule,
+    read_chosen_table,
+)
 
 __all__ = ["evaluate", "TABLE4_AREAS"]
 
 TABLE4_AREAS = (0, 250, 500, 1000, 1500, 2000, 2500, 3000, 4000, 5000)
 KEYS = ["mean_dice", "pos_dice", "neg_dice", "pos_accuracy"]
+HOLDOUT, CROSSFIT = "holdout test split", "cross-fitted out-of-fold maps, every study"
 
 
 def _scores(hist: gating.Histograms, rule: dict) -> dict:
@@ -73,12 +82,25 @@ def _load(set_dir: Path) -> gating.Histograms | None:
     return gating.load_histograms(set_dir) if (set_dir / "histograms.npz").exists() else None
 
 
-def _best_loss(exp: Path) -> float:
-    logs = [pd.read_csv(p) for p in sorted((exp / "segmenter").glob("*/log.csv"))]
-    if not logs:
-        return float("nan")
-    # the epoch each fold keeps ("best": highest val mean Dice); its validation loss
-    return float(np.mean([log.loc[log["val_mean_dice"].idxmax(), "val_loss"] for log in logs]))
+def _checkpoint(exp: Path) -> str:
+    """The epoch the models keep: ``train.checkpoint`` ("last" or "best") of the saved config."""
+    return str((ExperimentDir(exp).read_config().get("train") or {}).get("checkpoint", "last"))
+
+
+def _kept_row(log: pd.DataFrame, checkpoint: str) -> pd.Series | None:
+    """The log row of the kept epoch: the last one, or ("best") the highest val_mean_dice."""
+    if log.empty or "val_mean_dice" not in log or log["val_mean_dice"].isna().all():
+        return None
+    return log.loc[log["val_mean_dice"].idxmax()] if checkpoint == "best" else log.iloc[-1]
+
+
+def _kept_loss(exp: Path) -> float:
+    """Validation loss at each model's kept epoch (:func:`_kept_row`), mean over the models."""
+    rows = [
+        _kept_row(pd.read_csv(p), _checkpoint(exp)) for p in sorted((exp / "segmenter").glob("*/log.csv"))
+    ]
+    losses = [float(r["val_loss"]) for r in rows if r is not None and "val_loss" in r]
+    return float(np.mean(losses)) if losses else float("nan")
 
 
 def _evaluation_set(exp: Path) -> tuple[gating.Histograms | None, str]:
@@ -86,9 +108,9 @@ def _evaluation_set(exp: Path) -> tuple[gating.Histograms | None, str]:
     else every study's cross-fitted out-of-fold map (fold model k on fold k)."""
     test = _load(exp / "predictions" / "test")
     if test is not None:
-        return test, "holdout test split"
+        return test, HOLDOUT
     oof = _load(exp / "predictions" / "oof")
-    return oof, "cross-fitted out-of-fold maps, every study"
+    return oof, CROSSFIT
 
 
 def _backbone_rows(exp: Path, notes: list[str]) -> tuple[dict | None, dict | None]:
@@ -96,12 +118,11 @@ def _backbone_rows(exp: Path, notes: list[str]) -> tuple[dict | None, dict | Non
     if test is None:
         notes.append(f"{exp.name}: no predictions/test or predictions/oof histograms (run segment predict)")
         return None, None
-    op = (
-        OperatingPoints.read_or_none(ExperimentDir(exp).operating_point)
-        if maps.startswith("holdout")
-        else None
-    )
-    default_point = op.rule("default") if op is not None else default_rule()
+    op = OperatingPoints.read_or_none(ExperimentDir(exp).operating_point) if maps == HOLDOUT else None
+    if maps == HOLDOUT and op is None:
+        notes.append(f"{exp.name}: Table 2's chosen operating point not available: "
+                     f"{ExperimentDir(exp).operating_point} missing; run `segment sweep`")  # fmt: skip
+    default_point = default_rule(configured_threshold(exp))
     default = _scores(test, default_point)
     row2 = {
         "experiment": exp.name,
@@ -118,7 +139,7 @@ def _backbone_rows(exp: Path, notes: list[str]) -> tuple[dict | None, dict | Non
     row1 = {
         "experiment": exp.name,
         "backbone": _encoder(exp),
-        "val_loss_best_epoch": _best_loss(exp),
+        "val_loss_kept_epoch": _kept_loss(exp),
         "iou_pooled": _pooled_iou(test, default_point),
         "iou": default["iou"],
         "iou_pos": default["iou_pos"],
@@ -180,41 +201,38 @@ def _table4(exp: Path, notes: list[str]) -> pd.DataFrame | None:
 def _kept_val_dice(fold_dir: Path, checkpoint: str) -> float:
     """Inner-validation mean Dice of the epoch the model keeps (last, or best by that Dice)."""
     path = fold_dir / "log.csv"
-    if not path.is_file():
-        return float("nan")
-    log = pd.read_csv(path)
-    if log.empty or "val_mean_dice" not in log:
-        return float("nan")
-    return float(log["val_mean_dice"].max() if checkpoint == "best" else log["val_mean_dice"].iloc[-1])
+    row = _kept_row(pd.read_csv(path), checkpoint) if path.is_file() else None
+    return float("nan") if row is None else float(row["val_mean_dice"])
 
 
 def _cv_summary(exp: Path, notes: list[str]) -> pd.DataFrame | None:
-    """The progressive paper's k-fold CV: each fold model on its own held-out fold (a test fold:
-    its out-of-fold maps), with the inner-validation Dice of its kept epoch beside it."""
+    """The progressive paper's k-fold CV: each fold model on its own held-out fold (its out-of-fold
+    maps: ``oof_mean_dice``), with the inner-validation Dice of its kept epoch beside it
+    (``inner_val_mean_dice``: studies carved from the model's own training folds)."""
     folds = sorted(p.name for p in (exp / "segmenter").glob("fold_*") if (p / "last.pt").exists())
     if not folds:
         notes.append(f"{exp.name}: no fold models: the k-fold summary needs segment train --fold all")
         return None
-    checkpoint = (ExperimentDir(exp).read_config().get("train") or {}).get("checkpoint", "last")
+    checkpoint, rule = _checkpoint(exp), default_rule(configured_threshold(exp))
     oof_dir = exp / "predictions" / "oof"
     oof = _load(oof_dir)
     index = pd.read_csv(oof_dir / "index.csv", dtype={"image_id": str}) if oof is not None else None
     rows = []
     for fold in folds:
-        row = {"fold": fold, "val_mean_dice": _kept_val_dice(exp / "segmenter" / fold, checkpoint),
-               "test_mean_dice": np.nan, "n_test": 0}  # fmt: skip
+        row = {"fold": fold, "inner_val_mean_dice": _kept_val_dice(exp / "segmenter" / fold, checkpoint),
+               "oof_mean_dice": np.nan, "n_oof": 0}  # fmt: skip
         if oof is not None:
             keep = np.isin(oof.image_id, index.loc[index["fold_model"] == fold, "image_id"].to_numpy())
             if keep.any():
                 part = gating.Histograms(
                     oof.image_id[keep], oof.hist[keep], oof.height[keep], oof.width[keep]
                 )
-                row["test_mean_dice"] = _scores(part, default_rule())["mean_dice"]
-                row["n_test"] = int(keep.sum())
+                row["oof_mean_dice"] = _scores(part, rule)["mean_dice"]
+                row["n_oof"] = int(keep.sum())
         rows.append(row)
     table = pd.DataFrame(rows)
-    if table["test_mean_dice"].isna().all():
-        notes.append(f"{exp.name}: per-fold test Dice not run (segment predict --split oof)")
+    if table["oof_mean_dice"].isna().all():
+        notes.append(f"{exp.name}: per-fold out-of-fold Dice not run (segment predict --split oof)")
     return table
 
 
@@ -255,15 +273,16 @@ def evaluate(exp_dirs: list[str | Path], out: str | Path | None = None) -> dict:
         if cv is not None:
             summary = {
                 c: (float(cv[c].mean()), float(cv[c].std(ddof=1)) if len(cv) > 1 else float("nan"))
-                for c in ("val_mean_dice", "test_mean_dice")
+                for c in ("inner_val_mean_dice", "oof_mean_dice")
             }
             tables[f"{exp.name}_cv_summary"] = pd.DataFrame(
                 [{"set": k, "mean": m, "std": s, "folds": len(cv)} for k, (m, s) in summary.items()]
             )
+    where = ", ".join(sorted({str(m) for m in tables["progressive_table2"]["maps"]})) if table2 else "-"
     titles = {
-        "progressive_table2": "Progressive paper, Table 2: backbones (test split)",
-        "dualstage_table1": "Dual-stage paper, Table 1: loss, IoU, pixel accuracy (test split; loss = "
-        "validation loss of the kept epoch)",
+        "progressive_table2": f"Progressive paper, Table 2: backbones ({where})",
+        "dualstage_table1": f"Dual-stage paper, Table 1: loss, IoU, pixel accuracy ({where}; loss = "
+        "validation loss at the kept epoch)",
     }
     for name, frame in tables.items():
         if frame is not None:

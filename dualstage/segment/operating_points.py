@@ -5,6 +5,9 @@ The file holds one entry per rule name (``default``, ``threshold``, ``threshold_
 ``metrics`` on the selection set, and ``chosen_on``, ``n_images``, ``best_rule``, ``grid``.
 Readers get rules without their metrics through :class:`OperatingPoints`; nothing else parses
 the file.
+
+The un-tuned rule ("no gate") is ``train.val_threshold``, one key: :func:`configured_threshold` is
+its only reader from an experiment folder, :func:`default_rule` its only rule.
 """
 
 from __future__ import annotations
@@ -16,15 +19,37 @@ from pathlib import Path
 import pandas as pd
 
 from dualstage.io import write_json_atomic
+from dualstage.layout import ExperimentDir
 
-__all__ = ["OperatingPoints", "RULE_KEYS", "default_rule", "read_chosen_table"]
+__all__ = ["OperatingPoints", "RULE_KEYS", "configured_threshold", "default_rule", "read_chosen_table"]
 
 RULE_KEYS = ("default", "threshold", "threshold_area", "triplet", "lcc")
 
 
-def default_rule(threshold: float = 0.5) -> dict:
+def default_rule(threshold: float) -> dict:
     """The un-tuned operating point (``train.val_threshold``): threshold only."""
     return {"rule": "threshold", "threshold": float(threshold)}
+
+
+def configured_threshold(exp_dir: str | Path) -> float:
+    """``train.val_threshold`` of an experiment folder: its saved resolved config (experiment.json),
+    else a segmenter's ``config.json`` (``main`` first); FileNotFoundError when neither was saved."""
+    exp = ExperimentDir(exp_dir)
+    configs = [exp.read_config()]
+    models = sorted(exp.segmenter.glob("*/config.json"), key=lambda p: (p.parent.name != "main", p))
+    for path in models:
+        try:
+            configs.append(json.loads(path.read_text(encoding="utf-8")))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{path}: not a valid config ({exc})") from None
+    for config in configs:
+        value = (config.get("train") or {}).get("val_threshold") if isinstance(config, dict) else None
+        if value is not None:
+            return float(value)
+    raise FileNotFoundError(
+        f"{exp.root}: no saved config with train.val_threshold ({exp.experiment_file.name} or "
+        "segmenter/*/config.json); run the experiment's steps through `python -m dualstage`"
+    )
 
 
 @dataclass(frozen=True)

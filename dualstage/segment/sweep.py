@@ -4,16 +4,23 @@ Reads a predictions folder (``<pred_root>/<set>/maps/*.png``, ``index.csv``, ``h
 sweeps every rule of :mod:`dualstage.gating` from the histograms (exact, no map in RAM) and writes::
 
     <out_dir>/sweep/<set>/table3_thresholds.csv     coarse thresholds (paper Table 3)
-    <out_dir>/sweep/<set>/thresholds_fine.csv       fine thresholds
-    <out_dir>/sweep/<set>/table4_threshold_area.csv threshold x min_area, long format (paper Table 4)
-    <out_dir>/sweep/<set>/triplet.csv               top x min_area x bottom (bottom <= top)
+    <out_dir>/sweep/<set>/thresholds_fine.csv       thresholds on the rules' grid (GRID)
+    <out_dir>/sweep/<set>/table4_threshold_area.csv GRID x min_area, long format (paper Table 4)
+    <out_dir>/sweep/<set>/triplet.csv               top x min_area x bottom on GRID (bottom <= top)
     <out_dir>/sweep/<set>/lcc_thresholds.csv        threshold + largest component (lcc=True only)
     <out_dir>/sweep/<set>/chosen.csv                the chosen operating points scored on this set
     <out_dir>/operating_point.json                  chosen on the selection set only
 
 The selection set is ``oof`` (else ``val``); ``test`` is never chosen on, only reported.
-Ties in mean Dice (within 1e-12) go to the simpler setting: smaller min_area, then smaller
-top - bottom gap, then lower threshold; between rules: threshold < threshold_area < triplet < lcc.
+One threshold grid (GRID, 0.02 .. 0.98 step 0.02) serves every tuned pixel rule: best threshold,
+threshold + min area and the triplet's top and bottom. So threshold + area is exactly the triplet's
+top == bottom subset and best threshold its min_area 0 subset: on the selection set the three are
+nested, and a difference between them is the rule, never the grid. (Step 0.02, not 0.01: the
+triplet's cost grows with the square of the grid, 4x fewer cells than 0.01.)
+Ties in mean Dice (within 1e-12) go to the simpler setting: for the triplet the smaller top - bottom
+gap first (so a triplet that does no better than threshold + area on the selection set *is* that
+rule), then smaller min_area, then lower threshold; between rules: threshold < threshold_area <
+triplet < lcc.
 """
 
 from __future__ import annotations
@@ -34,29 +41,14 @@ from dualstage.segment.operating_points import OperatingPoints, default_rule
 from dualstage.segment.prediction_set import PredictionSet
 from dualstage.tolerance import TOL, tied_mask
 
-__all__ = [
-    "run_sweep",
-    "find_sets",
-    "selection_set",
-    "lcc_sweep",
-    "truth_from_rle_csv",
-    "sweep_tables",
-    "write_tables",
-    "choose_rules",
-    "score_rules",
-    "best_rule",
-    "make_grids",
-    "grid_record",
-    "COARSE",
-    "FINE",
-    "MIN_AREAS",
-]
+__all__ = ["run_sweep", "find_sets", "selection_set", "lcc_sweep", "truth_from_rle_csv", "sweep_tables",
+           "write_tables", "choose_rules", "score_rules", "best_rule", "make_grids", "grid_record", "COARSE",
+           "GRID", "FINE", "MIN_AREAS"]  # fmt: skip
 
-COARSE = np.round(np.arange(1, 10) / 10, 2)
-FINE = np.round(np.arange(1, 100) / 100, 2)
+COARSE = np.round(np.arange(1, 10) / 10, 2)  # the paper's Table 3 rows (reported, never chosen on)
+GRID = np.round(np.arange(1, 50) * 0.02, 2)  # THE threshold grid of every tuned pixel rule
+FINE = TOPS = BOTTOMS = GRID  # best threshold / threshold + area, triplet top, triplet bottom
 MIN_AREAS = np.union1d(np.arange(0, 5001, 100), [250])  # 250: a row of the progressive Table 4
-TOPS = np.round(np.arange(30, 91, 5) / 100, 2)
-BOTTOMS = np.round(np.arange(10, 91, 5) / 100, 2)
 LCC_THRESHOLDS = np.round(np.arange(5, 96, 5) / 100, 2)
 RULE_ORDER = ("threshold", "threshold_area", "triplet", "lcc")
 TruthFn = Callable[[str, int, int], np.ndarray]
@@ -248,8 +240,8 @@ def _sweep_set(
     return hist, tables
 
 
-def choose_rules(tables: dict, default_threshold: float = 0.5) -> dict[str, dict]:
-    """{name: rule}: the default point and the best point of every rule on these tables."""
+def choose_rules(tables: dict, default_threshold: float) -> dict[str, dict]:
+    """{name: rule}: the default point (``train.val_threshold``) and the best point of every rule."""
     return {"default": default_rule(default_threshold), **_choose(tables)}
 
 
@@ -267,15 +259,15 @@ def best_rule(scored: dict[str, dict]) -> str:
 
 def make_grids(
     thresholds_coarse: Sequence[float] = COARSE,
-    thresholds_fine: Sequence[float] = FINE,
+    thresholds: Sequence[float] = GRID,
     min_areas: Sequence[float] = MIN_AREAS,
-    tops: Sequence[float] = TOPS,
-    bottoms: Sequence[float] = BOTTOMS,
     lcc_thresholds: Sequence[float] = LCC_THRESHOLDS,
 ) -> dict[str, np.ndarray]:
-    """The searched grids as float arrays."""
-    values = {"coarse": thresholds_coarse, "fine": thresholds_fine, "min_areas": min_areas, "tops": tops,
-              "bottoms": bottoms, "lcc": lcc_thresholds}  # fmt: skip
+    """The searched grids as float arrays; ``thresholds`` is the one grid of every tuned pixel rule
+    (``fine``, ``tops`` and ``bottoms`` are that same array)."""
+    grid = np.asarray(thresholds, dtype=np.float64)
+    values = {"coarse": thresholds_coarse, "fine": grid, "min_areas": min_areas, "tops": grid,
+              "bottoms": grid, "lcc": lcc_thresholds}  # fmt: skip
     return {k: np.asarray(v, dtype=np.float64) for k, v in values.items()}
 
 
@@ -291,7 +283,7 @@ def _choose(tables: dict) -> dict:
         "min_area": _area(r),
     }
     trip = tables["triplet"].assign(gap=lambda f: (f["top"] - f["bottom"]).round(9))
-    r = _best(trip, ["min_area", "gap", "top"], [True, True, True])
+    r = _best(trip, ["gap", "min_area", "top"], [True, True, True])
     chosen["triplet"] = {
         "rule": "triplet",
         "top": _clean(r["top"]),
@@ -327,7 +319,9 @@ def grid_record(grids: dict, lcc: bool) -> dict:
     """The searched grids and conventions, recorded beside the chosen points."""
     return {
         "thresholds_coarse": _describe(grids["coarse"]),
-        "thresholds_fine": _describe(grids["fine"]),
+        "thresholds": _describe(grids["fine"]),
+        "thresholds_used_by": "best threshold, threshold + min area, triplet top and bottom (one grid: "
+        "threshold + area = the triplet's top == bottom rows, best threshold = their min_area 0 rows)",
         "min_areas": _describe(grids["min_areas"]),
         "triplet": {
             "tops": _describe(grids["tops"]),
@@ -337,8 +331,8 @@ def grid_record(grids: dict, lcc: bool) -> dict:
         **({"lcc_thresholds": _describe(grids["lcc"])} if lcc else {}),
         "pixel_rule": "positive iff q >= floor(t * 255) + 1, q = round(p * 255)",
         "min_area_unit": "pixels at 1024x1024: area * 1024^2 / (H * W)",
-        "tie_break": "smaller min_area, then smaller top - bottom, then lower threshold; rules in order "
-        + " < ".join(RULE_ORDER),
+        "tie_break": "smaller top - bottom (triplet), then smaller min_area, then lower threshold; rules in "
+        "order " + " < ".join(RULE_ORDER),
     }
 
 
@@ -348,18 +342,18 @@ def run_sweep(
     select_on: str = "auto",
     report_on: Sequence[str] = ("test",),
     thresholds_coarse: Sequence[float] = COARSE,
-    thresholds_fine: Sequence[float] = FINE,
+    thresholds: Sequence[float] = GRID,
     min_areas: Sequence[float] = MIN_AREAS,
-    tops: Sequence[float] = TOPS,
-    bottoms: Sequence[float] = BOTTOMS,
     lcc: bool = False,
     lcc_thresholds: Sequence[float] = LCC_THRESHOLDS,
     truth: str | Path | TruthFn | None = None,
     progress: bool = True,
-    default_threshold: float = 0.5,
+    *,
+    default_threshold: float,
 ) -> dict:
     """Sweep the selection set and the report sets, write tables + ``operating_point.json``.
 
+    ``default_threshold``: ``train.val_threshold``, the "no gate" rule (no silent default).
     ``truth`` (needed by ``lcc=True`` only): prepare's ``masks.csv`` (challenge RLE on each image's
     grid) or a callable ``(image_id, height, width) -> mask``. Report sets that are missing or have
     no truth are skipped (listed under ``skipped``). Returns a summary dict.
@@ -373,7 +367,7 @@ def run_sweep(
     if lcc and truth is None:
         raise ValueError("lcc=True needs truth masks: pass truth=<prepared>/masks.csv or a loader function")
     truth_fn = (truth if callable(truth) else truth_from_rle_csv(truth)) if lcc else None
-    grids = make_grids(thresholds_coarse, thresholds_fine, min_areas, tops, bottoms, lcc_thresholds)
+    grids = make_grids(thresholds_coarse, thresholds, min_areas, lcc_thresholds)
     summary = {"chosen_on": chosen_set, "report": {}, "skipped": skipped}
     rules: dict = {}
     op = None
