@@ -10,7 +10,8 @@
                      training curves, gallery of disagreements
     evaluation/      the papers' stage-one tables, only when <exp>/evaluation/ lacks them
 
-All numbers are on the held-out ``test`` split; the operating points are those chosen on oof / val.
+The primary comparison is cross-fitted over every study (each scored by a pipeline that never saw it);
+with a main model, the papers' holdout view on the ``test`` split follows as a second, labelled view.
 """
 
 from __future__ import annotations
