@@ -17,6 +17,8 @@ module joins folder names of an experiment or guesses an experiment from a folde
       final/<set>/<gate mode>/            masks/, submission.csv, decisions.csv, summary.json, seg/
       crossfit/fold_<k>/                  cross-fitted rules and classifier for the studies of fold k,
                                           chosen on the other folds' out-of-fold maps and features only
+      training_profile.json               what the models were trained on, for the "unlike the
+                                          training data" warning on new images (classify.ood)
       report/                             report.md, report.html, metrics.json, summary.json, figures/
 """
 
@@ -147,6 +149,11 @@ class ExperimentDir:
         if not self.crossfit.is_dir():
             return []
         return sorted(int(p.name[5:]) for p in self.crossfit.glob("fold_*") if p.name[5:].isdigit())
+
+    @property
+    def training_profile(self) -> Path:
+        """``training_profile.json``: the training studies' image description and warning threshold."""
+        return self.root / "training_profile.json"
 
     @property
     def report(self) -> Path:

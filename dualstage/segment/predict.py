@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from dualstage import rle
 from dualstage.data.annotations import read_rle_csv
 from dualstage.data.dataset import load_split_table
 from dualstage.data.ids import check_image_id
-from dualstage.data.images import image_shape, read_image_file
+from dualstage.data.images import image_shape, is_dicom_file, read_image_file
 from dualstage.data.layouts import IMAGE_EXTS
 from dualstage.data.prepare import load_cached_image
 from dualstage.layout import ExperimentDir
@@ -47,7 +48,16 @@ from dualstage.segment.precision import inference_dtype, precision_name
 from dualstage.segment.prediction_set import PredictionSet
 from dualstage.shards import Shard, shard_jobs
 
-__all__ = ["predict", "SPLITS", "check_input_set_name", "refuse_seen", "seen_studies"]
+__all__ = [
+    "predict",
+    "SPLITS",
+    "check_input_set_name",
+    "refuse_seen",
+    "seen_studies",
+    "maps_on_grids",
+    "find_images",
+    "image_id_of",
+]
 
 SPLITS = ("oof", "val", "test", "all")
 Jobs = list[tuple[list[str], list[str]]]  # [(model names, image ids)]
@@ -158,29 +168,62 @@ def refuse_seen(exp: ExperimentDir, models: list[str], ids: list[str], what: str
         )
 
 
-def input_jobs(
-    input_dir: str | Path, models: list[str], rejected: list[dict]
-) -> tuple[pd.DataFrame, Jobs, dict[str, Path]]:
-    """(table, jobs, {image id: path}) for a folder of new images; unreadable headers go to ``rejected``."""
-    paths = sorted(p for p in Path(input_dir).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+def _in_folder(folder: Path) -> list[Path]:
+    """Image files under ``folder``: DICOM / PNG / JPEG names, and DICOM files of a study or series
+    folder named without those extensions (the 'DICM' marker; DICOMDIR indexes are left out)."""
+    found = []
+    for p in sorted(folder.rglob("*")):
+        if not p.is_file() or p.name.upper() == "DICOMDIR" or p.name.startswith("."):
+            continue
+        if p.suffix.lower() in IMAGE_EXTS or is_dicom_file(p):
+            found.append(p)
+    return found
+
+
+def find_images(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
+    """The image files of ``inputs``: files as given, folders searched recursively (duplicates once).
+
+    FileNotFoundError naming a path that does not exist, or saying no image was found."""
+    items = [inputs] if isinstance(inputs, str | Path) else list(inputs)
+    paths: dict[Path, None] = {}
+    for item in map(Path, items):
+        if not item.exists():
+            raise FileNotFoundError(f"--input {item}: no such file or folder")
+        for p in [item] if item.is_file() else _in_folder(item):
+            paths.setdefault(p, None)
     if not paths:
-        raise FileNotFoundError(f"--input {input_dir}: no DICOM/PNG/JPEG images found")
+        names = ", ".join(map(str, items))
+        raise FileNotFoundError(f"--input {names}: no DICOM/PNG/JPEG images found")
+    return list(paths)
+
+
+def image_id_of(path: Path) -> str:
+    """A file's image id: its name without a DICOM / PNG / JPEG extension."""
+    return path.stem if path.suffix.lower() in IMAGE_EXTS else path.name
+
+
+def input_jobs(
+    input_dir: str | Path | Sequence[str | Path], models: list[str], rejected: list[dict]
+) -> tuple[pd.DataFrame, Jobs, dict[str, Path]]:
+    """(table, jobs, {image id: path}) for new images (files or folders, see :func:`find_images`);
+    bad ids and unreadable headers go to ``rejected``."""
     path_of: dict[str, Path] = {}
     sizes: dict[str, tuple[int, int]] = {}
-    for p in paths:
+    for p in find_images(input_dir):
+        image_id = image_id_of(p)
         try:
-            check_image_id(p.stem)
+            check_image_id(image_id)
         except ValueError as exc:
             rejected.append({"item": str(p), "stage": "id", "reason": str(exc)})
             continue
-        if p.stem in path_of:
+        if image_id in path_of:
             rejected.append(
-                {"item": str(p), "stage": "id", "reason": f"id {p.stem!r} also used by {path_of[p.stem]}"}
+                {"item": str(p), "stage": "id", "reason": f"id {image_id!r} also used by {path_of[image_id]}"}
             )
             continue
         try:
-            sizes[p.stem] = image_shape(p)  # headers only: pixels are read once, in the loader
-            path_of[p.stem] = p
+            sizes[image_id] = image_shape(p)  # headers only: pixels are read once, in the loader
+            path_of[image_id] = p
         except (ValueError, OSError) as exc:
             rejected.append({"item": str(p), "stage": "header", "reason": str(exc).splitlines()[0]})
     ids = list(path_of)
@@ -210,7 +253,7 @@ def _to_grid(p: torch.Tensor, h: int, w: int) -> np.ndarray:
     return full.clamp_(0, 1).mul_(255).round_().to(torch.uint8).cpu().numpy()
 
 
-def _maps(probs: torch.Tensor, sizes: list[tuple[int, int]]) -> list[np.ndarray]:
+def maps_on_grids(probs: torch.Tensor, sizes: list[tuple[int, int]]) -> list[np.ndarray]:
     """(N, 1, S, S) probabilities and each image's (h, w) -> N uint8 maps; same-size images together."""
     out: list = [None] * len(sizes)
     for size in dict.fromkeys(sizes):
@@ -230,7 +273,7 @@ def _run_group(ctx: dict, group: list[LoadedModel], todo: list[str], desc: str) 
         probs = probabilities(group, images.to(ctx["device"]), ctx["tta"], ctx["amp"])
         ids = [todo[i] for i in idx.tolist()]
         sizes = [(int(info.at[i, "height"]), int(info.at[i, "width"])) for i in ids]
-        for id_, (h, w), q, reason in zip(ids, sizes, _maps(probs, sizes), reasons, strict=True):
+        for id_, (h, w), q, reason in zip(ids, sizes, maps_on_grids(probs, sizes), reasons, strict=True):
             if reason:
                 row = {"item": str(ctx["path_of"][id_]), "stage": "decode", "reason": reason}
                 if ctx["strict"]:
