@@ -1,9 +1,12 @@
-"""``python -m dualstage run experiments/<name>.yaml [--steps ...]``: the whole pipeline."""
+"""``python -m dualstage run experiments/<name>.yaml [--steps ...]``: the whole pipeline;
+``python -m dualstage predict IN... --exp models/<name> --out OUT``: new radiographs
+(:mod:`dualstage.new_images`)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from dualstage.cli import run_cli
 
@@ -12,6 +15,23 @@ def _run(args: argparse.Namespace) -> int:
     from dualstage.pipeline import run_pipeline
 
     run_pipeline(args.experiment, steps=args.steps, data=args.data)
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    import json
+
+    from dualstage.new_images import predict_new
+
+    exp = args.exp
+    if Path(exp).suffix.lower() in (".yaml", ".yml"):
+        from dualstage.config import load_experiment
+
+        exp = load_experiment(exp).folder
+    options = {"mode": args.mode, "device": args.device, "batch_size": args.batch_size}
+    summary = predict_new(args.inputs, exp, args.out, progress=not args.no_progress, **options)
+    print(json.dumps({k: v for k, v in summary.items() if k != "setup"}, indent=2))
+    print(f"open {summary['page']} to review the {summary['studies']} studies", file=sys.stderr)
     return 0
 
 
@@ -29,6 +49,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", nargs="+", default=None, help="only these steps (in pipeline order)")
     p.add_argument("--data", default=None, help="dataset folder (overrides data.source)")
     p.set_defaults(func=_run)
+    p = sub.add_parser(
+        "predict",
+        help="new radiographs in: final masks, decisions with reasons, overlays and a review page",
+        description="New radiographs through an experiment's predictor (every fold pipeline and their vote "
+        "in a cross-fitted experiment): OUT gets masks/, seg/ (DICOM inputs), overlays/, decisions.csv, "
+        "rejected.csv and review.html. Resumable: finished studies are skipped.",
+    )
+    p.add_argument(
+        "inputs", nargs="+", metavar="IN", help="image files, folders, DICOM study / series folders"
+    )
+    p.add_argument("--exp", required=True, help="experiment folder models/<name> (or its YAML)")
+    p.add_argument("--out", required=True, help="output folder (created; not inside an input folder)")
+    p.add_argument("--mode", default=None, help="gate mode (default: the experiment's first gate.modes)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:k]")
+    p.add_argument(
+        "--batch-size", type=int, default=None, help="images per batch (default: predict.batch_size)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar / log lines")
+    p.set_defaults(func=_predict)
     return parser
 
 
