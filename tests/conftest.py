@@ -20,3 +20,11 @@ def siim() -> Path:
     if not (SIIM / "README.md").exists():
         pytest.skip(f"real SIIM-ACR sample files not found at {SIIM} (set DUALSTAGE_SIIM_DIR)")
     return SIIM
+
+
+@pytest.fixture(scope="session")
+def deployable_exp(tmp_path_factory) -> Path:
+    """A tiny deployable cross-fitted experiment (tests/deploy_kit.py), built once per test run."""
+    from deploy_kit import deployable
+
+    return deployable(tmp_path_factory.mktemp("deployable"))
