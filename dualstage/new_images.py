@@ -8,7 +8,7 @@ never inside an input folder, holds::
 
     masks/<id>.png      final mask, uint8 0/255, on the image's own grid
     seg/<id>.dcm        DICOM SEG of each non-empty final mask whose source is a DICOM file
-    overlays/<id>.png   outline | probability heat, the decision, its reason and the warning
+    overlays/<id>.jpg   outline | probability heat, the decision, its reason and the warning
     thumbs/<id>.jpg     the overlay's panels, small, for the page
     decisions.csv       per study: decision, mean classifier probability, mask area, each pipeline's
                         probability / threshold / vote / mask area, distance to the training data,
@@ -120,7 +120,7 @@ def study_row(image_id: str, path: Path, result: Prediction) -> dict:
     row.update(distance=dist, distance_threshold=result.distance_threshold)
     row.update(unlike_training=int(result.unlike_training), warning=result.warning, reason=result.reason())
     row.update(
-        mask=f"masks/{image_id}.png", overlay=f"overlays/{image_id}.png", thumbnail=f"thumbs/{image_id}.jpg"
+        mask=f"masks/{image_id}.png", overlay=f"overlays/{image_id}.jpg", thumbnail=f"thumbs/{image_id}.jpg"
     )
     return {**row, "seg": "", "file": str(path.resolve())}
 
@@ -146,7 +146,7 @@ def _write_study(out: Path, image_id: str, path: Path, image: np.ndarray, result
     title = f"{image_id}: {state}; classifier p {result.probability:.2f} (mean of {len(result.votes)})"
     lines = result.reason().split("; ")
     overlay = render_overlay(image, result.probability_map, result.mask, title, lines, result.warning, PANEL)
-    _save_image(out / row["overlay"], overlay, "PNG", compress_level=1)
+    _save_image(out / row["overlay"], overlay, "JPEG", quality=92, subsampling=0)  # 4:4:4: crisp text
     _save_image(
         out / row["thumbnail"], thumbnail(overlay, panel_rows(image.shape, PANEL)), "JPEG", quality=85
     )

@@ -309,8 +309,11 @@ class Predictor:
         distances = self._distances(at, phi_image)
         results = []
         for i in range(len(images)):
-            stack = np.stack([maps[p.name][i] for p in self.pipelines])
-            mean = ((stack.sum(0, dtype=np.uint16) + len(stack) // 2) // len(stack)).astype(np.uint8)
+            total = np.zeros(sizes[i], np.uint16)
+            for p in self.pipelines:
+                total += maps[p.name][i]
+            k = len(self.pipelines)
+            mean = ((total + k // 2) // k).astype(np.uint8)
             count = np.zeros(sizes[i], np.uint8)
             for own in masks:
                 if own[i] is not None:

@@ -84,3 +84,19 @@ def test_predictor_agrees_with_the_step_commands(predictor, deployable_exp, tmp_
             assert v.probability == pytest.approx(row[f"probability_{v.pipeline}"], abs=1e-6)
         mask = np.asarray(Image.open(final / "masks" / f"{path.stem}.png")) > 0
         assert np.array_equal(mask, r.mask) and r.decision == row["decision"]
+
+
+def test_a_leftover_main_model_without_its_gate_does_not_stop_the_fold_pipelines(
+    deployable_exp, tmp_path
+) -> None:
+    """A main model whose gate was never fitted is left aside: the fold pipelines are deployed."""
+    exp = tmp_path / "exp"
+    (exp / "segmenter").mkdir(parents=True)
+    for item in deployable_exp.iterdir():
+        if item.name != "segmenter":
+            (exp / item.name).symlink_to(item)
+    for model in (deployable_exp / "segmenter").iterdir():
+        (exp / "segmenter" / model.name).symlink_to(model)
+    (exp / "segmenter" / "main").symlink_to(deployable_exp / "segmenter" / "fold_0")
+    described = Predictor.from_experiment(exp, device="cpu", warn=False).describe()
+    assert [p["name"] for p in described["pipelines"]] == [f"fold_{k}" for k in range(K)]

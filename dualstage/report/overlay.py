@@ -23,6 +23,7 @@ OUTLINE = (255, 212, 0)
 WARN_BG, WARN_FG = (176, 0, 32), (255, 255, 255)
 TEXT_BG, TEXT_FG = (24, 24, 28), (235, 235, 240)
 LINE_PX, FONT_PX = 20, 15
+HEAT_FROM = 26  # q of p = 0.1: the heat is transparent below
 
 
 @lru_cache(maxsize=1)
@@ -64,16 +65,19 @@ def _outline(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def _panels(image: np.ndarray, prob_map: np.ndarray, mask: np.ndarray, panel: int) -> np.ndarray:
-    """(h, 2 * panel, 3) uint8: outline panel | heat panel."""
+    """(h, 2 * panel, 3) uint8: outline panel | heat panel (heat blended only where p >= 0.1)."""
     size = _panel_size(image.shape, panel)
-    gray = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR, reducing_gap=2.0), np.float32)
+    gray = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR, reducing_gap=2.0))
     base = np.repeat(gray[..., None], 3, axis=2)
-    left = base.copy()
+    left, right = base.copy(), base.copy()
     left[_outline(mask, size)] = OUTLINE
     q = np.asarray(Image.fromarray(prob_map).resize(size, Image.BILINEAR, reducing_gap=2.0))
-    alpha = (np.clip((q.astype(np.float32) - 25.5) / 102.0, 0, 1) * 0.65)[..., None]
-    right = base * (1 - alpha) + heat_colors()[q] * alpha
-    return np.concatenate([left, right], axis=1).clip(0, 255).astype(np.uint8)
+    hot = q >= HEAT_FROM
+    if hot.any():
+        alpha = (np.clip((q[hot] - 25.5) / 102.0, 0, 1) * 0.65)[:, None]
+        blend = base[hot] * (1 - alpha) + heat_colors()[q[hot]] * alpha
+        right[hot] = blend.round().clip(0, 255).astype(np.uint8)
+    return np.concatenate([left, right], axis=1)
 
 
 def _wrap(lines: list[str], width_px: int) -> list[str]:
