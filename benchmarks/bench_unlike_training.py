@@ -41,7 +41,8 @@ def main() -> None:
     exp = Path(sys.argv[3]) if len(sys.argv) > 3 else ROOT / "models" / "demo"
     siim = Path(sys.argv[4]) if len(sys.argv) > 4 else ROOT.parent / "shared" / "data" / "siim"
     if not (exp / "crossfit").is_dir():
-        sys.exit(f"{exp}: no trained demo experiment; run `make demo` first")
+        print(f"skipped: {exp} holds no trained demo experiment; run `make demo` first")
+        return
     data = ExperimentDir(exp).read_config().get("data", {})
     predictor = Predictor.from_experiment(exp, device="cpu")
     info = {"experiment": exp.name, "threshold": predictor.profile.threshold, **machine()}

@@ -165,13 +165,28 @@ def _read_batch(ids: list[str], path_of: dict[str, Path]) -> tuple[dict[str, np.
     return images, rejected
 
 
+def _decide(
+    predictor: Predictor, state: dict, ids: list[str], images: dict, out: Path, path_of: dict, writer
+):
+    """Finish one batch's predictions and hand each study to the writers; their futures."""
+    results = predictor.finish(state)
+    return [
+        writer.submit(_write_study, out, i, path_of[i], images[i], r)
+        for i, r in zip(ids, results, strict=True)
+    ]
+
+
 def _run(out: Path, predictor: Predictor, todo: list[str], path_of: dict, batch: int, progress: bool) -> list:
-    """Predict ``todo`` in batches: the next batch is read and finished studies are written while
-    the models run; returns the rejected rows."""
+    """Predict ``todo`` in batches, overlapped: while the models run on batch b, batch b + 1 is read,
+    batch b - 1's statistics, classifiers and votes are finished and finished studies written;
+    returns the rejected rows."""
     batches = [todo[k : k + batch] for k in range(0, len(todo), batch)]
     rejected: list[dict] = []
-    with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(2) as writer:
-        pending, ahead = [], reader.submit(_read_batch, batches[0], path_of) if batches else None
+    pools = ThreadPoolExecutor(1), ThreadPoolExecutor(1), ThreadPoolExecutor(2)
+    reader, decider, writer = pools
+    try:
+        pending, deciding = [], None
+        ahead = reader.submit(_read_batch, batches[0], path_of) if batches else None
         for b, ids in enumerate(
             progress_iter(batches, desc="predict new images", unit="batch", enabled=progress)
         ):
@@ -179,14 +194,21 @@ def _run(out: Path, predictor: Predictor, todo: list[str], path_of: dict, batch:
             ahead = reader.submit(_read_batch, batches[b + 1], path_of) if b + 1 < len(batches) else None
             rejected += failed
             ok = [i for i in ids if i in images]
-            for image_id, result in zip(ok, predictor.predict([images[i] for i in ok]), strict=True):
-                pending.append(
-                    writer.submit(_write_study, out, image_id, path_of[image_id], images[image_id], result)
-                )
+            state = predictor.forward([images[i] for i in ok]) if ok else None
+            if deciding is not None:
+                pending += deciding.result()
+            deciding = (
+                decider.submit(_decide, predictor, state, ok, images, out, path_of, writer) if ok else None
+            )
             while len(pending) > 2 * batch:  # bound the studies waiting in memory
                 rejected += pending.pop(0).result()
+        if deciding is not None:
+            pending += deciding.result()
         for job in pending:
             rejected += job.result()
+    finally:
+        for pool in pools:
+            pool.shutdown()
     return rejected
 
 

@@ -283,7 +283,7 @@ class Predictor:
         n = self.settings["batch_size"]
         out: list[Prediction] = []
         for start in range(0, len(images), n):
-            out += self._batch([_check_image(a) for a in images[start : start + n]])
+            out += self.finish(self.forward(images[start : start + n]))
         return out
 
     def _tensor(self, small: list[np.ndarray]) -> torch.Tensor:
@@ -291,7 +291,11 @@ class Predictor:
         return torch.from_numpy(np.stack(small).astype(np.float32) / 255.0)[:, None].to(self.device)
 
     @torch.no_grad()
-    def _batch(self, images: list[np.ndarray]) -> list[Prediction]:
+    def forward(self, images: Sequence[np.ndarray]) -> dict:
+        """The models' share of one batch: every pipeline's map on each image's grid and the DenseNet
+        features; :meth:`finish` turns it into predictions (numpy only: it may run in another thread
+        while the models work on the next batch)."""
+        images = [_check_image(a) for a in images]
         sizes = [a.shape for a in images]
         small: dict[int, list[np.ndarray]] = {}
 
@@ -305,20 +309,28 @@ class Predictor:
             probs = probabilities(p.models, self._tensor(at(p.resolution)), self.settings["tta"], self.amp)
             maps[p.name] = maps_on_grids(probs, sizes)
         phi_image, phi_maps = self._embed(at, maps)
-        votes, masks = self._votes(maps, phi_image, phi_maps)
-        distances = self._distances(at, phi_image)
+        if self.profile is not None:
+            at(self.profile.image_size)
+        return {"sizes": sizes, "small": small, "maps": maps, "phi_image": phi_image, "phi_maps": phi_maps}
+
+    def finish(self, state: dict) -> list[Prediction]:
+        """Predictions of a :meth:`forward` state: map statistics, classifiers, votes, final masks,
+        the mean map and the distance to the training data."""
+        sizes, maps = state["sizes"], state["maps"]
+        votes, masks = self._votes(maps, state["phi_image"], state["phi_maps"])
+        distances = self._distances(state["small"], state["phi_image"])
+        k = len(self.pipelines)
         results = []
-        for i in range(len(images)):
-            total = np.zeros(sizes[i], np.uint16)
+        for i, size in enumerate(sizes):
+            total = np.zeros(size, np.uint16)
             for p in self.pipelines:
                 total += maps[p.name][i]
-            k = len(self.pipelines)
             mean = ((total + k // 2) // k).astype(np.uint8)
-            count = np.zeros(sizes[i], np.uint8)
+            count = np.zeros(size, np.uint8)
             for own in masks:
                 if own[i] is not None:
                     count += own[i]
-            results.append(Prediction(mean, count * 2 > len(masks), [v[i] for v in votes], *distances[i]))
+            results.append(Prediction(mean, count * 2 > k, [v[i] for v in votes], *distances[i]))
         return results
 
     def _embed(self, at, maps: dict) -> tuple[dict, dict]:
@@ -357,12 +369,12 @@ class Predictor:
             )
         return votes, masks
 
-    def _distances(self, at, phi_image: dict) -> list[tuple[float | None, float | None]]:
+    def _distances(self, small: dict, phi_image: dict) -> list[tuple[float | None, float | None]]:
         """(distance, threshold) per image; (None, None) without a training profile."""
         if self.profile is None:
             return [(None, None)] * len(next(iter(phi_image.values())))
         key = (str(self.profile.settings.get("weights")), self.profile.image_size)
-        d = self.profile.distance(phi_image[key], np.stack(at(self.profile.image_size)))
+        d = self.profile.distance(phi_image[key], np.stack(small[self.profile.image_size]))
         return [(float(x), self.profile.threshold) for x in d]
 
 
