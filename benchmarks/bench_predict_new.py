@@ -8,8 +8,8 @@ U-Net, maps back on the 1024 grid, map statistics, the DenseNet trunk on the ima
 fold's map, each fold's XGBoost, the fold vote, the training-profile distance, final masks,
 overlays, thumbnails, decisions.csv, rejected.csv and the review page. Bare: the same loaded
 models (every fold's U-Net, the DenseNet trunk on the image and K maps, every XGBoost, same batch,
-threads and precision) on tensors already in memory at the models' sizes: the models' own work.
-Timed alternately after an untimed warm-up; the fastest round of each is compared.
+threads and precision) on the same images, decoded and resized before the clock starts: the models'
+own work. Timed alternately after an untimed warm-up of each; the fastest round of each is compared.
 Needs the demo's models (``make demo`` first). Run: make bench  (or .venv/bin/python
 benchmarks/bench_predict_new.py [n_images] [size] [experiment folder])
 """
@@ -28,35 +28,41 @@ import torch
 from _results import alternate, machine, ratio, record
 
 from dualstage.classify.densenet import embed
+from dualstage.data.images import read_image_file
 from dualstage.data.phantom import generate
 from dualstage.new_images import predict_new
-from dualstage.predictor import Predictor
+from dualstage.predictor import Predictor, resize
 from dualstage.segment.inference import probabilities
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def bare_loop(predictor: Predictor, n: int) -> Callable[[], None]:
-    """The predictor's models, nothing else, over ``n`` in-memory images in its batches."""
+def bare_loop(predictor: Predictor, images: list[np.ndarray]) -> Callable[[], None]:
+    """The predictor's models, nothing else, over ``images`` already resized and in memory, in its
+    batches: every fold's U-Net, the DenseNet on the images and on each fold's map (quantised to
+    q / 255 as the command's maps are: raw probabilities drive this untrained DenseNet's activations
+    into denormal floats, several times slower), every fold's XGBoost."""
     batch = predictor.settings["batch_size"]
     size = predictor.pipelines[0].resolution
     key = predictor.pipelines[0].feature_key
     net = predictor.nets[key]
-    x = torch.rand(n, 1, size, size, generator=torch.Generator().manual_seed(0))
-    f = torch.nn.functional.interpolate(x, size=(key[1], key[1]), mode="bilinear") if key[1] != size else x
+    x = torch.from_numpy(np.stack([resize(a, size) for a in images]).astype(np.float32) / 255.0)[:, None]
+    f = torch.from_numpy(np.stack([resize(a, key[1]) for a in images]).astype(np.float32) / 255.0)[:, None]
 
     @torch.no_grad()
     def run() -> None:
-        for k in range(0, n, batch):
+        for k in range(0, len(x), batch):
             xb, fb = x[k : k + batch], f[k : k + batch]
             maps = [
                 probabilities(p.models, xb, predictor.settings["tta"], predictor.amp)
                 for p in predictor.pipelines
             ]
             small = [
-                m if m.shape[-1] == key[1] else torch.nn.functional.interpolate(m, size=key[1]) for m in maps
+                torch.nn.functional.interpolate(m, size=key[1]) if m.shape[-1] != key[1] else m for m in maps
             ]
-            phi = embed(net, torch.cat([fb, *small]), predictor.feature_dtype).numpy()
+            phi = embed(
+                net, torch.cat([fb, *[(m * 255).round() / 255 for m in small]]), predictor.feature_dtype
+            )
             rows = np.zeros((len(xb), phi.shape[1] * 2 + 11), np.float32)
             for p in predictor.pipelines:
                 p.classifier.predict_proba(rows)
@@ -95,9 +101,11 @@ def main() -> None:
             predict_new(root / "in", exp, out, predictor=predictor, progress=False)
             shutil.rmtree(out)
 
-        bare = bare_loop(predictor, n)
+        paths = sorted((root / "in").rglob("*.png"))
+        bare = bare_loop(predictor, [read_image_file(p)[0] for p in paths])
         warm = root / "warm"
-        predict_new(sorted((root / "in").rglob("*.png"))[:8], exp, warm, predictor=predictor, progress=False)
+        predict_new(paths[:8], exp, warm, predictor=predictor, progress=False)
+        bare()
         times = alternate({"bare": bare, "command": command}, rounds=3, warmup=False)
     ratios = ratio(times, "bare", "command")
     t_bare, t_cmd = min(times["bare"]), min(times["command"])
