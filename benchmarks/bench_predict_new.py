@@ -10,6 +10,9 @@ overlays, thumbnails, decisions.csv, rejected.csv and the review page. Bare: the
 models (every fold's U-Net, the DenseNet trunk on the image and K maps, every XGBoost, same batch,
 threads and precision) on the same images, decoded and resized before the clock starts: the models'
 own work. Timed alternately after an untimed warm-up of each; the fastest round of each is compared.
+Both run with denormal floats flushed to zero (``torch.set_flush_denormal``): the demo's untrained
+DenseNet produces denormal activations, whose CPU arithmetic made either side 2-10x slower at
+random (the ratio then measured the denormals, not the command).
 Needs the demo's models (``make demo`` first). Run: make bench  (or .venv/bin/python
 benchmarks/bench_predict_new.py [n_images] [size] [experiment folder])
 """
@@ -77,6 +80,9 @@ def main() -> None:
     if not (exp / "crossfit").is_dir():
         print(f"skipped: {exp} holds no trained demo experiment; run `make demo` first")
         return
+    # the demo's untrained DenseNet sends some activations into denormal floats, whose CPU arithmetic
+    # is several times slower and erratic (0.2 to 0.8 s per image here): both sides flush them to zero
+    torch.set_flush_denormal(True)
     t0 = time.perf_counter()
     predictor = Predictor.from_experiment(exp, device="cpu")
     setup_seconds = time.perf_counter() - t0
