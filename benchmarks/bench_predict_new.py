@@ -8,11 +8,11 @@ U-Net, maps back on the 1024 grid, map statistics, the DenseNet trunk on the ima
 fold's map, each fold's XGBoost, the fold vote, the training-profile distance, final masks,
 overlays, thumbnails, decisions.csv, rejected.csv and the review page. Bare: the same loaded
 models (every fold's U-Net, the DenseNet trunk on the image and K maps, every XGBoost, same batch,
-threads and precision) on the same images, decoded and resized before the clock starts: the models'
+threads and precision) on the same images and maps, made before the clock starts: the models'
 own work. Timed alternately after an untimed warm-up of each; the fastest round of each is compared.
-Both run with denormal floats flushed to zero (``torch.set_flush_denormal``): the demo's untrained
-DenseNet produces denormal activations, whose CPU arithmetic made either side 2-10x slower at
-random (the ratio then measured the denormals, not the command).
+The DenseNet's inputs are the command's own maps: fed the U-Net's raw probabilities instead, the
+demo's untrained DenseNet produced denormal activations, several times slower on a CPU, and the
+ratio measured those rather than the command.
 Needs the demo's models (``make demo`` first). Run: make bench  (or .venv/bin/python
 benchmarks/bench_predict_new.py [n_images] [size] [experiment folder])
 """
@@ -41,32 +41,35 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def bare_loop(predictor: Predictor, images: list[np.ndarray]) -> Callable[[], None]:
-    """The predictor's models, nothing else, over ``images`` already resized and in memory, in its
-    batches: every fold's U-Net, the DenseNet on the images and on each fold's map (quantised to
-    q / 255 as the command's maps are: raw probabilities drive this untrained DenseNet's activations
-    into denormal floats, several times slower), every fold's XGBoost."""
+    """The predictor's models, nothing else, over ``images`` in its batches: every fold's U-Net, the
+    DenseNet on the images and on each fold's map, every fold's XGBoost. Inputs are made before the
+    clock: the images resized, and the maps the DenseNet sees exactly as the command makes them
+    (the U-Net's map on the image's grid, back to the feature size), so both run the same
+    arithmetic on the same values (this untrained DenseNet's cost depends on them: denormals)."""
     batch = predictor.settings["batch_size"]
     size = predictor.pipelines[0].resolution
     key = predictor.pipelines[0].feature_key
     net = predictor.nets[key]
-    x = torch.from_numpy(np.stack([resize(a, size) for a in images]).astype(np.float32) / 255.0)[:, None]
-    f = torch.from_numpy(np.stack([resize(a, key[1]) for a in images]).astype(np.float32) / 255.0)[:, None]
+
+    def tensor(arrays: list[np.ndarray], side: int) -> torch.Tensor:
+        return torch.from_numpy(np.stack([resize(a, side) for a in arrays]).astype(np.float32) / 255.0)[
+            :, None
+        ]
+
+    batches = []
+    for k in range(0, len(images), batch):
+        part = images[k : k + batch]
+        maps = predictor.forward(part)["maps"]
+        feats = [tensor(maps[p.name], key[1]) for p in predictor.pipelines]
+        batches.append((tensor(part, size), torch.cat([tensor(part, key[1]), *feats])))
 
     @torch.no_grad()
     def run() -> None:
-        for k in range(0, len(x), batch):
-            xb, fb = x[k : k + batch], f[k : k + batch]
-            maps = [
-                probabilities(p.models, xb, predictor.settings["tta"], predictor.amp)
-                for p in predictor.pipelines
-            ]
-            small = [
-                torch.nn.functional.interpolate(m, size=key[1]) if m.shape[-1] != key[1] else m for m in maps
-            ]
-            phi = embed(
-                net, torch.cat([fb, *[(m * 255).round() / 255 for m in small]]), predictor.feature_dtype
-            )
-            rows = np.zeros((len(xb), phi.shape[1] * 2 + 11), np.float32)
+        for x, f in batches:
+            for p in predictor.pipelines:
+                probabilities(p.models, x, predictor.settings["tta"], predictor.amp)
+            phi = embed(net, f, predictor.feature_dtype)
+            rows = np.zeros((len(x), phi.shape[1] * 2 + 11), np.float32)
             for p in predictor.pipelines:
                 p.classifier.predict_proba(rows)
 
@@ -80,9 +83,6 @@ def main() -> None:
     if not (exp / "crossfit").is_dir():
         print(f"skipped: {exp} holds no trained demo experiment; run `make demo` first")
         return
-    # the demo's untrained DenseNet sends some activations into denormal floats, whose CPU arithmetic
-    # is several times slower and erratic (0.2 to 0.8 s per image here): both sides flush them to zero
-    torch.set_flush_denormal(True)
     t0 = time.perf_counter()
     predictor = Predictor.from_experiment(exp, device="cpu")
     setup_seconds = time.perf_counter() - t0
