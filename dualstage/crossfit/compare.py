@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from dualstage import gating
-from dualstage.crossfit.collapse import collapse_check
+from dualstage.crossfit.collapse import collapse_check, validation_collapse
 from dualstage.crossfit.rules import oof_histograms, read_fold_rules, subset
 from dualstage.gates import GATES, gate_name
 from dualstage.layout import ExperimentDir
@@ -92,7 +92,8 @@ def crossfit_gates(exp_dir: str | Path) -> dict:
     chosen = "the other folds' out-of-fold maps (cross-fitted)"
     default = next(iter(rules.values())).rule("default")["threshold"]
     lowest = float(make_grids()["fine"].min())  # the lowest threshold any tuned rule may choose
-    collapse = collapse_check(hist, folds, default, lowest)
+    models = {f"fold_{k}": exp.model_dir(f"fold_{k}") for k in sorted(rules)}
+    collapse = validation_collapse(models) + collapse_check(hist, folds, default, lowest)
     folds_named = [f"fold_{k}" for k in sorted(rules)]
     extra = {"fold": folds, "pred_set": "oof", "collapse": collapse}
     return gate_table(hist.image_id, true_area, n_pix, gates, skipped, chosen, folds_named, **extra)

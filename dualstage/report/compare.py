@@ -322,7 +322,7 @@ def compare_counts(g: dict, resamples: int = 2000, seed: int = 0, split: str = "
         "vacuous": vacuous_folds(g["gates"], g.get("fold")),
         "collapse": g.get("collapse") or [],
         "warnings": [
-            f"{c['model']} collapsed on its out-of-fold studies: {c['why']}"
+            f"{c['model']} collapsed on its {c.get('on', 'out-of-fold studies')}: {c['why']}"
             for c in g.get("collapse") or []
             if c["collapsed"]
         ],
