@@ -42,8 +42,16 @@ from dualstage.progress import progress as progress_iter
 from dualstage.segment.operating_points import OperatingPoints
 from dualstage.segment.sweep import make_grids
 
-__all__ = ["Pipeline", "SetData", "deployed_pipelines", "frozen_choice", "rechosen_choices", "study_masks",
-           "area_factors", "AREA_MODES"]  # fmt: skip
+__all__ = [
+    "Pipeline",
+    "SetData",
+    "deployed_pipelines",
+    "frozen_choice",
+    "rechosen_choices",
+    "study_masks",
+    "area_factors",
+    "AREA_MODES",
+]
 
 AREA_MODES = ("auto", "grid", "spacing")
 Choice = list[dict]  # per pipeline: {"rules": {gate key: rule}, "thresholds": {mode: threshold}}
@@ -66,8 +74,11 @@ class Pipeline:
 def deployed_pipelines(exp: ExperimentDir, folds_setting: str) -> list[Pipeline]:
     """The pipelines new images go through: main (``train.folds`` main | both), else every fold."""
     if folds_setting in ("main", "both") and exp.operating_point.is_file():
-        return [Pipeline("main", OperatingPoints.read(exp.operating_point), load_gate(exp.gate_file),
-                         exp.classifier)]  # fmt: skip
+        return [
+            Pipeline(
+                "main", OperatingPoints.read(exp.operating_point), load_gate(exp.gate_file), exp.classifier
+            )
+        ]
     folds = exp.crossfit_folds()
     if not folds:
         raise FileNotFoundError(
@@ -109,10 +120,12 @@ def usable_gates(pipes: list[Pipeline], has_probs: bool) -> tuple[list[GateSpec]
 def frozen_choice(pipes: list[Pipeline], gates: list[GateSpec]) -> Choice:
     """Every pipeline's rules and gate thresholds exactly as chosen on the source."""
     return [
-        {"rules": {g.key: p.rules.rule(g.rule) for g in gates},
-         "thresholds": {g.key: float(p.gate[g.key]["threshold"]) for g in gates if g.classifier}}
+        {
+            "rules": {g.key: p.rules.rule(g.rule) for g in gates},
+            "thresholds": {g.key: float(p.gate[g.key]["threshold"]) for g in gates if g.classifier},
+        }
         for p in pipes
-    ]  # fmt: skip
+    ]
 
 
 def rechosen_choices(
@@ -188,11 +201,16 @@ def area_factors(
     if mode == "spacing" and not (src_ok and ext_ok):
         which = "source" if not src_ok else "external"
         raise ValueError(f"--area spacing: some {which} studies have no DICOM PixelSpacing; use --area grid")
-    info = {"mode": mode, "source_mm2_per_grid_px": float(np.nanmedian(source_mm2)) if src_ok else None,
-            "external_mm2_per_grid_px": float(np.median(ext)) if ext_ok else None}  # fmt: skip
+    info = {
+        "mode": mode,
+        "source_mm2_per_grid_px": float(np.nanmedian(source_mm2)) if src_ok else None,
+        "external_mm2_per_grid_px": float(np.median(ext)) if ext_ok else None,
+    }
     if mode == "grid":
-        info["text"] = ("minimum areas count on the common 1024 x 1024 grid (area x 1024^2 / (H x W)): the "
-                        "same share of each image, whatever its size")  # fmt: skip
+        info["text"] = (
+            "minimum areas count on the common 1024 x 1024 grid (area x 1024^2 / (H x W)): the "
+            "same share of each image, whatever its size"
+        )
         return np.ones(ids.size), {**info, "factor": [1.0, 1.0, 1.0]}
     factors = info["source_mm2_per_grid_px"] / ext
     info["text"] = (

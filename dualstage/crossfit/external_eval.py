@@ -66,9 +66,13 @@ def load_set(exp: ExperimentDir, name: str, pipes: list[Pipeline], with_probs: b
     hists = [_reorder(h, ids) for h in hists]
     prepared = exp.external_prepared(name)
     data = SetData(
-        ids, read_folds(prepared / "splits.csv", ids, allow_test=True), hists, probs,
-        lambda p, image_id: psets[p].read_map(image_id), truth_from_rle_csv(prepared / "masks.csv"),
-    )  # fmt: skip
+        ids,
+        read_folds(prepared / "splits.csv", ids, allow_test=True),
+        hists,
+        probs,
+        lambda p, image_id: psets[p].read_map(image_id),
+        truth_from_rle_csv(prepared / "masks.csv"),
+    )
     return data, left_out
 
 
@@ -83,6 +87,17 @@ def _manifest_mm2(prepared: Path) -> pd.Series:
     if not path.is_file():
         return pd.Series(dtype=np.float64)
     return grid_pixel_mm2(pd.read_csv(path, dtype={"image_id": str}, keep_default_na=False))
+
+
+def _overlap(source: Path, external: Path) -> dict:
+    """{studies, patients}: how many external image ids / patient ids the source data also holds."""
+    if not (source / "manifest.csv").is_file():
+        return {}
+    read = [pd.read_csv(p / "manifest.csv", dtype=str, keep_default_na=False) for p in (source, external)]
+    out = {"studies": len(set(read[0]["image_id"]) & set(read[1]["image_id"]))}
+    pats = [set(m["patient_id"]) - {""} for m in read]
+    out["patients"] = len(pats[0] & pats[1])
+    return out
 
 
 def _study_row(data: SetData, i: int, gates, frozen, rechosen, factor: float) -> dict:
@@ -104,9 +119,13 @@ def _study_row(data: SetData, i: int, gates, frozen, rechosen, factor: float) ->
 
 
 def evaluate_set(
-    exp_dir: str | Path, name: str, folds_setting: str, default_threshold: float, area: str = "auto",
+    exp_dir: str | Path,
+    name: str,
+    folds_setting: str,
+    default_threshold: float,
+    area: str = "auto",
     progress: bool = False,
-) -> dict:  # fmt: skip
+) -> dict:
     """Score every gate, frozen and re-chosen, on the external set ``name``; returns external.json's body."""
     exp = ExperimentDir(exp_dir)
     pipes = deployed_pipelines(exp, folds_setting)
@@ -118,9 +137,12 @@ def evaluate_set(
     if data.ids.size == 0:
         raise ValueError(f"{exp.external(name)}: no study with maps and features in every pipeline")
     factors, area_info = area_factors(
-        area, _manifest_mm2(exp.prepared) if area != "grid" else pd.Series(dtype=float),
-        _manifest_mm2(exp.external_prepared(name)), data.ids,
-    )  # fmt: skip
+        area,
+        _manifest_mm2(exp.prepared) if area != "grid" else pd.Series(dtype=float),
+        _manifest_mm2(exp.external_prepared(name)),
+        data.ids,
+    )
+    overlap = _overlap(exp.prepared, exp.external_prepared(name))
     frozen = frozen_choice(pipes, gates)
     rechosen = rechosen_choices(data, gates, default_threshold, progress)
     rows = [
@@ -129,11 +151,17 @@ def evaluate_set(
     ]
     write_counts(exp, name, rows)
     record = {
-        "set": name, "n": int(data.ids.size), "left_out_no_features": left_out,
+        "set": name,
+        "n": int(data.ids.size),
+        "left_out_no_features": left_out,
         "pipelines": [p.name for p in pipes],
-        "deployed": "main model" if pipes[0].name == "main" else
-        f"majority vote of {len(pipes)} fold pipelines ({', '.join(p.name for p in pipes)})",
-        "gates": [g.key for g in gates], "skipped": skipped, "area": area_info,
+        "overlap_with_source": overlap,
+        "deployed": "main model"
+        if pipes[0].name == "main"
+        else f"majority vote of {len(pipes)} fold pipelines ({', '.join(p.name for p in pipes)})",
+        "gates": [g.key for g in gates],
+        "skipped": skipped,
+        "area": area_info,
         "external_folds": sorted(int(k) for k in np.unique(data.folds)),
         "frozen": {p.name: c for p, c in zip(pipes, frozen, strict=True)},
         "rechosen": {
@@ -142,6 +170,6 @@ def evaluate_set(
         "rechosen_how": "per external fold j, each pipeline's operating points chosen on the other external "
         "folds' histograms of its maps, each classifier gate's threshold on their probabilities (the "
         "classifier model stays the source's)",
-    }  # fmt: skip
+    }
     write_record(exp, name, record)
     return record
