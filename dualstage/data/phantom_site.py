@@ -5,9 +5,10 @@ their meaning (the masks move with the pixels):
 
 * **exposure and contrast**: a gamma curve and a narrower grey range about the image mean;
 * **noise**: extra Gaussian detector noise;
-* **image size and aspect**: the square rendering (side = ``--size``) is padded to a portrait
-  detector (``aspect`` = height / width) with a collimation band above and below; pixel spacing is
-  unchanged, so the field of view grows and a lung covers a smaller share of the image;
+* **image size and aspect**: the square rendering (side = ``--size``) is extended to a portrait
+  detector (``aspect`` = height / width): more neck above and abdomen below (the edge rows carried
+  on); pixel spacing is unchanged, so the field of view grows and a lung covers a smaller share of
+  the image;
 * **MONOCHROME1 storage**: a share of the DICOM files store inverted pixels with Photometric
   Interpretation MONOCHROME1 (the reader inverts them back);
 * **subtler lesions**: the lesion contrast is scaled down and more positives keep the default,
@@ -113,11 +114,11 @@ def apply_site(
     x = 255.0 * x + rng.standard_normal(x.shape) * site.noise
     height = int(round(side * site.aspect))
     top = (height - side) // 2
-    if height > side:  # collimation band: a flat light grey with the same noise
-        band = rng.uniform(150, 220) + rng.standard_normal((height, side)) * (site.noise + 1.0)
-        band[top : top + side] = x
-        x = band
-        masks = [np.pad(m, ((top, height - side - top), (0, 0))) for m in masks]
+    if height > side:  # a taller detector: more neck above, more abdomen below (edge rows extended)
+        rows = ((top, height - side - top), (0, 0))
+        added = (np.arange(height) < top) | (np.arange(height) >= top + side)
+        x = np.pad(x, rows, mode="edge") + rng.standard_normal((height, side)) * 2.0 * added[:, None]
+        masks = [np.pad(m, rows) for m in masks]
     out = np.clip(x + 0.5, 0, 255).astype(np.uint8)
     out = _lines(out, rng, int(rng.poisson(site.support_lines)))
     return out, masks, SiteLook(bool(rng.random() < site.monochrome1), side)
