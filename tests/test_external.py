@@ -34,7 +34,7 @@ from dualstage.gates import GATES
 from dualstage.layout import ExperimentDir
 from dualstage.report.document import render_markdown
 from dualstage.report.external import external_comparison, external_section, external_summary
-from dualstage.report.readme import render_external_block
+from dualstage.report.readme import EXTERNAL_BLOCK, EXTERNAL_REFERENCE, render_external_block, replace_block
 from dualstage.rle import decode
 from dualstage.segment.operating_points import OperatingPoints
 from dualstage.segment.prediction_set import INDEX_COLUMNS, PredictionSet
@@ -276,3 +276,12 @@ def test_gate_columns_name_valid_variants(scored):
     with pytest.raises(ValueError, match="valid: frozen, rechosen"):
         gate_columns(read_counts(exp, "site"), "thawed", "threshold")
     assert isinstance(SetData, type)
+
+
+def test_the_readme_external_block_is_the_render_of_the_reference():
+    reference = json.loads((ROOT / EXTERNAL_REFERENCE).read_text())
+    text = (ROOT / "README.md").read_text()
+    assert replace_block(text, EXTERNAL_BLOCK, render_external_block(reference)) == text, (
+        f"README's {EXTERNAL_BLOCK} block differs from the render of {EXTERNAL_REFERENCE}: run "
+        "`python -m dualstage.report.readme render --block demo-external` (or `make demo-external-reference`)"
+    )
