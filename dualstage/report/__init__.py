@@ -257,6 +257,17 @@ def _write_summary(exp: Path, out: Path, cmp: dict | None, holdout: dict | None,
     write_json_atomic(out / "summary.json", {**summary, "external": external})
 
 
+def _figures(exp: Path, op: OperatingPoints | None, figdir: Path) -> list[Figure]:
+    """The report's figures (each drawn, or a Figure whose note says why not)."""
+    return [
+        F.dice_vs_threshold(exp, op, figdir),
+        F.threshold_area_heatmap(exp, op, figdir),
+        F.classifier_curves(exp, figdir),
+        F.probability_by_class(exp, figdir),
+        F.training_curves(exp, figdir),
+    ]
+
+
 def build_report(
     exp_dir: str | Path, out: str | Path | None = None, resamples: int = 2000, seed: int = 0, gallery: int = 8
 ) -> dict:
@@ -275,13 +286,7 @@ def build_report(
     op = OperatingPoints.read_or_none(ExperimentDir(exp).operating_point)
     cmp, holdout, error = _comparisons(exp, resamples, seed)
     tables, eval_notes = paper_tables(exp, out, op)
-    figs = [
-        F.dice_vs_threshold(exp, op, figdir),
-        F.threshold_area_heatmap(exp, op, figdir),
-        F.classifier_curves(exp, figdir),
-        F.probability_by_class(exp, figdir),
-        F.training_curves(exp, figdir),
-    ]
+    figs = _figures(exp, op, figdir)
     gal = draw_gallery(exp, cmp, figdir, gallery) if cmp else Figure("gallery", "Gallery", None, error)
     prov = provenance(exp, cmp)
     ext_sections, ext_summary = external_sections(exp, cmp, resamples, seed)

@@ -203,7 +203,7 @@ def input_jobs(
     return table, [(list(models), ids)], path_of
 
 
-def _dataset(todo: list[str], size: int, prepared: Path, path_of: dict[str, Path] | None) -> Dataset:
+def _dataset(todo: list[str], size: int, prepared: str | Path, path_of: dict[str, Path] | None) -> Dataset:
     if path_of is not None:
         return _FileImages([path_of[i] for i in todo], size)
     return _CacheImages(prepared, todo, size)
@@ -261,6 +261,15 @@ def _index(rows: list[dict], table: pd.DataFrame, truth_rle: dict) -> pd.DataFra
     return index
 
 
+def _split_inputs(
+    split: str, exp: ExperimentDir, models: list[str], prepared: str | Path | None
+) -> tuple[pd.DataFrame, Jobs, dict]:
+    """(table, jobs, {image id: true RLE}) of a split of the experiment's (or another) prepared folder."""
+    table, groups = split_jobs(split, exp, models, Path(prepared) if prepared else None)
+    truth = read_rle_csv(Path(prepared or exp.prepared) / "masks.csv")
+    return table, groups, dict(zip(truth["image_id"], truth["rle"], strict=True))
+
+
 def predict(
     exp_dir: str | Path,
     out: str | Path,
@@ -278,15 +287,14 @@ def predict(
     precision: str = "auto",
     prepared: str | Path | None = None,
 ) -> dict:
-    """Predict a split of the prepared data, or a folder of new images (unreadable ones: ``rejected.csv``
-    rows, or with ``strict`` a ValueError naming the first); ``shard``: that share only, no set files
-    (:mod:`dualstage.shards`); ``precision``: auto | fp32 | bf16, recorded in predict.json;
-    ``prepared``: another prepared folder (an annotated external set, ``split="all"``) with its truth."""
+    """Predict a split of the prepared data (``prepared``: another prepared folder, e.g. an annotated
+    external set, ``split="all"``), or a folder of new images (unreadable ones: ``rejected.csv`` rows, or
+    with ``strict`` a ValueError naming the first); ``shard``: that share only, no set files
+    (:mod:`dualstage.shards`); ``precision``: auto | fp32 | bf16, recorded in predict.json."""
     if (split is None) == (input_dir is None):
         raise ValueError("give exactly one of --split and --input")
     t0 = time.perf_counter()
     exp, dev, pset = ExperimentDir(exp_dir), pick_device(device), PredictionSet(out)
-    source = Path(prepared) if prepared is not None else exp.prepared
     dtype = inference_dtype(precision, dev)  # an unknown choice fails before models load
     loaded = load_models(select_models(exp, only), checkpoint, dev)
     rejected: list[dict] = []
@@ -296,15 +304,12 @@ def predict(
         if strict and rejected:
             raise strict_error(rejected[0])
     else:
-        table, groups = split_jobs(split, exp, list(loaded), Path(prepared) if prepared else None)
-        truth = read_rle_csv(source / "masks.csv")
-        truth_rle = dict(zip(truth["image_id"], truth["rle"], strict=True))
+        table, groups, truth_rle = _split_inputs(split, exp, list(loaded), prepared)
     ctx = {
-        "exp": exp, "prepared": source, "pset": pset, "info": table.set_index("image_id"), "truth": truth_rle,
-        "path_of": path_of,
-        "batch_size": batch_size, "workers": workers, "device": dev, "tta": tta, "progress": progress,
-        "amp": autocast_context(dtype, dev), "rejected": rejected, "failed": set(),
-        "strict": strict,
+        "exp": exp, "prepared": prepared or exp.prepared, "pset": pset, "info": table.set_index("image_id"),
+        "truth": truth_rle, "path_of": path_of, "batch_size": batch_size, "workers": workers, "device": dev,
+        "tta": tta, "progress": progress, "amp": autocast_context(dtype, dev), "rejected": rejected,
+        "failed": set(), "strict": strict,
     }  # fmt: skip
     rows, done_now = [], 0
     with ThreadPoolExecutor(max_workers=2) as pool:
