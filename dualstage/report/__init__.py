@@ -36,6 +36,7 @@ from dualstage.report.document import (
     markdown_table,
     render_markdown,
 )
+from dualstage.report.external import external_sections
 from dualstage.report.gallery import gallery as draw_gallery
 from dualstage.report.html import render_html
 from dualstage.report.provenance import provenance
@@ -243,8 +244,8 @@ def _comparisons(exp: Path, resamples: int, seed: int) -> tuple[dict | None, dic
     return cross, holdout, None
 
 
-def _write_summary(exp: Path, out: Path, cmp: dict | None, holdout: dict | None) -> None:
-    """report/summary.json (see :mod:`dualstage.report.summary`)."""
+def _write_summary(exp: Path, out: Path, cmp: dict | None, holdout: dict | None, external: dict) -> None:
+    """report/summary.json (see :mod:`dualstage.report.summary`); ``external``: {set: its entry}."""
     if cmp is None:
         return
     protocol = "crossfit" if cmp["split"] == "crossfit" else "holdout"
@@ -252,7 +253,19 @@ def _write_summary(exp: Path, out: Path, cmp: dict | None, holdout: dict | None)
         ExperimentDir(exp).sweep / ("oof" if protocol == "crossfit" else "test") / "table3_thresholds.csv"
     )
     thresholds = threshold_table(pd.read_csv(table3)) if table3.is_file() else None
-    write_json_atomic(out / "summary.json", summary_json(cmp, protocol, thresholds, holdout))
+    summary = summary_json(cmp, protocol, thresholds, holdout)
+    write_json_atomic(out / "summary.json", {**summary, "external": external})
+
+
+def _figures(exp: Path, op: OperatingPoints | None, figdir: Path) -> list[Figure]:
+    """The report's figures (each drawn, or a Figure whose note says why not)."""
+    return [
+        F.dice_vs_threshold(exp, op, figdir),
+        F.threshold_area_heatmap(exp, op, figdir),
+        F.classifier_curves(exp, figdir),
+        F.probability_by_class(exp, figdir),
+        F.training_curves(exp, figdir),
+    ]
 
 
 def build_report(
@@ -273,24 +286,20 @@ def build_report(
     op = OperatingPoints.read_or_none(ExperimentDir(exp).operating_point)
     cmp, holdout, error = _comparisons(exp, resamples, seed)
     tables, eval_notes = paper_tables(exp, out, op)
-    figs = [
-        F.dice_vs_threshold(exp, op, figdir),
-        F.threshold_area_heatmap(exp, op, figdir),
-        F.classifier_curves(exp, figdir),
-        F.probability_by_class(exp, figdir),
-        F.training_curves(exp, figdir),
-    ]
+    figs = _figures(exp, op, figdir)
     gal = draw_gallery(exp, cmp, figdir, gallery) if cmp else Figure("gallery", "Gallery", None, error)
     prov = provenance(exp, cmp)
+    ext_sections, ext_summary = external_sections(exp, cmp, resamples, seed)
     sections = [
         _comparison_section(exp, cmp, op, error),
         *([_comparison_section(exp, holdout, op, None, key="holdout")] if holdout is not None else []),
+        *ext_sections,
         Section("The papers' tables", [*tables, *(Note(n) for n in eval_notes)]),
         Section("Figures", figs),
         Section("Gallery: where the gates disagree", [gal]),
         _provenance_section(prov),
     ]
-    _write_summary(exp, out, cmp, holdout)
+    _write_summary(exp, out, cmp, holdout, ext_summary)
     title = f"dualstage report: {exp.name}"
     atomic_write_text(out / "report.md", render_markdown(title, sections, out))
     atomic_write_text(out / "report.html", render_html(title, sections))
@@ -334,4 +343,5 @@ def build_report(
         "notes": notes,
         "warnings": list((cmp or {}).get("warnings", [])),
         "outcomes": same_outcome_lines(cmp) if cmp else [],
+        "external": ext_summary,
     }

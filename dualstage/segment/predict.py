@@ -54,6 +54,8 @@ Jobs = list[tuple[list[str], list[str]]]  # [(model names, image ids)]
 
 
 class _CacheImages(Dataset):
+    """Images of a prepared folder's cache at the model's resolution."""
+
     def __init__(self, prepared: Path, ids: list[str], size: int):
         self.prepared, self.ids, self.size = prepared, ids, size
 
@@ -91,9 +93,14 @@ def strict_error(row: dict) -> ValueError:
     return ValueError(f"{item}: rejected at the {row['stage']} stage ({reason}); --strict stops here")
 
 
-def split_jobs(split: str, exp: ExperimentDir, models: list[str]) -> tuple[pd.DataFrame, Jobs]:
-    """(table of images, [(model names, image ids)]) for a split of the prepared data."""
-    table = load_split_table(exp.prepared)
+def split_jobs(
+    split: str, exp: ExperimentDir, models: list[str], prepared: Path | None = None
+) -> tuple[pd.DataFrame, Jobs]:
+    """(table of images, [(model names, image ids)]) for a split of the prepared data (``prepared``:
+    another prepared folder than the experiment's, e.g. an external set; ``all`` only)."""
+    if prepared is not None and split != "all":
+        raise ValueError(f"another prepared folder ({prepared}) is predicted whole: --split all, not {split}")
+    table = load_split_table(prepared or exp.prepared)
     if split == "oof":
         fold_models = [f for f in models if f.startswith("fold_")]
         if not fold_models:
@@ -196,10 +203,10 @@ def input_jobs(
     return table, [(list(models), ids)], path_of
 
 
-def _dataset(todo: list[str], size: int, exp: ExperimentDir, path_of: dict[str, Path] | None) -> Dataset:
+def _dataset(todo: list[str], size: int, prepared: str | Path, path_of: dict[str, Path] | None) -> Dataset:
     if path_of is not None:
         return _FileImages([path_of[i] for i in todo], size)
-    return _CacheImages(exp.prepared, todo, size)
+    return _CacheImages(prepared, todo, size)
 
 
 def _to_grid(p: torch.Tensor, h: int, w: int) -> np.ndarray:
@@ -223,7 +230,7 @@ def _maps(probs: torch.Tensor, sizes: list[tuple[int, int]]) -> list[np.ndarray]
 def _run_group(ctx: dict, group: list[LoadedModel], todo: list[str], desc: str) -> int:
     """Predict ``todo`` with one model group, handing maps to the writer pool; returns how many."""
     pset, info, truth_rle, pool, pending = ctx["pset"], ctx["info"], ctx["truth"], ctx["pool"], ctx["pending"]
-    dataset = _dataset(todo, group[0].resolution, ctx["exp"], ctx["path_of"])
+    dataset = _dataset(todo, group[0].resolution, ctx["prepared"], ctx["path_of"])
     loader = DataLoader(dataset, batch_size=ctx["batch_size"], num_workers=ctx["workers"], shuffle=False)
     done = 0
     for images, idx, reasons in progress_iter(loader, desc=desc, unit="batch", enabled=ctx["progress"]):
@@ -254,6 +261,15 @@ def _index(rows: list[dict], table: pd.DataFrame, truth_rle: dict) -> pd.DataFra
     return index
 
 
+def _split_inputs(
+    split: str, exp: ExperimentDir, models: list[str], prepared: str | Path | None
+) -> tuple[pd.DataFrame, Jobs, dict]:
+    """(table, jobs, {image id: true RLE}) of a split of the experiment's (or another) prepared folder."""
+    table, groups = split_jobs(split, exp, models, Path(prepared) if prepared else None)
+    truth = read_rle_csv(Path(prepared or exp.prepared) / "masks.csv")
+    return table, groups, dict(zip(truth["image_id"], truth["rle"], strict=True))
+
+
 def predict(
     exp_dir: str | Path,
     out: str | Path,
@@ -269,9 +285,11 @@ def predict(
     strict: bool = False,
     shard: Shard | None = None,
     precision: str = "auto",
+    prepared: str | Path | None = None,
 ) -> dict:
-    """Predict a split of the prepared data, or a folder of new images (unreadable ones: ``rejected.csv``
-    rows, or with ``strict`` a ValueError naming the first); ``shard``: that share only, no set files
+    """Predict a split of the prepared data (``prepared``: another prepared folder, e.g. an annotated
+    external set, ``split="all"``), or a folder of new images (unreadable ones: ``rejected.csv`` rows, or
+    with ``strict`` a ValueError naming the first); ``shard``: that share only, no set files
     (:mod:`dualstage.shards`); ``precision``: auto | fp32 | bf16, recorded in predict.json."""
     if (split is None) == (input_dir is None):
         raise ValueError("give exactly one of --split and --input")
@@ -286,14 +304,12 @@ def predict(
         if strict and rejected:
             raise strict_error(rejected[0])
     else:
-        table, groups = split_jobs(split, exp, list(loaded))
-        truth = read_rle_csv(exp.masks_csv)
-        truth_rle = dict(zip(truth["image_id"], truth["rle"], strict=True))
+        table, groups, truth_rle = _split_inputs(split, exp, list(loaded), prepared)
     ctx = {
-        "exp": exp, "pset": pset, "info": table.set_index("image_id"), "truth": truth_rle, "path_of": path_of,
-        "batch_size": batch_size, "workers": workers, "device": dev, "tta": tta, "progress": progress,
-        "amp": autocast_context(dtype, dev), "rejected": rejected, "failed": set(),
-        "strict": strict,
+        "exp": exp, "prepared": prepared or exp.prepared, "pset": pset, "info": table.set_index("image_id"),
+        "truth": truth_rle, "path_of": path_of, "batch_size": batch_size, "workers": workers, "device": dev,
+        "tta": tta, "progress": progress, "amp": autocast_context(dtype, dev), "rejected": rejected,
+        "failed": set(), "strict": strict,
     }  # fmt: skip
     rows, done_now = [], 0
     with ThreadPoolExecutor(max_workers=2) as pool:
