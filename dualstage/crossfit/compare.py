@@ -8,13 +8,13 @@ tables and figures apply.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from dualstage import gating
+from dualstage.classify.classifier_files import load_gate
 from dualstage.crossfit.rules import oof_histograms, read_fold_rules, subset
 from dualstage.gates import GATES
 from dualstage.layout import ExperimentDir
@@ -28,7 +28,7 @@ def fold_decisions(exp: ExperimentDir, k: int, mode: str) -> tuple[pd.DataFrame,
     cdir = exp.crossfit_fold(k) / "classifier"
     if not (cdir / "probabilities.csv").is_file() or not (cdir / "gate.json").is_file():
         return None
-    gate = json.loads((cdir / "gate.json").read_text())
+    gate = load_gate(cdir / "gate.json")
     if mode not in gate:
         return None
     probs = pd.read_csv(cdir / "probabilities.csv", dtype={"image_id": str})
