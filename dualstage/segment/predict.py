@@ -83,7 +83,8 @@ class _FileImages(Dataset):
             small = Image.fromarray(image).resize((self.size, self.size), Image.BILINEAR, reducing_gap=2.0)
             return torch.from_numpy(np.asarray(small, dtype=np.float32) / 255.0)[None], i, ""
         except Exception as exc:  # noqa: BLE001 - any decoder failure rejects this file only
-            reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+            named = isinstance(exc, ValueError) and str(exc).startswith(str(self.paths[i]))  # our one-liners
+            reason = (str(exc) if named else f"{type(exc).__name__}: {exc}").splitlines()[0][:300]
             return torch.zeros((1, self.size, self.size)), i, reason
 
 
