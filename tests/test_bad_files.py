@@ -157,7 +157,7 @@ def fake_model(monkeypatch) -> None:
 
 
 def _inputs(root: Path, header_error: bool) -> Path:
-    """plain.png, good.dcm, half.dcm (pixel data cut short: a header-stage row) [, bad.dcm (no DICOM header)]."""
+    """plain.png, good.dcm, half.dcm (pixel data cut short: a header row) [, bad.dcm (no DICOM header)]."""
     new = root / "new"
     table = generate(root / "ph", n=1, size=64, layout="siim", jpeg_share=0.0, progress=False)
     ds = pydicom.dcmread(root / "ph" / table["path"].iloc[0])

@@ -22,7 +22,6 @@ import pydicom
 import pytest
 import yaml
 from bad_input_kit import (
-    ROOT,
     assert_ok,
     gray,
     hostile_images,
@@ -34,7 +33,7 @@ from bad_input_kit import (
     run,
     save_png,
 )
-from test_bad_inputs_experiment import call, config, write_yaml
+from test_bad_inputs_experiment import config, write_yaml
 
 from dualstage.data import limits
 from dualstage.data.images import image_shape, read_image_file, read_mask_file
@@ -54,23 +53,6 @@ def _good(folder: Path) -> None:
     (folder / "_fx").rmdir()
 
 
-@pytest.fixture(scope="module")
-def model_exp(tmp_path_factory) -> Path:
-    """A prepared tiny experiment with an untrained ``main`` U-Net (benchmarks/_setup.save_model)."""
-    tmp = tmp_path_factory.mktemp("hostile_model")
-    path = write_yaml(tmp, config(tmp / "models"))
-    proc = call("dualstage", "run", path, "--steps", "data")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from _setup import save_model
-
-    from dualstage.config import load_experiment
-
-    exp = load_experiment(path)
-    save_model(exp, "main")
-    return exp.folder
-
-
 def _check_rows(rows: pd.DataFrame, sizes: dict[str, tuple[int, int]], limit: int) -> None:
     """One row per hostile file, naming it, its declared size and the limit."""
     assert sorted(Path(p).name for p in rows["item"]) == sorted(sizes)
@@ -80,15 +62,15 @@ def _check_rows(rows: pd.DataFrame, sizes: dict[str, tuple[int, int]], limit: in
         assert f"pixel limit of {limit:,}" in reason and "\n" not in reason
 
 
-def test_predict_input_over_the_issues_hostile_folder(model_exp: Path, tmp_path: Path) -> None:
+def test_predict_input_over_the_issues_hostile_folder(tiny_model: Path, tmp_path: Path) -> None:
     folder = tmp_path / "new"
     sizes = hostile_images(folder)
     _good(folder)
-    args = ("predict", "--exp", model_exp, "--input", folder, "--set", "hostile", "--workers", "0",
+    args = ("predict", "--exp", tiny_model, "--input", folder, "--set", "hostile", "--workers", "0",
             "--no-progress", "--device", "cpu")  # fmt: skip
     proc = run("dualstage.segment", *args, timeout=180)
     assert_ok(proc)
-    out = model_exp / "predictions" / "hostile"
+    out = tiny_model / "predictions" / "hostile"
     assert sorted(pd.read_csv(out / "index.csv")["image_id"]) == sorted(GOOD)
     rows = rejected_rows(out)
     assert set(rows["stage"]) == {"header"}
@@ -97,13 +79,13 @@ def test_predict_input_over_the_issues_hostile_folder(model_exp: Path, tmp_path:
 
 
 @pytest.mark.parametrize("through", ["header", "decode"])
-def test_predict_input_with_a_small_limit(model_exp: Path, tmp_path: Path, through: str) -> None:
+def test_predict_input_with_a_small_limit(tiny_model: Path, tmp_path: Path, through: str) -> None:
     """The same kinds at 1/100 of the size against --max-pixels 8000; ``decode``: the loader's own
     check (the header check let through, as when a file changes between the two reads)."""
     folder = tmp_path / "new"
     sizes = hostile_images(folder, scale=1 / 100)  # 120 x 120 ... 655 x 655: all over 8000 px
     _good(folder)
-    args = ("predict", "--exp", model_exp, "--input", folder, "--out", tmp_path / "out", "--workers", "0",
+    args = ("predict", "--exp", tiny_model, "--input", folder, "--out", tmp_path / "out", "--workers", "0",
             "--no-progress", "--device", "cpu", "--max-pixels", 8000)  # fmt: skip
     if through == "decode":
         code = ("import sys; from dualstage.segment import predict as p; "
