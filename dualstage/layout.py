@@ -18,6 +18,9 @@ module joins folder names of an experiment or guesses an experiment from a folde
       crossfit/fold_<k>/                  cross-fitted rules and classifier for the studies of fold k,
                                           chosen on the other folds' out-of-fold maps and features only
       report/                             report.md, report.html, metrics.json, summary.json, figures/
+
+A folder a command writes (prepared/, predictions/<set>, features/<set>, report/) holds its writer's
+OS lock in ``<folder>/.lock`` (:mod:`dualstage.locks`): an empty file whose presence means nothing.
 """
 
 from __future__ import annotations
