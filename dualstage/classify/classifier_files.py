@@ -2,7 +2,7 @@
 
     model.ubj     XGBoost's own format (:func:`load_classifier`)
     params.json   best_params (numbers), base (seed, max_bin, ...), features' settings (:func:`read_params`)
-    gate.json     per gate mode: threshold in [0, 1], pixel rule, model hash (:func:`load_gate`)
+    gate.json     per gate mode: a finite threshold, a pixel rule, the model's hash (:func:`load_gate`)
 
 ``classify tune`` and ``classify gate fit`` write them; the gate, cross-fitting and deployment read
 them here. A file that is there but malformed is a :class:`~dualstage.io.HandoffError` naming the
@@ -12,6 +12,7 @@ file and the field.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import xgboost
@@ -79,8 +80,8 @@ def _params_problem(params: object) -> str | None:
 
 
 def load_gate(path: str | Path) -> dict:
-    """gate.json as a dict ({} when the file does not exist), every fitted mode checked: a threshold in
-    [0, 1], a valid pixel rule, a model hash; HandoffError naming the file and the field otherwise."""
+    """gate.json as a dict ({} when the file does not exist), every fitted mode checked: a finite
+    threshold, a valid pixel rule, a model hash; HandoffError naming the file and the field otherwise."""
     path = Path(path)
     if not path.is_file():
         return {}
@@ -105,9 +106,9 @@ def _entry_problem(entry: object) -> str | None:
     """What is wrong with one mode's entry of gate.json ("field: ..."), or None."""
     if not isinstance(entry, dict):
         return f"expected an object, got {entry!r}"
-    thr = entry.get("threshold")
-    if isinstance(thr, bool) or not isinstance(thr, int | float) or not 0 <= thr <= 1:
-        return f"threshold: expected a number in [0, 1], got {thr!r}"
+    thr = entry.get("threshold")  # a probability cut; above 1 keeps no mask, below 0 every mask
+    if isinstance(thr, bool) or not isinstance(thr, int | float) or not math.isfinite(thr):
+        return f"threshold: expected a finite number, got {thr!r}"
     try:
         gating.check_rule(entry.get("pixel_rule"))
     except ValueError as exc:

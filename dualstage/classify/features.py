@@ -37,7 +37,7 @@ from dualstage.classify.densenet import N_DENSENET, describe_weights, embed, loa
 from dualstage.data import limits
 from dualstage.data.cache import pick_cache_size
 from dualstage.data.images import read_image_file
-from dualstage.data.prepare import cache_paths
+from dualstage.data.prepare import CACHE_PIXELS, cache_paths
 from dualstage.gating import REF_PIXELS, levels
 from dualstage.io import (
     atomic_write,
@@ -55,7 +55,6 @@ from dualstage.shards import Shard, shard_rows
 
 __all__ = ["extract_features", "map_statistics", "feature_names", "load_densenet", "embed", "STAT_NAMES"]
 
-CACHE_PIXELS = 4096 * 4096  # the prepared cache's largest image (data.prepare.SIZE_RANGE)
 TOPK_1024 = 100  # top-k pixels at the 1024 x 1024 scale, scaled by the map's area
 AREA_THRESHOLDS = (0.3, 0.5, 0.7, 0.9)
 STAT_NAMES: tuple[str, ...] = (

@@ -53,6 +53,7 @@ __all__ = [
 ]
 
 SIZE_RANGE = (32, 4096)  # cache side in px: below, nothing is learnable; above, memory runs out
+CACHE_PIXELS = SIZE_RANGE[1] ** 2  # the pixel limit of a cached file (ours: at most 4096 x 4096)
 
 MANIFEST_COLUMNS = [
     "image_id",
@@ -88,13 +89,13 @@ def cache_paths(out: str | Path, size: int, image_id: str) -> tuple[Path, Path]:
 
 def load_cached_image(out: str | Path, size: int, image_id: str) -> np.ndarray:
     """Cached image uint8 (S, S) of one image, without its mask (what inference needs)."""
-    with Image.open(cache_paths(out, size, image_id)[0]) as im:
+    with limits.open_pillow(cache_paths(out, size, image_id)[0], CACHE_PIXELS) as im:
         return np.asarray(im)
 
 
 def load_cached(out: str | Path, size: int, image_id: str) -> tuple[np.ndarray, np.ndarray]:
     """Cached (image uint8 (S, S), mask bool (S, S)) of one image."""
-    with Image.open(cache_paths(out, size, image_id)[1]) as im:
+    with limits.open_pillow(cache_paths(out, size, image_id)[1], CACHE_PIXELS) as im:
         mask = np.asarray(im) > 127
     return load_cached_image(out, size, image_id), mask
 
@@ -284,23 +285,25 @@ def prepare(
     ``max_pixels`` (default: the process's ``data.max_pixels``) is a rejected row. Holds the output
     folder's lock (:mod:`dualstage.locks`) for the run.
     """
-    data, out = Path(data), Path(out)
+    t0, data, out = time.perf_counter(), Path(data), Path(out)
     sizes = check_options(sizes, n_folds, workers, test_fraction, val_fraction)
     _check_out(data, out)
-    with holding(out, "segment prepare"):
-        return _prepare_locked(data, out, sizes, layout, annotations, strict, workers, n_folds, seed,
-                               progress, test_fraction, val_fraction, limits.resolve(max_pixels))  # fmt: skip
-
-
-def _prepare_locked(
-    data: Path, out: Path, sizes: list[int], layout: str, annotations, strict: bool, workers: int,
-    n_folds: int, seed: int, progress: bool, test_fraction: float, val_fraction: float, max_pixels: int,
-) -> dict:  # fmt: skip
-    """:func:`prepare` once its options are checked and the output folder is locked."""
-    t0 = time.perf_counter()
     layout, items, rejected = scan(data, layout, annotations, exclude=[out])
     if strict and rejected:
         raise PrepareError(f"{rejected[0]['item']}: {rejected[0]['reason']}")
+    with holding(out, "segment prepare"):  # nothing is written before the scan found the data
+        limit = limits.resolve(max_pixels)
+        return _prepare_locked(data, out, sizes, layout, (items, rejected), strict, workers, n_folds, seed,
+                               progress, test_fraction, val_fraction, limit, t0)  # fmt: skip
+
+
+def _prepare_locked(
+    data: Path, out: Path, sizes: list[int], layout: str, scanned: tuple, strict: bool, workers: int,
+    n_folds: int, seed: int, progress: bool, test_fraction: float, val_fraction: float, max_pixels: int,
+    t0: float,
+) -> dict:  # fmt: skip
+    """:func:`prepare` once its options are checked, the data scanned and the output folder locked."""
+    items, rejected = scanned
     out.mkdir(parents=True, exist_ok=True)
     _clean_tmp(out, sizes)
     rows = _reusable(_previous(out), items, out, sizes)
