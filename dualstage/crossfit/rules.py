@@ -91,3 +91,4 @@ def read_fold_rules(exp: ExperimentDir) -> dict[int, OperatingPoints]:
     if not folds:
         raise FileNotFoundError(f"{exp.crossfit}: no cross-fitted rules; run `segment sweep` first")
     return {k: OperatingPoints.read(exp.crossfit_fold(k) / "operating_point.json") for k in folds}
+
