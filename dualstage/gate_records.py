@@ -77,7 +77,8 @@ def read_gate_summary(folder: str | Path) -> dict:
         try:
             gating.check_rule(rule)
         except ValueError as exc:
-            raise HandoffError(f"{path}: pixel_rule.{exc}; re-run `classify gate apply`") from None
+            field = f"pixel_rule.{exc}" if ": " in str(exc) else f"pixel_rule: {exc}"
+            raise HandoffError(f"{path}: {field}; re-run `classify gate apply`") from None
     thr = summary.get("threshold")
     if thr is not None and (isinstance(thr, bool) or not isinstance(thr, int | float) or not 0 <= thr <= 1):
         raise HandoffError(f"{path}: threshold: expected a number in [0, 1], got {thr!r}")
