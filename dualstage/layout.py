@@ -22,6 +22,9 @@ module joins folder names of an experiment or guesses an experiment from a folde
                                           (frozen and re-chosen gates per study), external.json (rules),
                                           summary.json (the transfer table); its maps and features are
                                           predictions/<set>[_fold_<k>]/ and features/<set>[_fold_<k>]/
+
+A folder a command writes (prepared/, predictions/<set>, features/<set>, report/) holds its writer's
+OS lock in ``<folder>/.lock`` (:mod:`dualstage.locks`): an empty file whose presence means nothing.
 """
 
 from __future__ import annotations
