@@ -81,7 +81,10 @@ def _pipeline(exp: ExperimentDir, k: int, rng) -> None:
     X, y = rng.normal(size=(40, 5)), rng.integers(0, 2, 40)
     save_model(XGBClassifier(n_estimators=4, max_depth=2, random_state=0).fit(X, y), cdir / "model.ubj")
     (cdir / "params.json").write_text(json.dumps({"features": SETTINGS}))
-    gate = {"classifier": {"threshold": 0.3 + 0.1 * k}, "classifier_and_area": {"threshold": 0.5}}
+    gate = {
+        "classifier": {"threshold": 0.3 + 0.1 * k, "pixel_rule": RULES[k]["threshold"]},
+        "classifier_and_area": {"threshold": 0.5, "pixel_rule": RULES[k]["threshold_area"]},
+    }
     (cdir / "gate.json").write_text(json.dumps(gate))
 
 
