@@ -80,7 +80,8 @@ def _pipeline(exp: ExperimentDir, k: int, rng) -> None:
     cdir = exp.crossfit_fold(k) / "classifier"
     X, y = rng.normal(size=(40, 5)), rng.integers(0, 2, 40)
     save_model(XGBClassifier(n_estimators=4, max_depth=2, random_state=0).fit(X, y), cdir / "model.ubj")
-    (cdir / "params.json").write_text(json.dumps({"features": SETTINGS}))
+    params = {"features": SETTINGS, "best_params": {}, "base": {"seed": 0, "max_bin": 64}}
+    (cdir / "params.json").write_text(json.dumps(params))
     gate = {
         "classifier": {"threshold": 0.3 + 0.1 * k, "pixel_rule": RULES[k]["threshold"]},
         "classifier_and_area": {"threshold": 0.5, "pixel_rule": RULES[k]["threshold_area"]},
