@@ -212,7 +212,7 @@ def test_folds_predict_sweep_evaluate(tiny, tmp_path):
     # a fold model saw some test studies (the folds cover every study): its test score is refused
     refused = _cli("predict", "--exp", str(exp), "--split", "test", "--folds", "fold_0", "--workers", "0",
                    expect=2)  # fmt: skip
-    assert "fold_0 saw" in refused.stderr and not (pred / "test_fold_0").exists()
+    assert "fold_0 saw" in refused.stderr and not (pred / "test_fold_0" / "index.csv").exists()
     # regression: --folds reaches predict; the set holds fold_0's own maps, not the ensemble's
     _cli("predict", "--exp", str(exp), "--split", "all", "--folds", "fold_0", "--workers", "0")
     single = pd.read_csv(pred / "all_fold_0" / "index.csv", dtype={"image_id": str})
