@@ -9,7 +9,10 @@ export HF_HUB_OFFLINE := 1
 export NO_ALBUMENTATIONS_UPDATE := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: demo demo-reference test test-all bench bench-full lint clean-venv
+# the demo's experiment at a second site: 300 shifted phantoms (python -m dualstage.data.phantom --site
+# shifted), frozen vs re-chosen gates; ends by comparing with docs/demo_external_summary.json
+SITE := models/phantom_sites/site_b
+.PHONY: demo demo-reference demo-external demo-external-reference test test-all bench bench-full lint clean-venv
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -35,6 +38,15 @@ demo: $(BIN)/.installed
 # after a change that moves the answer: the fresh summary becomes the reference, README re-rendered
 demo-reference: $(BIN)/.installed
 	$(BIN)/python -m dualstage.report.readme accept models/demo/report/summary.json
+
+demo-external: $(BIN)/.installed
+	test -f $(SITE)/phantom_index.csv || $(BIN)/python -m dualstage.data.phantom --out $(SITE) --n 300 \
+	  --size 448 --site shifted --seed 1 --lesion-contrast 2.5 --subtle-share 0.25 --workers 2 --quiet
+	$(BIN)/python -m dualstage external --exp models/demo --data $(SITE) --set site_b --no-progress
+	$(BIN)/python -m dualstage.report.readme compare --block demo-external models/demo/report/summary.json
+
+demo-external-reference: $(BIN)/.installed
+	$(BIN)/python -m dualstage.report.readme accept --block demo-external models/demo/report/summary.json
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q

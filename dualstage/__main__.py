@@ -1,6 +1,7 @@
 """``python -m dualstage run experiments/<name>.yaml [--steps ...]``: the whole pipeline;
 ``python -m dualstage predict IN... --exp models/<name> --out OUT``: new radiographs
-(:mod:`dualstage.new_images`)."""
+(:mod:`dualstage.new_images`);
+``python -m dualstage external --exp models/<name> --data DIR``: its validation on another dataset."""
 
 from __future__ import annotations
 
@@ -33,6 +34,29 @@ def _predict(args: argparse.Namespace) -> int:
     print(json.dumps({k: v for k, v in summary.items() if k != "setup"}, indent=2))
     print(f"open {summary['page']} to review the {summary['studies']} studies", file=sys.stderr)
     return 0
+
+
+def _external(args: argparse.Namespace) -> int:
+    from dualstage.external import run_external
+
+    run_external(args.exp, args.data, name=args.set, layout=args.layout, annotations=args.annotations,
+                 area=args.area, folds=args.folds, progress=not args.no_progress)  # fmt: skip
+    return 0
+
+
+def _external_parser(sub) -> None:
+    from dualstage.experiment import add_experiment_argument, add_progress_argument
+
+    p = sub.add_parser("external", help="validate a trained experiment on another annotated dataset")
+    add_experiment_argument(p)
+    p.add_argument("--data", required=True, help="the external dataset folder (any layout prepare reads)")
+    p.add_argument("--set", default="external", help="its set name in the experiment (default: external)")
+    p.add_argument("--layout", default="auto", help="auto | siim | png | folders (as segment prepare)")
+    p.add_argument("--annotations", default=None, help="the RLE CSV, when --data holds several")
+    p.add_argument("--area", default="auto", help="auto | grid | spacing: how a minimum area carries over")
+    p.add_argument("--folds", type=int, default=None, help="the set's own folds (data.n_folds)")
+    add_progress_argument(p)
+    p.set_defaults(func=_external)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar / log lines")
     p.set_defaults(func=_predict)
+    _external_parser(sub)
     return parser
 
 

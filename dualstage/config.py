@@ -41,7 +41,6 @@ __all__ = [
 ]
 
 
-
 def _encoders() -> tuple[str, ...]:
     from dualstage.segment.models import ENCODERS
 
@@ -74,6 +73,9 @@ class DataConfig:
     test_fraction: float = _opt(PAPER_TEST_FRACTION, positive=True, max=0.9)
     val_fraction: float = _opt(PAPER_VAL_FRACTION, positive=True, max=0.9)
     workers: int = _opt(2, min=0)
+    # pixels of one image (frame), checked on its header before decoding (dualstage.data.limits):
+    # 32 M admits 4,300 x 4,300 DR, 4,096 x 5,600 and 4,800 x 6,000 mammography, 3,000 x 9,000 stitched DR
+    max_pixels: int = _opt(32_000_000, positive=True)
 
 
 @dataclass(frozen=True)

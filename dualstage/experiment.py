@@ -14,6 +14,7 @@ from importlib import metadata
 from pathlib import Path
 
 from dualstage.config import ConfigError, Experiment, from_dict, load_experiment, to_dict
+from dualstage.data.limits import set_max_pixels
 from dualstage.io import write_json_atomic
 from dualstage.layout import EXPERIMENT_FILE, ExperimentDir
 
@@ -23,6 +24,8 @@ __all__ = [
     "add_experiment_argument",
     "add_progress_argument",
     "add_shard_arguments",
+    "add_max_pixels_argument",
+    "with_max_pixels",
 ]
 
 LIBRARIES = ("dualstage", "torch", "torchvision", "segmentation-models-pytorch", "xgboost", "scikit-learn",
@@ -50,6 +53,7 @@ def open_experiment(arg: str | Path, data: str | None = None) -> Experiment:
         raise FileNotFoundError(f"--exp {path}: neither an experiment YAML file nor an experiment folder")
     if data is not None:
         exp = dataclasses.replace(exp, data=dataclasses.replace(exp.data, source=str(data)))
+    set_max_pixels(exp.data.max_pixels)  # every reader of a user's image in this process
     return exp
 
 
@@ -83,6 +87,24 @@ def add_experiment_argument(parser: argparse.ArgumentParser, required: bool = Tr
 def add_progress_argument(parser: argparse.ArgumentParser) -> None:
     """``--no-progress``: no progress bars or progress lines (the same in every command)."""
     parser.add_argument("--no-progress", action="store_true", help="no progress bars or progress lines")
+
+
+def add_max_pixels_argument(parser: argparse.ArgumentParser) -> None:
+    """``--max-pixels N``: the pixel limit of one image (``data.max_pixels``; the same in every command)."""
+    parser.add_argument(
+        "--max-pixels", type=int, default=None, metavar="N",
+        help="refuse (a rejected.csv row) an image whose header declares more pixels than N "
+        "(default data.max_pixels: 32,000,000)",
+    )  # fmt: skip
+
+
+def with_max_pixels(exp: Experiment, value: int | None) -> Experiment:
+    """``exp`` with ``data.max_pixels`` overridden by ``--max-pixels`` (when given), in force here."""
+    from dualstage.config import override
+
+    exp = override(exp, "data", max_pixels=value)
+    set_max_pixels(exp.data.max_pixels)
+    return exp
 
 
 def add_shard_arguments(parser: argparse.ArgumentParser, outputs: str) -> None:

@@ -27,7 +27,9 @@ off these sums exactly, with no map in memory.
 
 from __future__ import annotations
 
+import math
 import zipfile
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import NamedTuple
@@ -36,7 +38,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from dualstage.io import atomic_write
+from dualstage.io import HandoffError, atomic_write
 from dualstage.metrics import summarize_counts
 
 __all__ = [
@@ -44,6 +46,7 @@ __all__ = [
     "Histograms",
     "apply_rule",
     "canonical_rule",
+    "check_rule",
     "cumulative_counts",
     "histogram",
     "keep_area",
@@ -103,13 +106,24 @@ def _check_map(prob_u8: np.ndarray) -> np.ndarray:
     return q
 
 
-def _check_rule(rule: Mapping) -> tuple[str, dict[str, float], bool]:
-    """(name, float params, lcc) of a rule dict; ValueError listing valid rules / keys."""
+def _number(rule: Mapping, key: str, low: float, high: float = math.inf) -> float:
+    """``rule[key]`` as a float in [low, high]; ValueError naming the key and the value."""
+    value = rule[key]
+    ok = isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool | np.bool_)
+    if not ok or not (low <= float(value) <= high):  # NaN fails the range
+        span = f"in [{low:g}, {high:g}]" if math.isfinite(high) else f">= {low:g}"
+        raise ValueError(f"{key}: expected a number {span}, got {value!r}")
+    return float(value)
+
+
+def check_rule(rule: Mapping) -> tuple[str, dict[str, float], bool]:
+    """(name, float params, lcc) of a rule dict; ValueError naming the key at fault (``threshold:
+    expected a number in [0, 1], got 'abc'``) or listing the valid rules / keys."""
     if not isinstance(rule, Mapping) or "rule" not in rule:
         raise ValueError(f"a rule is a dict with a 'rule' key (one of {', '.join(RULES)}), got {rule!r}")
     name = rule["rule"]
-    if name not in RULES:
-        raise ValueError(f"unknown rule {name!r}; valid rules: {', '.join(RULES)}")
+    if not isinstance(name, str) or name not in RULES:
+        raise ValueError(f"rule: unknown rule {name!r}; valid rules: {', '.join(RULES)}")
     need = RULES[name]
     missing = [k for k in need if k not in rule]
     extra = sorted(set(rule) - {"rule", "lcc", "metrics", *need})
@@ -117,15 +131,12 @@ def _check_rule(rule: Mapping) -> tuple[str, dict[str, float], bool]:
         raise ValueError(
             f"rule {name!r} takes keys {list(need)} (+ optional 'lcc'); missing {missing}, unknown {extra}"
         )
-    params = {k: float(rule[k]) for k in need}
-    levels([params[k] for k in need if k != "min_area"])  # range check
-    if params.get("min_area", 0.0) < 0:
-        raise ValueError(f"min_area must be >= 0, got {params['min_area']}")
+    params = {k: _number(rule, k, 0.0, math.inf if k == "min_area" else 1.0) for k in need}
     if name == "triplet" and round(params["bottom"], 9) > round(params["top"], 9):
         raise ValueError(f"triplet needs bottom <= top, got top={params['top']}, bottom={params['bottom']}")
     lcc = rule.get("lcc", False)
     if not isinstance(lcc, bool | np.bool_):
-        raise ValueError(f"'lcc' must be true or false, got {lcc!r}")
+        raise ValueError(f"lcc: expected true or false, got {lcc!r}")
     return name, params, bool(lcc)
 
 
@@ -133,7 +144,7 @@ def canonical_rule(rule: Mapping) -> tuple[int, float, int, bool]:
     """(gate level, min area, mask level, lcc): two rules with equal tuples give the same mask on
     every map. ``threshold`` t is (level(t), 0, level(t)); ``threshold_area`` (t, a) is
     (level(t), a, level(t)); ``triplet`` is (level(top), min_area, level(bottom))."""
-    name, p, lcc = _check_rule(rule)
+    name, p, lcc = check_rule(rule)
     if name == "triplet":
         return level(p["top"]), p["min_area"], level(p["bottom"]), lcc
     return level(p["threshold"]), p.get("min_area", 0.0), level(p["threshold"]), lcc
@@ -142,7 +153,7 @@ def canonical_rule(rule: Mapping) -> tuple[int, float, int, bool]:
 def apply_rule(prob_u8: np.ndarray, rule: Mapping) -> np.ndarray:
     """Final bool mask (H, W) of one uint8 map (H, W) under ``rule`` (see the module docstring)."""
     q = _check_map(prob_u8)
-    name, p, lcc = _check_rule(rule)
+    name, p, lcc = check_rule(rule)
     mask = q >= level(p["bottom"] if name == "triplet" else p["threshold"])
     if name != "threshold":
         gate = q >= level(p["top"]) if name == "triplet" else mask
@@ -174,21 +185,21 @@ def _validate(ids, hist, height, width, source: str) -> Histograms:
     ids, h = np.asarray(ids).astype(str), np.asarray(hist)
     hh, ww = np.asarray(height).astype(np.int64), np.asarray(width).astype(np.int64)
     if h.ndim != 3 or h.shape[1:] != (2, N_LEVELS) or not np.issubdtype(h.dtype, np.integer):
-        raise ValueError(f"{source}: hist must be an integer (N, 2, 256) array, got {h.dtype} {h.shape}")
+        raise HandoffError(f"{source}: hist must be an integer (N, 2, 256) array, got {h.dtype} {h.shape}")
     n = h.shape[0]
     if ids.shape != (n,) or hh.shape != (n,) or ww.shape != (n,):
-        raise ValueError(
+        raise HandoffError(
             f"{source}: image_id {ids.shape}, height {hh.shape}, width {ww.shape} must all be ({n},)"
         )
     if np.any(h < 0) or np.any(hh <= 0) or np.any(ww <= 0):
-        raise ValueError(f"{source}: negative counts or non-positive sizes")
+        raise HandoffError(f"{source}: negative counts or non-positive sizes")
     bad = np.flatnonzero(h.sum(axis=(1, 2)) != hh * ww)
     if bad.size:
-        raise ValueError(
+        raise HandoffError(
             f"{source}: histogram of {ids[bad[0]]} does not sum to height*width ({bad.size} such)"
         )
     if len(set(ids.tolist())) != n:
-        raise ValueError(f"{source}: duplicate image ids")
+        raise HandoffError(f"{source}: duplicate image ids")
     return Histograms(ids, h.astype(np.int64), hh, ww)
 
 
@@ -213,11 +224,11 @@ def load_histograms(set_dir: str | Path) -> Histograms:
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in names if k in z.files}
-    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as exc:
-        raise ValueError(f"{path}: unreadable histograms file: {exc}") from None
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as exc:
+        raise HandoffError(f"{path}: unreadable histograms file: {exc}") from None
     missing = [k for k in names if k not in arrays]
     if missing:
-        raise ValueError(f"{path}: missing arrays {missing} (has {sorted(arrays)})")
+        raise HandoffError(f"{path}: missing arrays {missing} (has {sorted(arrays)})")
     return _validate(*(arrays[k] for k in names), source=str(path))
 
 
@@ -290,7 +301,7 @@ def sweep_triplet(hist: np.ndarray, height, width, tops, min_areas, bottoms) -> 
 
 def rule_counts(hist: np.ndarray, height, width, rule: Mapping) -> tuple[np.ndarray, ...]:
     """Per-image (inter, pred_area, true_area, n_pixels), each (N,), of a rule (no lcc) from histograms."""
-    name, p, lcc = _check_rule(rule)
+    name, p, lcc = check_rule(rule)
     if lcc:
         raise ValueError("largest-component rules need the maps; histograms cannot give their counts")
     inter, area, true_area, _ = cumulative_counts(hist)

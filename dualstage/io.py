@@ -2,7 +2,11 @@
 
 Every artifact is written to a temporary file in the same folder, then moved onto its name
 with ``os.replace``: a crash leaves the old file or the new one, never half of one. Files get
-the permissions the umask gives (0644 under umask 022), not ``mkstemp``'s 0600.
+the permissions the umask gives (0644 under umask 022), not ``mkstemp``'s 0600. An OS error of a
+write (a full disk, a permission) names the file it was writing.
+
+:class:`HandoffError` is what every typed reader of a hand-off file raises for a file that is there
+but malformed (truncated, mistyped, out of range): one line naming the file and the field.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 __all__ = [
+    "HandoffError",
     "atomic_write",
     "atomic_write_bytes",
     "atomic_write_text",
@@ -34,6 +39,17 @@ __all__ = [
 ]
 
 TMP_GLOB = ".*.tmp"  # what a killed atomic write leaves behind (removed by clean_stale_tmp)
+
+
+class HandoffError(ValueError):
+    """A hand-off file that exists but is malformed; the message names the file and the field."""
+
+
+def _named(exc: OSError, path: Path) -> OSError:
+    """``exc`` with ``path`` as its file name when it has none (ENOSPC from a write names nothing)."""
+    if exc.filename is not None:
+        return exc
+    return type(exc)(exc.errno, exc.strerror or str(exc), str(path)) if exc.errno else exc
 
 
 def _file_mode() -> int:
@@ -53,9 +69,13 @@ def atomic_write(path: str | Path, writer: Callable[[str], None]) -> Path:
         writer(tmp)
         os.chmod(tmp, _file_mode())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.filename is None:
+            raise _named(exc, path) from None
+        if isinstance(exc, OSError) and str(exc.filename) == tmp:
+            raise type(exc)(exc.errno, exc.strerror, str(path)) from None
         raise
     return path
 

@@ -20,6 +20,13 @@ module joins folder names of an experiment or guesses an experiment from a folde
       training_profile.json               what the models were trained on, for the "unlike the
                                           training data" warning on new images (classify.ood)
       report/                             report.md, report.html, metrics.json, summary.json, figures/
+      external/<set>/                     an annotated external set: prepared/ (its own folds), counts.csv
+                                          (frozen and re-chosen gates per study), external.json (rules),
+                                          summary.json (the transfer table); its maps and features are
+                                          predictions/<set>[_fold_<k>]/ and features/<set>[_fold_<k>]/
+
+A folder a command writes (prepared/, predictions/<set>, features/<set>, report/) holds its writer's
+OS lock in ``<folder>/.lock`` (:mod:`dualstage.locks`): an empty file whose presence means nothing.
 """
 
 from __future__ import annotations
@@ -158,6 +165,22 @@ class ExperimentDir:
     @property
     def report(self) -> Path:
         return self.root / "report"
+
+    # -- external validation ---------------------------------------------------------------
+    def external(self, name: str) -> Path:
+        """``external/<name>/``: an annotated external set evaluated with the frozen gates."""
+        return self.root / "external" / name
+
+    def external_prepared(self, name: str) -> Path:
+        """``external/<name>/prepared``: that set's manifest, truth, own folds and cache."""
+        return self.external(name) / "prepared"
+
+    def external_sets(self) -> list[str]:
+        """Names of the external sets with a finished evaluation (``counts.csv``), sorted."""
+        root = self.root / "external"
+        if not root.is_dir():
+            return []
+        return sorted(p.name for p in root.iterdir() if (p / "counts.csv").is_file())
 
     def require(self, path: Path, step: str) -> Path:
         """``path`` when it exists, else FileNotFoundError naming the step that makes it."""

@@ -37,6 +37,7 @@ from dualstage.classify.dicom_seg import package_version, write_seg
 from dualstage.data.images import is_dicom_file, read_image_file
 from dualstage.gating import REF_PIXELS
 from dualstage.io import atomic_write, write_csv_atomic, write_json_atomic, write_png_atomic
+from dualstage.locks import holding
 from dualstage.predictor import Prediction, Predictor
 from dualstage.progress import progress as progress_iter
 from dualstage.report.overlay import panel_rows, render_overlay, thumbnail
@@ -224,10 +225,16 @@ def predict_new(
 ) -> dict:
     """Predict new radiographs into ``out`` (see the module docstring); returns run.json's summary.
 
-    ``predictor``: one already set up (else one from ``exp_dir``); finished studies are skipped."""
-    t0 = time.perf_counter()
+    ``predictor``: one already set up (else one from ``exp_dir``); finished studies are skipped.
+    One writer per ``out`` (:mod:`dualstage.locks`): a second run into it stops with one line."""
     inputs = [inputs] if isinstance(inputs, str | Path) else list(inputs)
     out = check_out(inputs, out)
+    with holding(out, "python -m dualstage predict"):
+        return _predict_new(inputs, exp_dir, out, mode, device, batch_size, progress, predictor)
+
+
+def _predict_new(inputs, exp_dir, out, mode, device, batch_size, progress, predictor) -> dict:
+    t0 = time.perf_counter()
     rejected: list[dict] = []
     _, _, path_of = input_jobs(inputs, ["predictor"], rejected)
     predictor = predictor or Predictor.from_experiment(exp_dir, mode=mode, device=device)

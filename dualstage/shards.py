@@ -30,23 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dualstage.io import write_json_atomic
+from dualstage.locks import locked as _locked
 
 __all__ = [
-    "Shard",
-    "parse_shard",
-    "torchrun_shard",
-    "shard_jobs",
-    "shard_rows",
-    "record_path",
-    "read_records",
-    "write_record",
-    "predict_shard",
-    "merge_predict",
-    "features_shard",
-    "merge_features",
-    "run_sharded",
-    "dispatch",
-]
+    "Shard", "parse_shard", "torchrun_shard", "shard_jobs", "shard_rows", "record_path",
+    "read_records", "write_record", "predict_shard", "merge_predict", "features_shard", "merge_features",
+    "run_sharded", "dispatch",
+]  # fmt: skip
 
 _SHARD = re.compile(r"(\d+)/(\d+)")
 
@@ -196,10 +186,12 @@ def _predict_run(kwargs: dict) -> dict:
     get = kwargs.get
     run = {**paths, "split": get("split"), "tta": bool(get("tta")), "strict": bool(get("strict")),
            "checkpoint": get("checkpoint", "best"), "only": sorted(get("only")) if get("only") else None,
-           "batch_size": int(get("batch_size", 8)), "precision": get("precision", "auto")}  # fmt: skip
+           "batch_size": int(get("batch_size", 8)), "precision": get("precision", "auto"),
+           "max_pixels": get("max_pixels")}  # fmt: skip
     return {**run, "models": _model_files(run)}
 
 
+@_locked("segment predict --shard", shared=True)
 def predict_shard(shard: Shard, out: str | Path, **kwargs) -> dict:
     """``segment predict`` of one shard into ``out`` (maps, hists) plus its record; its summary."""
     from dualstage.segment.distributed import pick_device
@@ -227,11 +219,13 @@ def _predict_ids(run: dict) -> tuple[list[str], set[str]]:
     exp = ExperimentDir(run["exp_dir"])
     names = list(select_models(exp, run["only"]))
     if run["input_dir"] is not None:
-        return [i for _, ids in input_jobs(run["input_dir"], names, [])[1] for i in ids], set()
+        jobs = input_jobs(run["input_dir"], names, [], run.get("max_pixels"))[1]
+        return [i for _, ids in jobs for i in ids], set()
     groups = split_jobs(run["split"], exp, names)[1]
     return [i for _, ids in groups for i in ids], set(read_rle_csv(exp.masks_csv)["image_id"])
 
 
+@_locked("segment predict --merge")
 def merge_predict(out: str | Path, device: str = "auto", progress: bool = False, workers: int = 0) -> dict:
     """Merge the shards of a predict run in ``out``: the set's files as one process writes them."""
     from dualstage.segment.predict import predict
@@ -249,6 +243,7 @@ def merge_predict(out: str | Path, device: str = "auto", progress: bool = False,
         run["exp_dir"], out, split=run["split"], input_dir=run["input_dir"], tta=run["tta"],
         checkpoint=run["checkpoint"], only=run["only"], strict=run["strict"], device=device,
         progress=progress, workers=workers, batch_size=run["batch_size"], precision=run["precision"],
+        max_pixels=run.get("max_pixels"),
     )  # fmt: skip
     summary = _merged_summary(summary, records, "predicted_now", t0)
     pset.write_info(summary)
@@ -272,9 +267,11 @@ def _features_run(pred_dir: str | Path, kwargs: dict) -> dict:
                     "image_size": int(kwargs.get("image_size", 224)), "version": _FEATURE_VERSION},
         "index_sha256": sha256_file(pset.index_path) if pset.index_path.is_file() else None,
         "batch_size": int(kwargs.get("batch_size", 16)), "precision": kwargs.get("precision", "auto"),
+        "max_pixels": kwargs.get("max_pixels"),
     }  # fmt: skip
 
 
+@_locked("classify features --shard", shared=True, folder="out_dir")
 def features_shard(shard: Shard, pred_dir: str | Path, out_dir: str | Path, **kwargs) -> dict:
     """``classify features`` of one shard (``parts/``) plus its record; its summary."""
     from dualstage.classify.features import extract_features
@@ -291,6 +288,7 @@ def features_shard(shard: Shard, pred_dir: str | Path, out_dir: str | Path, **kw
     return summary
 
 
+@_locked("classify features --merge", folder="out_dir")
 def merge_features(
     out_dir: str | Path, device: str = "auto", progress: bool = False, workers: int = 0
 ) -> dict:
@@ -303,7 +301,7 @@ def merge_features(
     run = records[0]["run"]
     kwargs = {"prepared": run["prepared"], "weights": run["setting"]["weights"],
               "image_size": run["setting"]["image_size"], "batch_size": run["batch_size"],
-              "precision": run["precision"]}  # fmt: skip
+              "precision": run["precision"], "max_pixels": run.get("max_pixels")}  # fmt: skip
     if _features_run(run["pred_dir"], kwargs) != run:
         raise ValueError(
             f"{out_dir}/shards: the predictions or weights changed since the shards ran; rerun the shards"

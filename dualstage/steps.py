@@ -86,7 +86,8 @@ def prepare_folder(args: argparse.Namespace, progress: bool = False) -> dict:
     exp = override(Experiment(name="dataset", data=DataConfig(source=str(args.data))), "data",
                    sizes=args.sizes, layout=args.layout, annotations=args.annotations, workers=args.workers,
                    n_folds=args.folds, split_seed=args.seed, test_fraction=args.test_fraction,
-                   val_fraction=args.val_fraction)  # fmt: skip
+                   val_fraction=args.val_fraction,
+                   max_pixels=getattr(args, "max_pixels", None))  # fmt: skip
     return _prepare(args.data, args.out, exp.data, args.strict, progress)
 
 
@@ -97,7 +98,7 @@ def _prepare(source, out, d, strict: bool, progress: bool) -> dict:
     return prepare(
         source, out, sizes=d.sizes, layout=d.layout, annotations=d.annotations, strict=strict,
         workers=d.workers, n_folds=d.n_folds, seed=d.split_seed, test_fraction=d.test_fraction,
-        val_fraction=d.val_fraction, progress=progress,
+        val_fraction=d.val_fraction, progress=progress, max_pixels=d.max_pixels,
     )  # fmt: skip
 
 
@@ -175,7 +176,7 @@ def features_experiment(
     return dispatch("features", dict(
         pred_dir=pset, out_dir=d.feature_set(pred_set), prepared=d.prepared if d.prepared.is_dir() else None,
         weights=f.weights, image_size=f.image_size, batch_size=f.batch_size, workers=f.workers,
-        progress=progress, device=device, precision=f.precision,
+        progress=progress, device=device, precision=f.precision, max_pixels=exp.data.max_pixels,
     ), shard=shard, merge=merge)  # fmt: skip
 
 

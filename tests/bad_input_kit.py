@@ -145,3 +145,94 @@ def rejected_rows(out: Path) -> pd.DataFrame:
 
 def manifest_ids(out: Path) -> list[str]:
     return pd.read_csv(out / "manifest.csv", dtype={"image_id": str})["image_id"].tolist()
+
+
+# ----------------------------------------------------------------------------- hostile images
+def _dicom(path: Path, rows: int, cols: int, syntax: str, pixel_data: bytes, encapsulated: bool) -> Path:
+    """A Secondary Capture DICOM whose header claims ``rows`` x ``cols`` 8-bit pixels."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import UID, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = (
+        SecondaryCaptureImageStorage,
+        generate_uid(),
+    )
+    meta.TransferSyntaxUID = UID(syntax)
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.Rows, ds.Columns, ds.SamplesPerPixel = "CR", rows, cols, 1
+    ds.PhotometricInterpretation, ds.BitsAllocated, ds.BitsStored, ds.HighBit = "MONOCHROME2", 8, 8, 7
+    ds.PixelRepresentation = 0
+    ds.PixelData = encapsulate([pixel_data]) if encapsulated else pixel_data
+    ds["PixelData"].VR = "OB"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _jpeg(size: tuple[int, int]) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    Image.new("L", (size[1], size[0]), 0).save(buf, format="JPEG", quality=5)
+    return buf.getvalue()
+
+
+def png_stream(path: Path, height: int, width: int, rows_written: int | None = None) -> Path:
+    """A zero-filled 8-bit PNG declaring ``height`` x ``width``, compressed row by row (never held in
+    memory); ``rows_written`` < height: an IDAT cut short (a decompression bomb's shape)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    z, row, idat = zlib.compressobj(9), bytes(width + 1), []
+    for _ in range(height if rows_written is None else rows_written):
+        idat.append(z.compress(row))
+    idat.append(z.flush())
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"".join(idat)) + chunk(b"IEND", b"")
+    )
+    return path
+
+
+HOSTILE_SIZES = {  # name -> (height, width) its header declares
+    "claims_60000.dcm": (60000, 60000),
+    "jpeg_claims_50000.dcm": (50000, 50000),
+    "zeros_12000.png": (12000, 12000),
+    "bomb_65535.png": (65535, 65535),
+}
+
+
+def hostile_images(folder: Path, scale: float = 1.0) -> dict[str, tuple[int, int]]:
+    """The issue's four hostile files in ``folder``: a 1.6 KB uncompressed DICOM claiming 60000 x 60000,
+    a JPEG Baseline DICOM claiming 50000 x 50000, a zero-filled 12000 x 12000 PNG and a PNG bomb (IHDR
+    65535 x 65535, a few rows of data). ``scale`` < 1 shrinks every declared size (tests with a small
+    --max-pixels). Returns {file name: declared (height, width)}."""
+    sizes = {k: (max(1, int(h * scale)), max(1, int(w * scale))) for k, (h, w) in HOSTILE_SIZES.items()}
+    _dicom(folder / "claims_60000.dcm", *sizes["claims_60000.dcm"], "1.2.840.10008.1.2.1", bytes(1024), False)
+    _dicom(folder / "jpeg_claims_50000.dcm", *sizes["jpeg_claims_50000.dcm"], "1.2.840.10008.1.2.4.50",
+           _jpeg((64, 64)), True)  # fmt: skip
+    png_stream(folder / "zeros_12000.png", *sizes["zeros_12000.png"])
+    png_stream(folder / "bomb_65535.png", *sizes["bomb_65535.png"], rows_written=4)
+    return sizes
+
+
+def lying_jpeg_dicom(path: Path, header: tuple[int, int], stream: tuple[int, int]) -> Path:
+    """A JPEG Baseline DICOM whose Rows x Columns say ``header`` but whose JPEG stream is ``stream``."""
+    return _dicom(path, *header, "1.2.840.10008.1.2.4.50", _jpeg(stream), True)
+
+
+def j2k_claiming(path: Path, header: tuple[int, int], stream: tuple[int, int]) -> Path:
+    """A JPEG 2000 DICOM whose frame is a SIZ marker declaring ``stream`` (then junk and EOC)."""
+    import struct
+
+    siz = b"\xff\x4f\xff\x51" + struct.pack(">HH", 41, 0) + struct.pack(">IIII", stream[1], stream[0], 0, 0)
+    frame = siz + struct.pack(">IIIIH", 64, 64, 0, 0, 1) + b"\x07\x01\x01" + bytes(32) + b"\xff\xd9"
+    return _dicom(path, *header, "1.2.840.10008.1.2.4.90", frame, True)

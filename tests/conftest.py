@@ -28,3 +28,22 @@ def deployable_exp(tmp_path_factory) -> Path:
     from deploy_kit import deployable
 
     return deployable(tmp_path_factory.mktemp("deployable"))
+def tiny_model(tmp_path_factory) -> Path:
+    """A prepared tiny phantom experiment (64 px) with an untrained ``main`` U-Net: ``segment predict``
+    runs without training (benchmarks/_setup.save_model). Returns the experiment folder."""
+    import sys
+
+    from test_bad_inputs_experiment import call, config, write_yaml
+
+    from dualstage.config import load_experiment
+
+    tmp = tmp_path_factory.mktemp("tiny_model")
+    path = write_yaml(tmp, config(tmp / "models"))
+    proc = call("dualstage", "run", path, "--steps", "data")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from _setup import save_model
+
+    exp = load_experiment(path)
+    save_model(exp, "main")
+    return exp.folder

@@ -70,7 +70,8 @@ def _fold_pipeline(exp: Path, k: int, gate: float, pixel: float) -> None:
     clf = XGBClassifier(n_estimators=2, max_depth=2, n_jobs=1)
     clf.fit(rng.normal(size=(20, len(feature_names()))).astype(np.float32), np.arange(20) % 2)
     save_model(clf, cdir / "model.ubj")
-    (cdir / "params.json").write_text(json.dumps({"features": SETTINGS}))
+    params = {"features": SETTINGS, "best_params": {}, "base": {"seed": 0, "max_bin": 64}}
+    (cdir / "params.json").write_text(json.dumps(params))
     entry = {"threshold": gate, "pixel_rule": rules["threshold"]}
     (cdir / "gate.json").write_text(json.dumps({"classifier": entry, "classifier_and_area": entry}))
 

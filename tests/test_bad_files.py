@@ -157,7 +157,7 @@ def fake_model(monkeypatch) -> None:
 
 
 def _inputs(root: Path, header_error: bool) -> Path:
-    """plain.png, good.dcm, half.dcm (header fine, pixel data cut short) [, bad.dcm (no DICOM header)]."""
+    """plain.png, good.dcm, half.dcm (pixel data cut short: a header row) [, bad.dcm (no DICOM header)]."""
     new = root / "new"
     table = generate(root / "ph", n=1, size=64, layout="siim", jpeg_share=0.0, progress=False)
     ds = pydicom.dcmread(root / "ph" / table["path"].iloc[0])
@@ -179,7 +179,7 @@ def test_predict_input_rejects_bad_files_and_goes_on(fake_model, tmp_path) -> No
     assert summary["images"] == 2 and summary["rejected"] == 2
     rejected = pd.read_csv(tmp_path / "out" / "rejected.csv").sort_values("item")
     assert [Path(p).name for p in rejected["item"]] == ["bad.dcm", "half.dcm"]
-    assert rejected["stage"].tolist() == ["header", "decode"]
+    assert rejected["stage"].tolist() == ["header", "header"]  # pixel data shorter than declared: header
     assert sorted(pd.read_csv(tmp_path / "out" / "index.csv")["image_id"]) == ["good", "plain"]
 
 
@@ -190,7 +190,8 @@ def test_predict_strict_stops_at_the_first_bad_file(fake_model, tmp_path) -> Non
             tmp_path / "exp", tmp_path / "out", input_dir=new, workers=0, progress=False, strict=True
         )
     text = str(err.value)
-    assert text.startswith(f"{new / 'half.dcm'}: rejected at the decode stage (") and "\n" not in text
+    assert text.startswith(f"{new / 'half.dcm'}: rejected at the header stage (") and "\n" not in text
+    assert "less than expected" in text  # the header's size checked against the pixel data's length
     assert not (tmp_path / "out" / "index.csv").exists() and not (tmp_path / "out" / "rejected.csv").exists()
     (new / "bad.dcm").write_bytes(b"not a dicom at all")  # header failures stop it before any prediction
     exp = Experiment(name="strict", output_root=str(tmp_path / "models"))

@@ -293,6 +293,8 @@ def test_tune_with_fewer_positives_than_folds(gated: Path, tmp_path: Path) -> No
     index.loc[positives[3:], "has_pneumothorax"] = 0  # 3 positive studies for 5 folds
     index.to_csv(index_path, index=False)
     before = snapshot(exp / "classifier")
-    line = assert_error(call("dualstage.classify", "tune", "--exp", exp, "--n-iter", "1", "--threads", "1"))
+    line = assert_error(
+        call("dualstage.classify", "tune", "--exp", exp, "--n-iter", "1", "--threads", "1", "--force")
+    )
     assert "3 positive studies for 5 folds" in line and "features" in line
     assert snapshot(exp / "classifier") == before

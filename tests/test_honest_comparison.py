@@ -150,3 +150,21 @@ def test_pipeline_set_names_are_refused_for_new_images(name):
     with pytest.raises(ValueError, match="the pipeline owns this set name"):
         check_input_set_name(name)
     assert check_input_set_name("new") == "new"
+
+
+def test_a_model_that_collapsed_in_training_is_a_warning(tmp_path):
+    from dualstage.crossfit.collapse import validation_collapse
+
+    for name, flag in (("fold_0", False), ("fold_1", True)):
+        (tmp_path / name).mkdir()
+        why = "validation positive-case Dice 0.000" if flag else ""
+        record = {"collapse": {"collapsed": flag, "why": why}}
+        (tmp_path / name / "done.json").write_text(json.dumps(record))
+    got = validation_collapse({n: tmp_path / n for n in ("fold_0", "fold_1", "fold_2")})
+    assert [(r["model"], r["collapsed"]) for r in got] == [("fold_0", False), ("fold_1", True)]
+    true = np.array([10, 0])
+    a = _gate("threshold", {"per_fold": {0: THR}}, [10, 0])
+    g = gate_table(np.array(["a", "b"]), true, np.full(2, 100), [a], {}, "x", ["fold_0"],
+                   fold=np.zeros(2, int), collapse=got)  # fmt: skip
+    cmp = compare_counts(g, resamples=20, seed=0, split="crossfit")
+    assert cmp["warnings"] == ["fold_1 collapsed on its validation: validation positive-case Dice 0.000"]

@@ -116,7 +116,7 @@ def test_no_test_split_in_a_cross_fitted_report(exp, report, capsys):
     assert report_main(["--exp", str(exp.folder), "--out", str(exp.folder / "r2"), "--resamples", "50",
                         "--gallery", "0"]) == 0  # fmt: skip
     out = capsys.readouterr().out
-    assert "on test" not in out and "best gate (every study, cross-fitted)" in out
+    assert "on test" not in out and "best distinct outcome (every study, cross-fitted)" in out
 
 
 def test_provenance_hashes_what_the_comparison_read(exp, report):

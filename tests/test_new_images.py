@@ -31,8 +31,8 @@ def pngs(tmp_path_factory):
 
 def test_one_file(deployable_exp, pngs, tmp_path, capsys) -> None:
     path = pngs[1][0]
-    code, _ = _run(capsys, path, "--exp", deployable_exp, "--out", tmp_path / "out")
-    assert code == 0
+    code, err = _run(capsys, path, "--exp", deployable_exp, "--out", tmp_path / "out")
+    assert code == 0, err
     out = tmp_path / "out"
     table = pd.read_csv(out / "decisions.csv", dtype={"image_id": str})
     assert table["image_id"].tolist() == [path.stem]

@@ -125,6 +125,7 @@ def _tiny(tmp: Path) -> dict:
         (r"experiments/[\w<>]+\.yaml", str(path)),
         (r"models/[\w<>]+", str(exp)),
         (r"/data/siim-acr", str(exp / "phantoms")),
+        (r"/data/second-site", str(exp / "phantoms")),  # the source's own phantoms as a "second site"
         (r"/path/to/dicoms", str(new)),
         (r"--out DIR", f"--out {tmp / 'phantom_cli'}"),
         (r"--n 600 --size 1024", "--n 6 --size 128"),

@@ -209,16 +209,21 @@ def test_folds_predict_sweep_evaluate(tiny, tmp_path):
     assert (exp / "sweep" / "test" / "table4_threshold_area.csv").exists()
     with pytest.raises(SystemExit):  # argparse refuses the choice: never chosen on test
         _cli("sweep", "--exp", str(exp), "--select-on", "test")
-    _cli("predict", "--exp", str(exp), "--split", "test", "--folds", "fold_0", "--workers", "0")
+    # a fold model saw some test studies (the folds cover every study): its test score is refused
+    refused = _cli("predict", "--exp", str(exp), "--split", "test", "--folds", "fold_0", "--workers", "0",
+                   expect=2)  # fmt: skip
+    assert "fold_0 saw" in refused.stderr and not (pred / "test_fold_0" / "index.csv").exists()
     # regression: --folds reaches predict; the set holds fold_0's own maps, not the ensemble's
-    single = pd.read_csv(pred / "test_fold_0" / "index.csv", dtype={"image_id": str})
+    _cli("predict", "--exp", str(exp), "--split", "all", "--folds", "fold_0", "--workers", "0")
+    single = pd.read_csv(pred / "all_fold_0" / "index.csv", dtype={"image_id": str})
     assert set(single["fold_model"]) == {"fold_0"}
+    test_ids = pd.read_csv(pred / "test" / "index.csv", dtype={"image_id": str})["image_id"]
     differ = [
         not np.array_equal(
-            np.asarray(Image.open(pred / "test_fold_0" / "maps" / f"{i}.png")),
+            np.asarray(Image.open(pred / "all_fold_0" / "maps" / f"{i}.png")),
             np.asarray(Image.open(pred / "test" / "maps" / f"{i}.png")),
         )
-        for i in single["image_id"]
+        for i in test_ids
     ]
     assert any(differ)
     out = _cli("evaluate", "--exp", str(exp))

@@ -19,9 +19,11 @@ from dualstage.cli import run_cli
 from dualstage.config import override
 from dualstage.experiment import (
     add_experiment_argument,
+    add_max_pixels_argument,
     add_progress_argument,
     add_shard_arguments,
     open_experiment,
+    with_max_pixels,
 )
 
 
@@ -31,7 +33,7 @@ def _features(args: argparse.Namespace) -> int:
 
     if args.shard is not None:
         parse_shard(args.shard)  # a bad --shard fails before anything is loaded
-    exp = open_experiment(args.exp)
+    exp = with_max_pixels(open_experiment(args.exp), args.max_pixels)
     exp = override(exp, "features", weights=args.weights, image_size=args.image_size,
                    batch_size=args.batch_size, workers=args.workers, precision=args.precision)  # fmt: skip
     sets = args.set or [p.name for p in sorted(exp.dir.predictions.glob("*")) if (p / "index.csv").is_file()]
@@ -160,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (torchrun: each rank's GPU)")
     add_shard_arguments(p, "features.npz, index.csv")
+    add_max_pixels_argument(p)
     p.add_argument(
         "--precision", default=None, choices=["auto", "fp32", "bf16"], help="default features.precision"
     )

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
+from dualstage.data import limits
 from dualstage.data.images import is_dicom_file
 from dualstage.io import atomic_write, write_csv_atomic
 from dualstage.layout import ExperimentDir
@@ -177,6 +177,11 @@ def write_seg(
         if not mask.any():
             raise ValueError("empty mask: empty decisions get no SEG")
         ds = _read_source(source)
+        frames = int(str(ds.get("NumberOfFrames", "") or "1").strip() or 1)
+        limits.check_pixels(source, int(ds.Rows), int(ds.Columns))  # the pixel limit, before any array
+        limits.check_pixels(
+            source, frames * int(ds.Rows), int(ds.Columns), what="its frames together declare"
+        )
         if mask.shape != (int(ds.Rows), int(ds.Columns)):
             raise ValueError(f"mask is {mask.shape[0]}x{mask.shape[1]}, source frame {ds.Rows}x{ds.Columns}")
         digest = hashlib.sha256(np.packbits(mask).tobytes() + str(mask.shape).encode()).hexdigest()
@@ -184,6 +189,10 @@ def write_seg(
             warnings.simplefilter("ignore")  # highdicom's notes on the source's own value checks
             seg = _segmentation(ds, _frames(ds, mask, frame), algorithm_version, series_number, digest)
         atomic_write(out, lambda tmp: seg.save_as(tmp))
+    except limits.ImageTooLarge as exc:
+        raise ValueError(
+            f"{source}: cannot write DICOM SEG ({str(exc).replace(f'{source}: ', '', 1)})"
+        ) from exc
     except Exception as exc:  # pydicom / highdicom raise many types for unusable sources
         text = " ".join(str(exc).split())
         reason = text if isinstance(exc, ValueError) and text else f"{type(exc).__name__}: {text}"
@@ -235,12 +244,12 @@ def write_segs(
     for image_id in progress_iter(todo, desc=f"seg {final_dir.name}", enabled=progress):
         path, frame = sources[image_id]
         out = final_dir / SEG_DIR / f"{image_id}.dcm"
-        with Image.open(final_dir / "masks" / f"{image_id}.png") as im:
-            mask = np.asarray(im) > 0
-        if not mask.any():
-            out.unlink(missing_ok=True)
-            continue
         try:
+            with limits.open_pillow(final_dir / "masks" / f"{image_id}.png") as im:
+                mask = np.asarray(im) > 0
+            if not mask.any():
+                out.unlink(missing_ok=True)
+                continue
             write_seg(path, mask, out, algorithm_version=version, frame=frame)
             n_seg += 1
         except ValueError as exc:

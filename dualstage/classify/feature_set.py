@@ -13,10 +13,14 @@ and compare settings through :func:`read_settings` / :func:`check_same_settings`
 from __future__ import annotations
 
 import json
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from dualstage.io import HandoffError
 
 __all__ = [
     "SETTING_KEYS",
@@ -32,7 +36,10 @@ SETTING_KEYS = ("weights", "weights_sha256", "image_size", "version")
 
 
 def load_feature_table(features_dir: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, pd.DataFrame]:
-    """(ids (N,) str, X (N, F) float32, names (F,) str, index rows aligned to ids) of a feature set."""
+    """(ids (N,) str, X (N, F) float32, names (F,) str, index rows aligned to ids) of a feature set.
+
+    Checked: readable (a truncated or mistyped file is a HandoffError naming it), X numeric, finite
+    and (N, F), ids unique and each listed in index.csv."""
     d = Path(features_dir)
     npz, csv = d / "features.npz", d / "index.csv"
     for p in (npz, csv):
@@ -42,22 +49,46 @@ def load_feature_table(features_dir: str | Path) -> tuple[np.ndarray, np.ndarray
         with np.load(npz, allow_pickle=False) as z:
             missing = [k for k in ("image_id", "X", "feature_names") if k not in z.files]
             if missing:
-                raise ValueError(f"{npz}: missing arrays {missing}")
-            ids, X = z["image_id"].astype(str), z["X"].astype(np.float32)
-            names = z["feature_names"].astype(str)
-    except (OSError, EOFError) as exc:
-        raise ValueError(f"{npz}: unreadable features file ({exc})") from None
-    if X.ndim != 2 or X.shape != (ids.size, names.size):
-        raise ValueError(
-            f"{npz}: X {X.shape} must be (len(image_id)={ids.size}, len(feature_names)={names.size})"
+                raise HandoffError(f"{npz}: missing arrays {missing}; re-run `classify features`")
+            ids, X, names = z["image_id"], z["X"], z["feature_names"]
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as exc:
+        if isinstance(exc, HandoffError):
+            raise
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise HandoffError(
+            f"{npz}: unreadable features file ({reason}); re-run `classify features`"
+        ) from None
+    ids, names = _strings(ids, npz, "image_id"), _strings(names, npz, "feature_names")
+    if X.dtype.kind not in "fiu" or X.ndim != 2 or X.shape != (ids.size, names.size):
+        raise HandoffError(
+            f"{npz}: X ({X.dtype} {X.shape}) must be numeric (len(image_id)={ids.size}, "
+            f"len(feature_names)={names.size})"
         )
+    X = X.astype(np.float32)
+    if not np.isfinite(X).all():
+        raise HandoffError(f"{npz}: X holds NaN or infinite values; re-run `classify features`")
     if len(set(ids.tolist())) != ids.size:
-        raise ValueError(f"{npz}: duplicate image ids")
-    index = pd.read_csv(csv, dtype={"image_id": str}).drop_duplicates("image_id").set_index("image_id")
+        raise HandoffError(f"{npz}: image_id: duplicate image ids")
+    try:
+        index = pd.read_csv(csv, dtype={"image_id": str})
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise HandoffError(f"{csv}: unreadable index ({' '.join(str(exc).split())})") from None
+    if "image_id" not in index.columns:
+        raise HandoffError(f"{csv}: no image_id column")
+    index = index.drop_duplicates("image_id").set_index("image_id")
     absent = np.setdiff1d(ids, index.index.to_numpy(dtype=str))
     if absent.size:
-        raise ValueError(f"{csv}: {absent.size} feature rows have no index row (e.g. {absent[0]})")
+        raise HandoffError(f"{csv}: {absent.size} feature rows have no index row (e.g. {absent[0]})")
     return ids, X, names, index.loc[ids].reset_index()
+
+
+def _strings(values: np.ndarray, path: Path, name: str) -> np.ndarray:
+    """A 1-D array of strings (HandoffError naming the file and the array otherwise)."""
+    if values.dtype.kind not in "US" or values.ndim != 1:
+        raise HandoffError(
+            f"{path}: {name}: expected a 1-D array of strings, got {values.dtype} {values.shape}"
+        )
+    return values.astype(str)
 
 
 def read_settings(features_dir: str | Path) -> dict:

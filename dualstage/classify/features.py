@@ -34,9 +34,10 @@ from scipy import ndimage
 from torch.utils.data import DataLoader, Dataset
 
 from dualstage.classify.densenet import N_DENSENET, describe_weights, embed, load_densenet
+from dualstage.data import limits
 from dualstage.data.cache import pick_cache_size
 from dualstage.data.images import read_image_file
-from dualstage.data.prepare import cache_paths
+from dualstage.data.prepare import CACHE_PIXELS, cache_paths
 from dualstage.gating import REF_PIXELS, levels
 from dualstage.io import (
     atomic_write,
@@ -45,6 +46,7 @@ from dualstage.io import (
     write_json_atomic,
     write_npy_atomic,
 )
+from dualstage.locks import holding
 from dualstage.progress import progress as progress_iter
 from dualstage.segment.distributed import pick_device
 from dualstage.segment.precision import inference_dtype, precision_name
@@ -144,8 +146,11 @@ class _Items(Dataset):
     A failure is "stage: reason" ("" when the row is fine; then the tensors are zeros).
     """
 
-    def __init__(self, pset: PredictionSet, ids: list[str], sources: list[Path], size: int):
+    def __init__(
+        self, pset: PredictionSet, ids: list[str], sources: list[Path], size: int, pixels: list[int]
+    ):
         self.pset, self.ids, self.sources, self.size = pset, ids, sources, size
+        self.pixels = pixels  # each source's pixel limit: data.max_pixels, or the cache's for our own files
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -156,7 +161,7 @@ class _Items(Dataset):
             q = self.pset.read_map(self.ids[i])
             stats = map_statistics(q)
             stage = "image"
-            image, _ = read_image_file(self.sources[i])
+            image, _ = read_image_file(self.sources[i], self.pixels[i])
             values = torch.tensor([stats[n] for n in STAT_NAMES], dtype=torch.float64)
             return _tensor(image, self.size), _tensor(q, self.size), values, i, ""
         except Exception as exc:  # noqa: BLE001 - any failure rejects this image only
@@ -230,7 +235,11 @@ def _extract_rows(ctx: dict, ids: list[str], sources: list[Path], todo: list[int
     if not ctx["record"].is_file():  # written once the net loaded: a failed load leaves no stale record
         write_json_atomic(ctx["record"], {**ctx["setting"], "status": "running"})
     t_run = time.perf_counter()
-    data = _Items(ctx["pset"], [ids[k] for k in todo], [sources[k] for k in todo], ctx["image_size"])
+    picked, cache = [sources[k] for k in todo], ctx["cache_root"]
+    pixels = [
+        max(ctx["max_pixels"], CACHE_PIXELS) if cache in p.parents else ctx["max_pixels"] for p in picked
+    ]
+    data = _Items(ctx["pset"], [ids[k] for k in todo], picked, ctx["image_size"], pixels)
     loader = DataLoader(data, batch_size=ctx["batch_size"], num_workers=ctx["workers"], shuffle=False)
     for images, maps, stats, pos, failures in progress_iter(
         loader, desc="features", unit="batch", enabled=ctx["progress"]
@@ -286,6 +295,7 @@ def extract_features(
     progress: bool = True,
     shard: Shard | None = None,
     precision: str = "auto",
+    max_pixels: int | None = None,
 ) -> dict:
     """Write features.npz / index.csv / features.json for one prediction set; returns the summary.
 
@@ -295,8 +305,23 @@ def extract_features(
     refused (ValueError) rather than mixed. An image that fails is a ``rejected.csv`` row and
     the others go on; ValueError when none is left. ``shard``: that share's parts only (dualstage.shards).
     ``precision``: auto | fp32 | bf16 of the DenseNet (:func:`dualstage.segment.precision.inference_dtype`),
-    recorded in features.json.
+    recorded in features.json. ``max_pixels``: the pixel limit of a source image (default: the
+    process's ``data.max_pixels``); one over it is a rejected row. Holds the feature set's lock and
+    the prediction set's shared (:mod:`dualstage.locks`): never reads a set while it is written.
     """
+    with (
+        holding(pred_dir, "classify features", shared=True),
+        holding(out_dir, "classify features", shared=shard is not None),
+    ):
+        return _extract_features(pred_dir, out_dir, prepared, weights, image_size, batch_size, workers,
+                                 device, progress, shard, precision, limits.resolve(max_pixels))  # fmt: skip
+
+
+def _extract_features(
+    pred_dir, out_dir, prepared, weights, image_size: int, batch_size: int, workers: int, device: str,
+    progress: bool, shard: Shard | None, precision: str, max_pixels: int,
+) -> dict:  # fmt: skip
+    """:func:`extract_features` once both sets are locked."""
     t0 = time.perf_counter()
     pset, out_dir, dev = PredictionSet(pred_dir), Path(out_dir), pick_device(device)
     dtype = inference_dtype(precision, dev)
@@ -317,7 +342,8 @@ def extract_features(
         "device": dev, "dtype": dtype, "parts": parts, "weights": weights, "record": record,
         "setting": setting, "pset": pset,
         "image_size": image_size, "batch_size": batch_size, "workers": workers, "progress": progress,
-        "rejected": rejected,
+        "rejected": rejected, "max_pixels": max_pixels,
+        "cache_root": prepared / "cache" if prepared else None,
     }  # fmt: skip
     run_seconds = _extract_rows(ctx, ids, sources, todo) if todo else 0.0
     bad = {r["item"] for r in rejected}

@@ -34,6 +34,7 @@ import pandas as pd
 from sklearn.model_selection import PredefinedSplit, cross_val_predict
 
 from dualstage import gating, rle
+from dualstage.classify.classifier_files import GATE_MODES, load_classifier, load_gate, read_params
 from dualstage.classify.dicom_seg import seg_sources, write_segs
 from dualstage.classify.feature_set import (
     check_same_settings,
@@ -41,9 +42,8 @@ from dualstage.classify.feature_set import (
     load_feature_table,
     rejected_ids,
 )
-from dualstage.classify.tune import estimator_from_params, load_classifier, read_params
+from dualstage.classify.tune import estimator_from_params
 from dualstage.data.splits import read_folds
-from dualstage.gates import CLASSIFIER_GATES
 from dualstage.io import sha256_file, write_csv_atomic, write_json_atomic, write_png_atomic
 from dualstage.layout import ExperimentDir
 from dualstage.metrics import presence_report, roc_auc, summarize_counts
@@ -54,7 +54,6 @@ from dualstage.tolerance import GATE_TIE_RULE, plateau_middle
 
 __all__ = ["GATE_MODES", "CANDIDATES", "gate_sweep", "choose_gate", "fit_gate", "load_gate", "apply_gate"]
 
-GATE_MODES = {k: g.rule for k, g in CLASSIFIER_GATES.items()}  # mode -> operating-point rule
 CANDIDATES = np.linspace(0.0, 1.0, 101)
 TIE_BREAK = GATE_TIE_RULE
 
@@ -136,17 +135,6 @@ def oof_probabilities(
     est = estimator_from_params(params, threads=threads)
     probs = cross_val_predict(est, X, y, cv=PredefinedSplit(folds), method="predict_proba")[:, 1]
     return pd.DataFrame({"image_id": ids, "fold": folds, "has_pneumothorax": y, "probability": probs})
-
-
-def load_gate(path: str | Path) -> dict:
-    """gate.json as a dict ({} when the file does not exist)."""
-    path = Path(path)
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: not a valid gate file ({exc})") from None
 
 
 def _gate_entry(mode: str, rule: dict, res: dict, y: pd.Series, probs: np.ndarray, cdir: Path) -> dict:

@@ -36,6 +36,7 @@ from sklearn.metrics import make_scorer
 from sklearn.model_selection import PredefinedSplit, RandomizedSearchCV, cross_val_score
 from xgboost import XGBClassifier
 
+from dualstage.classify.classifier_files import load_classifier, not_json, read_params  # noqa: F401 (re-exported)
 from dualstage.classify.feature_set import labels_of, load_feature_table, read_settings
 from dualstage.classify.halving import halving_like_random
 from dualstage.classify.table2 import PAPER_TABLE2, table2
@@ -152,35 +153,6 @@ def estimator_from_params(
         n_jobs=threads if threads is not None else params.get("threads"),
         **params["best_params"],
     )
-
-
-def load_classifier(directory: str | Path, name: str = "model.ubj") -> XGBClassifier:
-    """Load a saved classifier (``model.ubj`` or ``default_model.ubj``, XGBoost's own format)."""
-    path = Path(directory) / name
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no classifier model; run `classify tune` first")
-    clf = XGBClassifier()
-    try:
-        clf.load_model(path)
-    except xgboost.core.XGBoostError as exc:
-        raise ValueError(f"{path}: not a readable XGBoost model ({str(exc).splitlines()[0]})") from None
-    return clf
-
-
-def _not_json(constant: str):
-    raise ValueError(f"{constant} is not a JSON value")
-
-
-def read_params(directory: str | Path) -> dict:
-    """``params.json`` of a tuned classifier: best params, base settings, the features' settings.
-    Strict JSON: NaN / Infinity (which Python's json would accept) are refused."""
-    path = Path(directory) / "params.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no tuned parameters; run `classify tune` first")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"), parse_constant=_not_json)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from None
 
 
 def save_model(clf: XGBClassifier, path: Path) -> None:

@@ -14,12 +14,15 @@ Two checks, each on the model's own studies:
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 
 from dualstage import gating
 from dualstage.metrics import collapsed_on_validation, summarize_counts
 
-__all__ = ["collapse_check"]
+__all__ = ["collapse_check", "validation_collapse"]
 
 
 def _max_probability(hist: np.ndarray) -> np.ndarray:
@@ -58,6 +61,7 @@ def collapse_check(
         out.append(
             {
                 "model": f"fold_{k}",
+                "on": "out-of-fold studies",
                 "n": int(rows.sum()),
                 "n_pos": int(s["n_pos"]),
                 "pos_dice": s["pos_dice"],
@@ -67,4 +71,20 @@ def collapse_check(
                 "why": "; ".join(why),
             }
         )
+    return out
+
+
+def validation_collapse(model_dirs: dict[str, Path]) -> list[dict]:
+    """The training-time checks recorded in each model's ``done.json`` (``collapse``), as records
+    [{model, on: "validation", collapsed, why}]; models without the record are left out."""
+    out = []
+    for name, folder in model_dirs.items():
+        path = Path(folder) / "done.json"
+        try:
+            record = json.loads(path.read_text()).get("collapse") if path.is_file() else None
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{path}: unreadable training record ({exc})") from None
+        if isinstance(record, dict) and "collapsed" in record:
+            flag, why = bool(record["collapsed"]), str(record.get("why", ""))
+            out.append({"model": name, "on": "validation", "collapsed": flag, "why": why})
     return out

@@ -8,18 +8,19 @@ tables and figures apply.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from dualstage import gating
-from dualstage.crossfit.collapse import collapse_check
+from dualstage.classify.classifier_files import load_gate
+from dualstage.crossfit.collapse import collapse_check, validation_collapse
 from dualstage.crossfit.rules import oof_histograms, read_fold_rules, subset
 from dualstage.gates import GATES, gate_name
+from dualstage.io import HandoffError
 from dualstage.layout import ExperimentDir
-from dualstage.report.compare import Gate, describe_rule, gate_table
+from dualstage.report.compare import BAD_INPUT, Gate, describe_rule, gate_table
 from dualstage.segment.sweep import make_grids
 
 __all__ = ["crossfit_gates", "fold_decisions"]
@@ -30,11 +31,18 @@ def fold_decisions(exp: ExperimentDir, k: int, mode: str) -> tuple[pd.DataFrame,
     cdir = exp.crossfit_fold(k) / "classifier"
     if not (cdir / "probabilities.csv").is_file() or not (cdir / "gate.json").is_file():
         return None
-    gate = json.loads((cdir / "gate.json").read_text())
+    gate = load_gate(cdir / "gate.json")
     if mode not in gate:
         return None
-    probs = pd.read_csv(cdir / "probabilities.csv", dtype={"image_id": str})
-    return probs, float(gate[mode]["threshold"])
+    path = cdir / "probabilities.csv"
+    try:
+        probs = pd.read_csv(path, dtype={"image_id": str})
+        values = pd.to_numeric(probs["probability"], errors="coerce")
+    except (ValueError, KeyError, UnicodeDecodeError) as exc:
+        raise HandoffError(f"{path}: unreadable probabilities ({exc!r})") from None
+    if values.isna().any() or not values.between(0, 1).all():
+        raise HandoffError(f"{path}: probability: expected numbers in [0, 1]; re-run `classify tune`")
+    return probs.assign(probability=values), float(gate[mode]["threshold"])
 
 
 def _gate_counts(
@@ -84,6 +92,9 @@ def crossfit_gates(exp_dir: str | Path) -> dict:
     for spec in GATES:
         try:
             inter, area, decision, text, params = _gate_counts(exp, spec, hist, folds, rules)
+        except HandoffError as exc:
+            skipped[spec.label] = f"{BAD_INPUT}{exc}"
+            continue
         except (FileNotFoundError, KeyError, ValueError) as exc:
             skipped[spec.label] = f"not run: {exc}"
             continue
@@ -92,7 +103,8 @@ def crossfit_gates(exp_dir: str | Path) -> dict:
     chosen = "the other folds' out-of-fold maps (cross-fitted)"
     default = next(iter(rules.values())).rule("default")["threshold"]
     lowest = float(make_grids()["fine"].min())  # the lowest threshold any tuned rule may choose
-    collapse = collapse_check(hist, folds, default, lowest)
+    models = {f"fold_{k}": exp.model_dir(f"fold_{k}") for k in sorted(rules)}
+    collapse = validation_collapse(models) + collapse_check(hist, folds, default, lowest)
     folds_named = [f"fold_{k}" for k in sorted(rules)]
     extra = {"fold": folds, "pred_set": "oof", "collapse": collapse}
     return gate_table(hist.image_id, true_area, n_pix, gates, skipped, chosen, folds_named, **extra)

@@ -11,17 +11,16 @@ probability and decision beside the vote.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from dualstage import gating, rle
+from dualstage.classify.classifier_files import load_classifier, load_gate, read_params
 from dualstage.classify.dicom_seg import seg_sources, write_segs
 from dualstage.classify.feature_set import check_same_settings, load_feature_table
 from dualstage.classify.gate import GATE_MODES
-from dualstage.classify.tune import load_classifier, read_params
 from dualstage.crossfit.rules import read_fold_rules
 from dualstage.io import write_csv_atomic, write_json_atomic, write_png_atomic
 from dualstage.layout import ExperimentDir
@@ -58,7 +57,7 @@ def crossfit_apply(exp_dir: str | Path, name: str, mode: str, progress: bool = F
     probs, thresholds = {}, {}
     for k, s in sets.items():
         probs[k] = _fold_probabilities(exp, k, s)
-        gate = json.loads((exp.crossfit_fold(k) / "classifier" / "gate.json").read_text())
+        gate = load_gate(exp.crossfit_fold(k) / "classifier" / "gate.json")
         thresholds[k] = float(gate[mode]["threshold"])
     ids = [i for i in probs[next(iter(sets))].index if all(i in p.index for p in probs.values())]
     dst = exp.final(name, mode)

@@ -6,10 +6,17 @@ pydicom (RLE), pydicom itself (native little / big endian, deflated). Files with
 128-byte preamble or file meta are read again with ``force=True``. Every failure is a
 one-line ``ValueError`` naming the file and the reason; objects without pixels (SR, RT plan /
 structure set, waveforms, presentation states, ...) are named by their SOP Class.
+
+Before any pixel is decoded the header is held to the pixel limit (:mod:`dualstage.data.limits`):
+Rows x Columns over it, native Pixel Data shorter than the header declares, a compressed frame whose
+own header (JPEG SOF, JPEG 2000 SIZ) says another or a larger size, or a deflated data set that
+inflates past the limit are each refused with a one-line reason. Big values are read lazily
+(``defer_size``), so a header read costs the header, not the pixels.
 """
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -18,9 +25,12 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import generate_frames
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_file_meta_info
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, pixel_array
+from pydicom.pixels.utils import get_expected_length
 from pydicom.uid import (
     UID,
+    DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
@@ -28,6 +38,9 @@ from pydicom.uid import (
     JPEGLSTransferSyntaxes,
     JPEGTransferSyntaxes,
 )
+
+from dualstage.data import limits
+from dualstage.data.codestreams import inflates_past, stream_size
 
 __all__ = ["read_dicom_header", "read_dicom_pixels", "to_uint8", "describe", "PIXEL_KEYWORDS"]
 
@@ -39,6 +52,12 @@ NOT_RADIOGRAPHS = {
 }
 # JPEG, JPEG-LS, JPEG 2000 and HTJ2K frames end with the EOI / EOC marker FFD9
 _ENDS_WITH_FFD9 = {*JPEGTransferSyntaxes, *JPEGLSTransferSyntaxes, *JPEG2000TransferSyntaxes}
+_STREAM_FAMILY = {
+    **{u: "jpeg" for u in (*JPEGTransferSyntaxes, *JPEGLSTransferSyntaxes)},
+    **{u: "j2k" for u in JPEG2000TransferSyntaxes},
+}
+_DEFER = 4096  # values longer than this (the pixel data) are read only when used
+_UNDEFINED = 0xFFFFFFFF
 _LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601, as in DICOM's YBR_FULL
 
 
@@ -84,14 +103,82 @@ def describe(ds: Dataset) -> str:
     return f"{name} (modality {modality})" if modality else name
 
 
-def _dcmread(path: str | Path, pixels: bool) -> tuple[Dataset, bool]:
-    """(dataset, forced): files without preamble / 'DICM' marker are read with ``force=True``."""
+def _check_deflated(path: str | Path, limit: int) -> None:
+    """Refuse a deflated data set that inflates past what an image at the pixel limit can need
+    (pydicom inflates the whole stream in memory before reading a single element)."""
+    try:
+        meta = read_file_meta_info(path)
+    except Exception:  # noqa: BLE001 - no usable file meta: not a deflated file we can check
+        return
+    if str(meta.get("TransferSyntaxUID", "")) != DeflatedExplicitVRLittleEndian:
+        return
+    offset = 128 + 4 + 12 + int(meta.get("FileMetaInformationGroupLength", 0) or 0)
+    bound = limit * 8 + (1 << 20)  # 8 bytes a pixel (64-bit or RGB 16-bit) and 1 MB of header
+    if inflates_past(path, offset, bound):
+        raise limits.ImageTooLarge(
+            f"{path}: its deflated data set inflates past {bound:,} bytes, more than an image within "
+            f"the pixel limit of {limit:,} needs (data.max_pixels / --max-pixels)"
+        )
+
+
+def _dcmread(path: str | Path, limit: int) -> tuple[Dataset, bool]:
+    """(dataset, forced): files without preamble / 'DICM' marker are read with ``force=True``.
+
+    Big values (the pixel data) are deferred: read from the file when first used."""
+    _check_deflated(path, limit)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pydicom's per-file chatter; failures are reported
         try:
-            return pydicom.dcmread(path, stop_before_pixels=not pixels), False
+            return pydicom.dcmread(path, defer_size=_DEFER), False
         except InvalidDicomError:
-            return pydicom.dcmread(path, stop_before_pixels=not pixels, force=True), True
+            return pydicom.dcmread(path, defer_size=_DEFER, force=True), True
+
+
+def _value_length(ds: Dataset, keyword: str, path: str | Path) -> int | None:
+    """Bytes of a pixel data element's value present in the file; None when encapsulated."""
+    elem = ds.get_item(keyword, keep_deferred=True)
+    length = getattr(elem, "length", None)
+    if length is None:  # a read DataElement
+        if elem.is_undefined_length:
+            return None
+        return len(elem.value or b"")
+    if length == _UNDEFINED:
+        return None
+    if elem.value is not None:
+        return len(elem.value)
+    syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
+    if syntax == DeflatedExplicitVRLittleEndian:  # positions are in the inflated stream
+        return int(length)
+    return max(0, min(int(length), os.path.getsize(path) - int(elem.value_tell)))
+
+
+def _check_declared(ds: Dataset, path: str | Path, limit: int) -> None:
+    """Refuse Rows x Columns over the pixel limit, and native pixel data shorter than the header
+    declares (a 1.6 KB file claiming 60000 x 60000); headers only, nothing decoded."""
+    limits.check_pixels(path, int(ds.Rows), int(ds.Columns), limit)
+    keyword = next((k for k in PIXEL_KEYWORDS if k in ds), None)
+    if keyword is None:
+        return
+    have = _value_length(ds, keyword, path)
+    if have is None:  # encapsulated: each frame's own header is checked before it is decoded
+        return
+    try:
+        need = int(get_expected_length(ds, unit="bytes"))
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return  # an incomplete image module: the decoder names what is missing
+    if have < need:
+        frames, spp = _n_frames(ds), int(ds.get("SamplesPerPixel", 1) or 1)
+        raise _Unusable(
+            f"Pixel Data holds {have:,} bytes, less than expected: the header declares {need:,} "
+            f"({ds.Rows}x{ds.Columns}, "
+            f"{spp} sample(s), {ds.get('BitsAllocated')} bits, {frames} frame(s)): "
+            "truncated file or false header"
+        )
+
+
+def _n_frames(ds: Dataset) -> int:
+    text = str(ds.get("NumberOfFrames", "") or "1").strip()
+    return max(int(float(text)), 1) if text.replace(".", "", 1).isdigit() else 1
 
 
 def _check_image(ds: Dataset, forced: bool, need_pixels: bool) -> None:
@@ -126,21 +213,29 @@ def _ensure_transfer_syntax(ds: Dataset) -> None:
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian if little else ExplicitVRBigEndian
 
 
-def _check_complete(ds: Dataset) -> None:
-    """Refuse a JPEG / JPEG-LS / JPEG 2000 first frame without its end marker (FFD9): a truncated
-    stream that some decoders would fill with grey instead of failing."""
+def _check_first_frame(ds: Dataset, path: str | Path, limit: int) -> None:
+    """Refuse a JPEG / JPEG-LS / JPEG 2000 first frame without its end marker (FFD9: a truncated
+    stream that some decoders fill with grey instead of failing), or whose own header (SOF, SIZ)
+    declares a size over the pixel limit or other than Rows x Columns (a decoder allocates for it)."""
     syntax = UID(str(ds.file_meta.TransferSyntaxUID))
-    if syntax not in _ENDS_WITH_FFD9 or "PixelData" not in ds:
+    if syntax not in _STREAM_FAMILY or "PixelData" not in ds:
         return
-    frames = int(str(ds.get("NumberOfFrames", "") or "1").strip() or 1)
-    first = next(generate_frames(ds.PixelData, number_of_frames=max(frames, 1)), b"")
-    if b"\xff\xd9" not in first[-16:]:  # encoders pad after it with 00 or FF bytes
+    first = next(generate_frames(ds.PixelData, number_of_frames=_n_frames(ds)), b"")
+    size = stream_size(first, _STREAM_FAMILY[syntax])
+    if size is not None:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        height, width = (size[0] or rows), size[1]  # JPEG height 0: given later by a DNL marker
+        limits.check_pixels(path, height, width, limit, what=f"its {syntax.name} stream decodes to")
+        if (height, width) != (rows, cols):
+            raise _Unusable(
+                f"{syntax.name}: the frame is {height}x{width} but Rows x Columns say {rows}x{cols}"
+            )
+    if syntax in _ENDS_WITH_FFD9 and b"\xff\xd9" not in first[-16:]:  # encoders pad after it
         raise _Unusable(f"{syntax.name}: the first frame has no end-of-image marker (truncated stream)")
 
 
 def _header_fields(ds: Dataset) -> dict:
     tsuid = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "")
-    frames = str(ds.get("NumberOfFrames", "") or "1").strip()
     return {
         "height": int(ds.Rows),
         "width": int(ds.Columns),
@@ -152,22 +247,28 @@ def _header_fields(ds: Dataset) -> dict:
         "bits_stored": int(ds.get("BitsStored", 8) or 8),
         "transfer_syntax": str(tsuid),
         "sop_instance_uid": str(ds.get("SOPInstanceUID", "")),
-        "n_frames": int(float(frames)) if frames.replace(".", "", 1).isdigit() else 1,
+        "n_frames": _n_frames(ds),
     }
 
 
-def read_dicom_header(path: str | Path) -> dict:
+def read_dicom_header(path: str | Path, max_pixels: int | None = None) -> dict:
     """Header fields of one DICOM file without decoding its pixels.
 
     Keys: height, width, patient_id, sex, age (years, NaN if absent), view_position,
     photometric, bits_stored, transfer_syntax, sop_instance_uid, n_frames.
     Raises a one-line ``ValueError`` naming the file when it is not a readable image DICOM
-    (non-image objects are named by SOP Class, e.g. ``Basic Text SR Storage``).
+    (non-image objects are named by SOP Class, e.g. ``Basic Text SR Storage``), when Rows x Columns
+    is over ``max_pixels`` (default: the process's limit; :class:`~dualstage.data.limits.ImageTooLarge`)
+    or when native pixel data is shorter than the header declares.
     """
+    limit = limits.resolve(max_pixels)
     try:
-        ds, forced = _dcmread(path, pixels=False)
+        ds, forced = _dcmread(path, limit)
         _check_image(ds, forced, need_pixels=False)
+        _check_declared(ds, path, limit)
         return _header_fields(ds)
+    except limits.ImageTooLarge:
+        raise
     except Exception as exc:  # pydicom raises many types for broken files
         raise ValueError(f"{path}: not a readable DICOM image ({_reason(exc)})") from exc
 
@@ -229,19 +330,22 @@ def to_uint8(ds: Dataset, arr: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(out, dtype=np.uint8)
 
 
-def read_dicom_pixels(path: str | Path) -> tuple[np.ndarray, dict]:
+def read_dicom_pixels(path: str | Path, max_pixels: int | None = None) -> tuple[np.ndarray, dict]:
     """Decode one DICOM to ``(image, info)``: image uint8 (H, W), MONOCHROME2 convention.
 
     ``info`` is :func:`read_dicom_header`'s fields plus ``frame`` (0: a multi-frame file gives
     its first frame; ``n_frames`` says how many it holds). Raises a one-line ``ValueError``
     ``"<path>: cannot decode DICOM (<reason>)"`` for any failure (not DICOM, no pixel data,
-    unsupported or corrupt compression, truncated pixel data, ...).
+    unsupported or corrupt compression, truncated pixel data, ...); the pixel limit
+    (``max_pixels``, default the process's) is checked on every declared size before decoding.
     """
+    limit = limits.resolve(max_pixels)
     try:
-        ds, forced = _dcmread(path, pixels=True)
+        ds, forced = _dcmread(path, limit)
         _check_image(ds, forced, need_pixels=True)
+        _check_declared(ds, path, limit)
         _ensure_transfer_syntax(ds)
-        _check_complete(ds)
+        _check_first_frame(ds, path, limit)
         info = _header_fields(ds)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -250,6 +354,8 @@ def read_dicom_pixels(path: str | Path) -> tuple[np.ndarray, dict]:
             if arr.ndim == (3 if spp > 1 else 2) + 1:  # a decoder that ignored the frame index
                 arr = arr[0]
             image = to_uint8(ds, arr)
+    except limits.ImageTooLarge:
+        raise
     except Exception as exc:
         raise ValueError(f"{path}: cannot decode DICOM ({_reason(exc)})") from exc
     if image.shape != (info["height"], info["width"]):

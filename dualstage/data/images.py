@@ -1,7 +1,9 @@
 """Radiograph readers: DICOM (pydicom) and PNG / JPEG (Pillow) to uint8 (H, W) grayscale.
 
 Every failure for a bad file is a one-line ``ValueError`` that names the file and the reason,
-so a batch can record it and go on.
+so a batch can record it and go on. Every reader asks the header for the size first and refuses an
+image over the pixel limit (:mod:`dualstage.data.limits`, ``max_pixels``; default the process's
+``data.max_pixels``) before it decodes a pixel.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from dualstage.data import limits
 from dualstage.data.dicom import read_dicom_header, read_dicom_pixels
 
 __all__ = ["read_image_file", "image_shape", "read_mask_file", "is_dicom_file", "DICOM_EXTS"]
@@ -42,48 +45,58 @@ def _to_gray(im: Image.Image) -> np.ndarray:
     return np.asarray(im.convert("L"))
 
 
-def read_image_file(path: str | Path) -> tuple[np.ndarray, dict]:
+def _cannot_read(path: Path, exc: Exception) -> ValueError:
+    if isinstance(exc, limits.ImageTooLarge):
+        return exc
+    reason = " ".join(str(exc).split())
+    return ValueError(f"{path}: cannot read image ({type(exc).__name__}: {reason})")
+
+
+def read_image_file(path: str | Path, max_pixels: int | None = None) -> tuple[np.ndarray, dict]:
     """Read a DICOM or PNG / JPEG radiograph as (image uint8 (H, W), info).
 
     ``info`` has at least height, width, frame (always 0: the first frame) and n_frames;
     DICOM adds its header fields (see :func:`dualstage.data.dicom.read_dicom_header`).
-    Raises a one-line ``ValueError`` naming the file for anything unreadable.
+    Raises a one-line ``ValueError`` naming the file for anything unreadable, and
+    :class:`~dualstage.data.limits.ImageTooLarge` (a ValueError) for a size over ``max_pixels``.
     """
     path = Path(path)
     if is_dicom_file(path):
-        return read_dicom_pixels(path)
+        return read_dicom_pixels(path, max_pixels)
     try:
-        with Image.open(path) as im:
+        with limits.open_pillow(path, max_pixels) as im:
             n_frames = int(getattr(im, "n_frames", 1) or 1)
             img = _to_gray(im)
     except Exception as exc:  # Pillow raises OSError, SyntaxError, DecompressionBombError, ...
-        reason = " ".join(str(exc).split())
-        raise ValueError(f"{path}: cannot read image ({type(exc).__name__}: {reason})") from exc
+        raise _cannot_read(path, exc) from exc
     return img, {"height": img.shape[0], "width": img.shape[1], "frame": 0, "n_frames": n_frames}
 
 
-def image_shape(path: str | Path) -> tuple[int, int]:
-    """(height, width) of a DICOM / PNG / JPEG file from its header, without decoding the pixels."""
+def image_shape(path: str | Path, max_pixels: int | None = None) -> tuple[int, int]:
+    """(height, width) of a DICOM / PNG / JPEG file from its header, without decoding the pixels;
+    ValueError as :func:`read_image_file` (over the limit, or DICOM pixel data shorter than declared)."""
     path = Path(path)
     if is_dicom_file(path):
-        header = read_dicom_header(path)
+        header = read_dicom_header(path, max_pixels)
         return header["height"], header["width"]
     try:
-        with Image.open(path) as im:
+        with limits.open_pillow(path, max_pixels) as im:
             return im.height, im.width
     except Exception as exc:
-        reason = " ".join(str(exc).split())
-        raise ValueError(f"{path}: cannot read image ({type(exc).__name__}: {reason})") from exc
+        raise _cannot_read(path, exc) from exc
 
 
 def read_mask_file(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
     """A PNG / JPEG mask as bool (H, W) (foreground ``> 127``); ``ValueError`` when unreadable or
     its size differs from the image's ``shape`` (H, W)."""
+    size, mask = None, None
     try:
-        with Image.open(path) as im:
-            mask = np.asarray(im.convert("L")) > 127
+        with limits.pillow_limit(), Image.open(path) as im:
+            size = (im.height, im.width)
+            if size == tuple(shape):  # compared before decoding: a mask may declare any size
+                mask = np.asarray(im.convert("L")) > 127
     except Exception as exc:
         raise ValueError(f"{path}: cannot read mask ({type(exc).__name__}: {exc})") from exc
-    if mask.shape != shape:
-        raise ValueError(f"{path}: mask is {mask.shape[0]}x{mask.shape[1]}, image is {shape[0]}x{shape[1]}")
+    if mask is None:
+        raise ValueError(f"{path}: mask is {size[0]}x{size[1]}, image is {shape[0]}x{shape[1]}")
     return mask

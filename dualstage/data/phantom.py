@@ -45,11 +45,13 @@ from dualstage.data.phantom_cases import (
     sample_presence,
 )
 from dualstage.data.phantom_render import render_case
+from dualstage.data.phantom_site import SITES, Site, SiteLook, apply_site, get_site, site_contrast
 from dualstage.io import atomic_write_bytes
 from dualstage.rle import decode, encode
 
 __all__ = [
     "UID_PREFIX",
+    "SITES",
     "CaseSpec",
     "dicom_bytes",
     "generate",
@@ -69,8 +71,11 @@ def _png_bytes(a: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def dicom_bytes(spec: CaseSpec, image: np.ndarray) -> bytes:
-    """A Part-10 Secondary Capture file for the uint8 image (H, W), tags like the challenge files."""
+def dicom_bytes(spec: CaseSpec, image: np.ndarray, look: SiteLook | None = None) -> bytes:
+    """A Part-10 Secondary Capture file for the uint8 image (H, W), tags like the challenge files;
+    ``look`` (a phantom site): MONOCHROME1 storage, pixel spacing of the rendered square."""
+    mono1 = look is not None and look.monochrome1
+    square = look.square if look is not None else image.shape[0]
     from pydicom import config, dcmwrite
     from pydicom.dataelem import DataElement
     from pydicom.dataset import Dataset, FileMetaDataset
@@ -115,9 +120,10 @@ def dicom_bytes(spec: CaseSpec, image: np.ndarray) -> bytes:
     ds.PatientOrientation = ""
     ds.ImageComments = "dualstage synthetic phantom (not patient data)"
     ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.PhotometricInterpretation = "MONOCHROME1" if mono1 else "MONOCHROME2"
+    image = 255 - image if mono1 else image  # MONOCHROME1: high values are dark
     ds.Rows, ds.Columns = image.shape
-    sp = round(spec.pixel_spacing_1024 * 1024 / image.shape[0], 4)
+    sp = round(spec.pixel_spacing_1024 * 1024 / square, 4)
     ds.PixelSpacing = [sp, sp]
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
     if spec.jpeg:
@@ -136,10 +142,11 @@ def dicom_bytes(spec: CaseSpec, image: np.ndarray) -> bytes:
     return out.getvalue()
 
 
-def _make_one(spec: CaseSpec, out_dir: Path, size: int, layout: str) -> dict:
-    """Render and write one image (and mask); return its table row plus its RLE rows."""
+def _make_one(spec: CaseSpec, out_dir: Path, size: int, layout: str, site: Site = SITES["source"]) -> dict:
+    """Render and write one image (and mask) as ``site`` stores it; return its row plus its RLE rows."""
     image, masks = render_case(spec, size)
-    union = np.zeros((size, size), dtype=bool)
+    image, masks, look = apply_site(image, masks, site, spec.seed, spec.index)
+    union = np.zeros(image.shape, dtype=bool)
     for m in masks:
         union |= m
     row = {
@@ -157,7 +164,7 @@ def _make_one(spec: CaseSpec, out_dir: Path, size: int, layout: str) -> dict:
     }
     if layout == "siim":
         rel = Path("dicom-images-train", spec.study_uid, spec.series_uid, f"{spec.image_id}.dcm")
-        atomic_write_bytes(out_dir / rel, dicom_bytes(spec, image))
+        atomic_write_bytes(out_dir / rel, dicom_bytes(spec, image, look))
         row["path"], row["mask_path"] = rel.as_posix(), ""
     else:
         name = f"{spec.index}_train_{int(row['has_pneumothorax'])}_.png"
@@ -180,13 +187,15 @@ def generate(
     progress: bool = True,
     lesion_contrast: float = 1.0,
     subtle_share: float = 0.0,
+    site: str | None = None,
 ) -> pd.DataFrame:
     """Write ``n`` phantoms in the ``siim`` or ``png`` layout under ``out_dir``; return the index.
 
     Columns: image_id, patient_id, has_pneumothorax, n_lesions, area_px (union at ``size``),
     target_area_px, sex, age, view, jpeg, index, path and mask_path (relative to ``out_dir``).
     Existing files of the same names are overwritten with identical content; other files in
-    ``out_dir`` are left alone.
+    ``out_dir`` are left alone. ``site``: a key of :data:`SITES` (a second hospital's look, see
+    :mod:`dualstage.data.phantom_site`); None or ``source`` changes nothing.
     """
     from dualstage.progress import progress as progress_iter
 
@@ -202,16 +211,18 @@ def generate(
     out.mkdir(parents=True, exist_ok=True)
     if not 0 <= subtle_share <= 1:
         raise ValueError(f"subtle_share must be in [0, 1], got {subtle_share}")
+    where = get_site(site)
+    lesion_contrast, subtle_share = site_contrast(where, lesion_contrast, subtle_share)
     specs = plan_cases(n, seed, jpeg_share, lesion_contrast, subtle_share)
     bar = progress_iter(total=n, desc=f"phantom {layout} {size}px", unit="img", enabled=progress)
     if workers > 1:
         from joblib import Parallel, delayed
 
         jobs = Parallel(n_jobs=workers, return_as="generator", batch_size=4)(
-            delayed(_make_one)(s, out, size, layout) for s in specs
+            delayed(_make_one)(s, out, size, layout, where) for s in specs
         )
     else:
-        jobs = (_make_one(s, out, size, layout) for s in specs)
+        jobs = (_make_one(s, out, size, layout, where) for s in specs)
     rows = []
     for row in jobs:
         rows.append(row)
@@ -244,7 +255,9 @@ def _read_back(out_dir: Path, row: pd.Series, layout: str, rle_rows: dict[str, l
     if layout == "siim":
         import pydicom
 
-        image = pydicom.dcmread(out_dir / row["path"]).pixel_array
+        ds = pydicom.dcmread(out_dir / row["path"])
+        image = ds.pixel_array
+        image = 255 - image if ds.PhotometricInterpretation == "MONOCHROME1" else image
         mask = decode(rle_rows[row["image_id"]], *image.shape)
     else:
         image = np.asarray(Image.open(out_dir / row["path"]))
@@ -311,6 +324,7 @@ def _generate_cmd(a: argparse.Namespace) -> int:
         progress=not a.quiet,
         lesion_contrast=a.lesion_contrast,
         subtle_share=a.subtle_share,
+        site=a.site,
     )
     pos = table["has_pneumothorax"]
     print(
@@ -339,6 +353,11 @@ def main(argv: list[str] | None = None) -> int:
         default=0.0,
         help="share of positives kept at the default look (contrast 1)",
     )
+    ap.add_argument(
+        "--site", default=None, choices=sorted(SITES),
+        help="a second hospital's look (exposure, contrast, noise, portrait size, MONOCHROME1, subtler "
+        "lesions, support lines; dualstage/data/phantom_site.py); default: the source look",
+    )  # fmt: skip
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     ap.set_defaults(func=_generate_cmd)

@@ -30,12 +30,14 @@ import pandas as pd
 from PIL import Image
 
 from dualstage import rle
+from dualstage.data import limits
 from dualstage.data.annotations import masks_from_rows, read_rle_csv
 from dualstage.data.images import read_image_file, read_mask_file
 from dualstage.data.layouts import Item, scan
 from dualstage.data.splits import PAPER_TEST_FRACTION, PAPER_VAL_FRACTION, make_splits
 from dualstage.data.workers import WorkerPool, interruptible
 from dualstage.io import atomic_write, atomic_write_text, clean_stale_tmp, ensure_inside, write_csv_atomic
+from dualstage.locks import holding
 from dualstage.progress import progress as progress_iter
 
 __all__ = [
@@ -51,6 +53,7 @@ __all__ = [
 ]
 
 SIZE_RANGE = (32, 4096)  # cache side in px: below, nothing is learnable; above, memory runs out
+CACHE_PIXELS = SIZE_RANGE[1] ** 2  # the pixel limit of a cached file (ours: at most 4096 x 4096)
 
 MANIFEST_COLUMNS = [
     "image_id",
@@ -86,13 +89,13 @@ def cache_paths(out: str | Path, size: int, image_id: str) -> tuple[Path, Path]:
 
 def load_cached_image(out: str | Path, size: int, image_id: str) -> np.ndarray:
     """Cached image uint8 (S, S) of one image, without its mask (what inference needs)."""
-    with Image.open(cache_paths(out, size, image_id)[0]) as im:
+    with limits.open_pillow(cache_paths(out, size, image_id)[0], CACHE_PIXELS) as im:
         return np.asarray(im)
 
 
 def load_cached(out: str | Path, size: int, image_id: str) -> tuple[np.ndarray, np.ndarray]:
     """Cached (image uint8 (S, S), mask bool (S, S)) of one image."""
-    with Image.open(cache_paths(out, size, image_id)[1]) as im:
+    with limits.open_pillow(cache_paths(out, size, image_id)[1], CACHE_PIXELS) as im:
         mask = np.asarray(im) > 127
     return load_cached_image(out, size, image_id), mask
 
@@ -110,13 +113,14 @@ def _resize(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray,
     return img, np.where(np.asarray(m) >= 0.5, 255, 0).astype(np.uint8)
 
 
-def process_item(item: Item, out: str, sizes: list[int]) -> dict:
+def process_item(item: Item, out: str, sizes: list[int], max_pixels: int | None = None) -> dict:
     """Decode one image and its mask, write the cache, return its manifest row.
 
-    Returns ``{"row": {...}}`` or ``{"rejected": {"item", "reason"}}``; never raises for bad data.
+    Returns ``{"row": {...}}`` or ``{"rejected": {"item", "reason"}}``; never raises for bad data. An
+    image over the pixel limit ``max_pixels`` (default: the process's) is refused before decoding.
     """
     try:
-        image, header = read_image_file(item.image_path)
+        image, header = read_image_file(item.image_path, max_pixels)
         shape = image.shape
         if item.rle_rows:
             rows = pd.DataFrame(
@@ -232,11 +236,18 @@ def _previous(out: Path) -> pd.DataFrame:
 
 
 def _decode(
-    todo: list[Item], out: Path, sizes: list[int], workers: int, strict: bool, desc: str, progress: bool
+    todo: list[Item],
+    out: Path,
+    sizes: list[int],
+    workers: int,
+    strict: bool,
+    desc: str,
+    progress: bool,
+    max_pixels: int,
 ) -> tuple[list[dict], list[dict]]:
     """Decode the items (in worker processes when there are enough): (rows, rejected)."""
     rows, rejected = [], []
-    job = partial(process_item, out=str(out), sizes=sizes)
+    job = partial(process_item, out=str(out), sizes=sizes, max_pixels=max_pixels)  # workers: spawned
     with WorkerPool(workers if len(todo) > 8 else 1) as pool:
         for result in progress_iter(
             pool.imap(job, todo), total=len(todo), desc=desc, unit="img", enabled=progress
@@ -264,27 +275,42 @@ def prepare(
     progress: bool = True,
     test_fraction: float = PAPER_TEST_FRACTION,
     val_fraction: float = PAPER_VAL_FRACTION,
+    max_pixels: int | None = None,
 ) -> dict:
     """Prepare a dataset folder for training (see the module docstring for the outputs).
 
     Returns a summary dict (layout, counts, seconds, throughput). Under ``strict`` the
     first bad item raises :class:`PrepareError` naming it and the reason. SIGTERM is an
-    interrupt here: the workers are stopped before it propagates.
+    interrupt here: the workers are stopped before it propagates. An image over the pixel limit
+    ``max_pixels`` (default: the process's ``data.max_pixels``) is a rejected row. Holds the output
+    folder's lock (:mod:`dualstage.locks`) for the run.
     """
-    t0 = time.perf_counter()
-    data, out = Path(data), Path(out)
+    t0, data, out = time.perf_counter(), Path(data), Path(out)
     sizes = check_options(sizes, n_folds, workers, test_fraction, val_fraction)
     _check_out(data, out)
     layout, items, rejected = scan(data, layout, annotations, exclude=[out])
     if strict and rejected:
         raise PrepareError(f"{rejected[0]['item']}: {rejected[0]['reason']}")
+    with holding(out, "segment prepare"):  # nothing is written before the scan found the data
+        limit = limits.resolve(max_pixels)
+        return _prepare_locked(data, out, sizes, layout, (items, rejected), strict, workers, n_folds, seed,
+                               progress, test_fraction, val_fraction, limit, t0)  # fmt: skip
+
+
+def _prepare_locked(
+    data: Path, out: Path, sizes: list[int], layout: str, scanned: tuple, strict: bool, workers: int,
+    n_folds: int, seed: int, progress: bool, test_fraction: float, val_fraction: float, max_pixels: int,
+    t0: float,
+) -> dict:  # fmt: skip
+    """:func:`prepare` once its options are checked, the data scanned and the output folder locked."""
+    items, rejected = scanned
     out.mkdir(parents=True, exist_ok=True)
     _clean_tmp(out, sizes)
     rows = _reusable(_previous(out), items, out, sizes)
     todo = [it for it in items if it.image_id not in rows]
     t_decode = time.perf_counter()
     with interruptible():
-        new_rows, bad = _decode(todo, out, sizes, workers, strict, f"prepare {layout}", progress)
+        new_rows, bad = _decode(todo, out, sizes, workers, strict, f"prepare {layout}", progress, max_pixels)
     rows.update((r["image_id"], r) for r in new_rows)
     rejected.extend(bad)
     decode_seconds = time.perf_counter() - t_decode

@@ -24,6 +24,7 @@ import pandas as pd
 from dualstage.gates import BASELINE
 from dualstage.io import atomic_write_text, json_safe, write_csv_atomic, write_json_atomic
 from dualstage.layout import ExperimentDir
+from dualstage.locks import holding
 from dualstage.report import figures as F
 from dualstage.report.compare import compare, compare_counts
 from dualstage.report.document import (
@@ -36,8 +37,10 @@ from dualstage.report.document import (
     markdown_table,
     render_markdown,
 )
+from dualstage.report.external import external_sections
 from dualstage.report.gallery import gallery as draw_gallery
 from dualstage.report.html import render_html
+from dualstage.report.partial import bad_rows, banner, guarded, partial_fields, stop_unless_partial
 from dualstage.report.provenance import provenance
 from dualstage.report.summary import summary_json, threshold_table
 from dualstage.report.tables import comparison_display, comparison_frame, paper_tables, rules_method
@@ -221,104 +224,151 @@ def _provenance_section(prov: dict) -> Section:
     return sec
 
 
-def _comparisons(exp: Path, resamples: int, seed: int) -> tuple[dict | None, dict | None, str | None]:
+def _comparisons(
+    exp: Path, resamples: int, seed: int, allow_partial: bool, bad: list[str]
+) -> tuple[dict | None, dict | None, str | None]:
     """(primary comparison, holdout view or None, why the primary is missing).
 
     The primary comparison is cross-fitted over every study when the experiment has it, else the
-    holdout test split.
+    holdout test split. A malformed input stops it (HandoffError), or with ``allow_partial`` is noted
+    in ``bad`` and the view is left out.
     """
     from dualstage.crossfit.compare import crossfit_gates  # crossfit reuses report.compare's Gate
 
     cross, holdout, errors = None, None, []
     try:
-        cross = compare_counts(crossfit_gates(exp), resamples, seed, split="crossfit")
+        cross = guarded(lambda: compare_counts(crossfit_gates(exp), resamples, seed, split="crossfit"),
+                        allow_partial, bad, None)  # fmt: skip
     except FileNotFoundError as exc:
         errors.append(f"cross-fitted view not run: {exc}")
     try:
-        holdout = compare(exp, resamples, seed)
+        holdout = guarded(lambda: compare(exp, resamples, seed), allow_partial, bad, None)
     except FileNotFoundError as exc:
         errors.append(f"holdout view not run: {exc}")
+    if bad and cross is None and holdout is None:
+        errors.append("not computed: an input is bad (see the banner above)")
     if cross is None:
         return holdout, None, None if holdout else "; ".join(errors)
     return cross, holdout, None
 
 
-def _write_summary(exp: Path, out: Path, cmp: dict | None, holdout: dict | None) -> None:
-    """report/summary.json (see :mod:`dualstage.report.summary`)."""
+def _write_summary(
+    exp: Path, out: Path, cmp: dict | None, holdout: dict | None, bad: list[str], external: dict
+) -> None:
+    """report/summary.json (see :mod:`dualstage.report.summary`), with ``partial`` / ``bad_inputs``;
+    ``external``: {set: its entry}."""
     if cmp is None:
+        if bad:
+            write_json_atomic(out / "summary.json", {**partial_fields(bad), "gates": None})
         return
     protocol = "crossfit" if cmp["split"] == "crossfit" else "holdout"
     table3 = (
         ExperimentDir(exp).sweep / ("oof" if protocol == "crossfit" else "test") / "table3_thresholds.csv"
     )
     thresholds = threshold_table(pd.read_csv(table3)) if table3.is_file() else None
-    write_json_atomic(out / "summary.json", summary_json(cmp, protocol, thresholds, holdout))
+    summary = summary_json(cmp, protocol, thresholds, holdout)
+    write_json_atomic(out / "summary.json", {**partial_fields(bad), **summary, "external": external})
 
 
-def build_report(
-    exp_dir: str | Path, out: str | Path | None = None, resamples: int = 2000, seed: int = 0, gallery: int = 8
-) -> dict:
-    """Write the report of one experiment folder; returns its paths, the comparison and its text.
-
-    Returns {out, report_md, report_html, metrics_json, per_image_csv, figures (paths), table (numeric
-    DataFrame, one row per gate), markdown (display table), summary_markdown (gate, mean / pos / neg Dice,
-    difference), best (the best distinct outcome's gate name or None), notes (what was not run),
-    warnings (collapsed fold models), outcomes (identical and vacuous gates in words)}.
-    """
-    exp = Path(exp_dir)
-    if not exp.is_dir():
-        raise FileNotFoundError(f"{exp}: experiment folder not found")
-    out = Path(out) if out else exp / "report"
-    figdir = out / "figures"
-    op = OperatingPoints.read_or_none(ExperimentDir(exp).operating_point)
-    cmp, holdout, error = _comparisons(exp, resamples, seed)
-    tables, eval_notes = paper_tables(exp, out, op)
-    figs = [
+def _figures(exp: Path, op: OperatingPoints | None, figdir: Path) -> list[Figure]:
+    """The report's figures (each drawn, or a Figure whose note says why not)."""
+    return [
         F.dice_vs_threshold(exp, op, figdir),
         F.threshold_area_heatmap(exp, op, figdir),
         F.classifier_curves(exp, figdir),
         F.probability_by_class(exp, figdir),
         F.training_curves(exp, figdir),
     ]
+
+
+def _notes(sections: list[Section]) -> list[str]:
+    """What was not run or drawn, one line each (the notes of metrics.json and the command)."""
+    blocks = [b for s in sections for b in s.blocks]
+    notes = [
+        f"{b.key}: {b.note}" for b in blocks if isinstance(b, Table | Figure) and b.note and "not" in b.note
+    ]
+    return notes + [b.text for b in blocks if isinstance(b, Note)]
+
+
+def _write_metrics(out: Path, cmp: dict, holdout, error, tables, figs, notes, prov, bad: list[str]) -> None:
+    """report/metrics.json: the comparison, the holdout view, what ran, notes, partial, provenance."""
+    summary = {k: v for k, v in cmp.items() if k != "per_image"}
+    record = {
+        "comparison": summary or {"error": error},
+        "holdout": {k: v for k, v in holdout.items() if k != "per_image"} if holdout else None,
+        "tables": {t.key: {"caption": t.caption, "run": t.frame is not None, "note": t.note} for t in tables},
+        "figures": {f.key: str(f.path.relative_to(out)) if f.path else f.note for f in figs},
+        "notes": notes,
+        **partial_fields(bad),
+        "provenance": prov,
+    }
+    write_json_atomic(out / "metrics.json", json_safe(record))
+
+
+def build_report(
+    exp_dir: str | Path,
+    out: str | Path | None = None,
+    resamples: int = 2000,
+    seed: int = 0,
+    gallery: int = 8,
+    allow_partial: bool = False,
+) -> dict:
+    """Write the report of one experiment folder; returns its paths, the comparison and its text.
+
+    Returns {out, report_md, report_html, metrics_json, per_image_csv, figures (paths), table (numeric
+    DataFrame, one row per gate), markdown (display table), summary_markdown (gate, mean / pos / neg Dice,
+    difference), best (the best distinct outcome's gate name or None), notes (what was not run),
+    warnings (collapsed fold models), outcomes (identical and vacuous gates in words), external,
+    bad_inputs}. A malformed input stops it before anything is written (HandoffError naming the file
+    and the field), or with ``allow_partial`` leaves those rows out under a banner
+    (:mod:`dualstage.report.partial`).
+    """
+    exp = Path(exp_dir)
+    if not exp.is_dir():
+        raise FileNotFoundError(f"{exp}: experiment folder not found")
+    out = Path(out) if out else exp / "report"
+    bad: list[str] = []
+    op = guarded(
+        lambda: OperatingPoints.read_or_none(ExperimentDir(exp).operating_point), allow_partial, bad, None
+    )
+    cmp, holdout, error = _comparisons(exp, resamples, seed, allow_partial, bad)
+    bad = list(dict.fromkeys([*bad, *bad_rows(cmp, holdout)]))  # once each
+    stop_unless_partial(bad, allow_partial)
+    with holding(out, "report"):  # one report writer at a time
+        return _write_report(exp, out, op, (cmp, holdout, error), (gallery, resamples, seed), bad)
+
+
+def _write_report(exp: Path, out: Path, op, views: tuple, settings: tuple, bad: list[str]) -> dict:
+    """Every file of report/ (see :func:`build_report`) from the comparisons ``views``;
+    ``settings`` = (gallery size, bootstrap resamples, seed)."""
+    cmp, holdout, error = views
+    gallery, resamples, seed = settings
+    figdir = out / "figures"
+    tables, eval_notes = paper_tables(exp, out, op)
+    figs = _figures(exp, op, figdir)
     gal = draw_gallery(exp, cmp, figdir, gallery) if cmp else Figure("gallery", "Gallery", None, error)
     prov = provenance(exp, cmp)
+    ext_sections, ext_summary = external_sections(exp, cmp, resamples, seed)
     sections = [
+        *([banner(bad)] if bad else []),
         _comparison_section(exp, cmp, op, error),
         *([_comparison_section(exp, holdout, op, None, key="holdout")] if holdout is not None else []),
+        *ext_sections,
         Section("The papers' tables", [*tables, *(Note(n) for n in eval_notes)]),
         Section("Figures", figs),
         Section("Gallery: where the gates disagree", [gal]),
         _provenance_section(prov),
     ]
-    _write_summary(exp, out, cmp, holdout)
-    title = f"dualstage report: {exp.name}"
+    _write_summary(exp, out, cmp, holdout, bad, ext_summary)
+    title = f"dualstage report: {exp.name}" + (" (PARTIAL: an input is bad)" if bad else "")
     atomic_write_text(out / "report.md", render_markdown(title, sections, out))
     atomic_write_text(out / "report.html", render_html(title, sections))
     table = comparison_frame(cmp) if cmp else pd.DataFrame()
-    blocks = [b for s in sections for b in s.blocks]
-    notes = [
-        f"{b.key}: {b.note}" for b in blocks if isinstance(b, Table | Figure) and b.note and "not" in b.note
-    ]
-    notes += [b.text for b in blocks if isinstance(b, Note)]
+    notes = _notes(sections)
     per_image = out / "per_image.csv"
     if cmp:
         write_csv_atomic(cmp["per_image"], per_image)
-    summary = {k: v for k, v in (cmp or {}).items() if k != "per_image"}
-    write_json_atomic(
-        out / "metrics.json",
-        json_safe(
-            {
-                "comparison": summary or {"error": error},
-                "holdout": {k: v for k, v in holdout.items() if k != "per_image"} if holdout else None,
-                "tables": {
-                    t.key: {"caption": t.caption, "run": t.frame is not None, "note": t.note} for t in tables
-                },
-                "figures": {f.key: str(f.path.relative_to(out)) if f.path else f.note for f in [*figs, gal]},
-                "notes": notes,
-                "provenance": prov,
-            }
-        ),
-    )
+    _write_metrics(out, cmp or {}, holdout, error, tables, [*figs, gal], notes, prov, bad)
     return {
         "out": out,
         "report_md": out / "report.md",
@@ -334,4 +384,6 @@ def build_report(
         "notes": notes,
         "warnings": list((cmp or {}).get("warnings", [])),
         "outcomes": same_outcome_lines(cmp) if cmp else [],
+        "external": ext_summary,
+        "bad_inputs": bad,
     }

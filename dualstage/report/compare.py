@@ -12,7 +12,6 @@ bootstrap (the difference of a gate with itself is exactly 0 in every resample).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import NamedTuple
@@ -21,7 +20,9 @@ import numpy as np
 import pandas as pd
 
 from dualstage import gating
+from dualstage.gate_records import read_decisions, read_gate_summary
 from dualstage.gates import BASELINE, GATES, REFERENCE, GateSpec, gate_name
+from dualstage.io import HandoffError
 from dualstage.layout import ExperimentDir
 from dualstage.metrics import dice_from_counts, presence_report, summarize_counts
 from dualstage.report.outcomes import outcomes, vacuous_folds
@@ -31,6 +32,7 @@ from dualstage.tolerance import TOL
 
 __all__ = [
     "METRICS",
+    "BAD_INPUT",
     "Gate",
     "bootstrap_indices",
     "compare",
@@ -55,6 +57,7 @@ METRICS = {  # key -> column label
     "iou_pos": "IoU (positives)",
 }
 CONFIDENCE = 0.95
+BAD_INPUT = "bad input: "  # a skipped gate whose input file is malformed (the report stops, or is partial)
 CHUNK_CELLS = 2_000_000  # resamples x images evaluated at once (bounds memory for large N)
 
 
@@ -88,11 +91,11 @@ def _decisions(exp: ExperimentDir, spec: GateSpec, ids: np.ndarray, pixel_rule: 
     path, shown = d / "decisions.csv", f"final/test/{spec.key}/decisions.csv"
     if not path.is_file():
         return None, None, f"not run: {shown} missing (classify gate apply --mode {spec.key})"
-    summary = json.loads((d / "summary.json").read_text()) if (d / "summary.json").is_file() else {}
+    summary = read_gate_summary(d)
     used = summary.get("pixel_rule")
     if used is not None and {k: v for k, v in used.items() if k != "metrics"} != pixel_rule:
         return None, None, f"stale: {shown} used {describe_rule(used)}, not the chosen rule"
-    table = pd.read_csv(path, dtype={"image_id": str}).drop_duplicates("image_id").set_index("image_id")
+    table = read_decisions(d).set_index("image_id")
     rows = table.reindex(ids)
     if rows["decision"].isna().any():
         missing = int(rows["decision"].isna().sum())
@@ -139,7 +142,10 @@ def load_gates(exp_dir: str | Path) -> dict:
         inter, area, true_area, n_pix = gating.rule_counts(h, H, W, rule)
         text, decision = describe_rule(rule), None
         if spec.classifier:
-            decision, thr, reason = _decisions(exp, spec, hist.image_id, rule, area)
+            try:
+                decision, thr, reason = _decisions(exp, spec, hist.image_id, rule, area)
+            except HandoffError as exc:
+                decision, thr, reason = None, None, f"{BAD_INPUT}{exc}"
             if reason:
                 skipped[spec.label] = reason
                 continue
@@ -322,7 +328,7 @@ def compare_counts(g: dict, resamples: int = 2000, seed: int = 0, split: str = "
         "vacuous": vacuous_folds(g["gates"], g.get("fold")),
         "collapse": g.get("collapse") or [],
         "warnings": [
-            f"{c['model']} collapsed on its out-of-fold studies: {c['why']}"
+            f"{c['model']} collapsed on its {c.get('on', 'out-of-fold studies')}: {c['why']}"
             for c in g.get("collapse") or []
             if c["collapsed"]
         ],

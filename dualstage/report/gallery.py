@@ -20,6 +20,7 @@ import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from dualstage import gating  # noqa: E402
+from dualstage.data import limits  # noqa: E402
 from dualstage.data.cache import pick_cache_size  # noqa: E402
 from dualstage.data.prepare import load_cached  # noqa: E402
 from dualstage.gates import COLORS  # noqa: E402
@@ -65,7 +66,7 @@ def _outline(ax, mask: np.ndarray, color: str, lw: float = 1.3) -> None:
 def _load_study(prepared: Path, size: int, maps: Path, image_id: str, side: int):
     """(radiograph (side, side) uint8, truth (side, side) bool, map q (H, W) uint8) of one study."""
     img, truth = load_cached(prepared, size, image_id)
-    with Image.open(maps / f"{image_id}.png") as im:
+    with limits.open_pillow(maps / f"{image_id}.png") as im:  # a map is on its image's grid: the limit
         q = np.asarray(im)
     return _resize(img, side, False), _resize(truth, side, True), q
 

@@ -4,8 +4,9 @@ Two gates whose final masks are identical on every study are one outcome, not tw
 ranks distinct outcomes. Identity is decided exactly, without loading a map: a gate's final mask of
 study i is either its pixel rule's mask or empty (classifier gates empty it), so two gates have the
 same mask on study i when both are empty, or when their pixel rules for study i's fold are the same
-rule (:func:`dualstage.gating.canonical_rule`) and their final areas are equal. Different rules with
-non-empty masks count as different (an undercount of sameness, never an overcount).
+rule (:func:`dualstage.gating.canonical_rule`) and their final areas are equal (gates scored from
+their final masks, an external set's vote, carry a digest of each mask instead). Different rules
+with non-empty masks count as different (an undercount of sameness, never an overcount).
 
 A fold where a gate empties every mask, or where a classifier gate keeps every mask (its threshold
 lets every study through), is named: such a gate adds nothing in that fold.
@@ -25,6 +26,8 @@ def _rules(gate, folds: np.ndarray | None, n: int) -> list | None:
     p = gate.params
     if p is None:
         return None
+    if "mask_digest" in p:  # gates scored from their masks (external sets): exact identity per study
+        return list(p["mask_digest"])
     if "per_fold" in p:
         by_fold = {int(k): canonical_rule(r) for k, r in p["per_fold"].items()}
         return [by_fold.get(int(k)) for k in folds]

@@ -11,6 +11,10 @@ block from it, so a change that moves the answer is seen the day it is made.
     python -m dualstage.report.readme compare FRESH [--reference S]        which gates moved, by how much
     python -m dualstage.report.readme accept  FRESH [--reference S] [--readme R]
                                            FRESH becomes the reference and the README is re-rendered
+
+``--block demo-external`` does the same for the demo's external-site table: its reference
+``docs/demo_external_summary.json`` is the ``external.site_b`` entry of a run's summary.json
+(``make demo-external``; :func:`dualstage.report.external.external_summary`).
 """
 
 from __future__ import annotations
@@ -24,11 +28,17 @@ from pathlib import Path
 
 from dualstage.cli import run_cli
 from dualstage.io import atomic_write_text, write_json_atomic
+from dualstage.report.document import markdown_table
+from dualstage.report.external import transfer_frame
 
-__all__ = ["BLOCK", "render_block", "replace_block", "compare_summaries", "strip_dates", "main"]
+__all__ = ["BLOCK", "BLOCKS", "render_block", "render_external_block", "replace_block", "compare_summaries",
+           "strip_dates", "main"]  # fmt: skip
 
 BLOCK = "demo-comparison"
 REFERENCE = Path("docs/demo_summary.json")
+EXTERNAL_BLOCK = "demo-external"
+EXTERNAL_REFERENCE = Path("docs/demo_external_summary.json")
+EXTERNAL_SET = "site_b"  # the demo's external set (make demo-external)
 README = Path("README.md")
 TOL = 1e-9  # a number moved when it differs by more than this
 LABELS = {
@@ -45,7 +55,7 @@ REF = "threshold_area"
 
 def strip_dates(summary: dict) -> dict:
     """The summary without keys that change from run to run while the answer does not."""
-    return {k: v for k, v in summary.items() if k not in ("generated", "dates", "provenance")}
+    return {k: v for k, v in summary.items() if k not in ("generated", "dates", "provenance", "external")}
 
 
 def _ci(v: list, signed: bool = False) -> str:
@@ -129,6 +139,40 @@ def render_block(s: dict) -> str:
     return "\n".join(lines)
 
 
+def render_external_block(s: dict) -> str:
+    """The README block of one external set's summary entry: source, frozen, re-chosen, gap per gate."""
+    head = (
+        f"External site `{s['set']}`: {s['n_studies']} studies ({s['n_positive']} positive) through the "
+        f"demo's deployed pipeline ({s['deployed']}); mean Dice with 95 % bootstrap intervals "
+        f"({s['resamples']} resamples); the gap is paired over the same studies. Areas: {s['area']['text']}."
+    )
+    travel = [LABELS.get(k, k) for k, g in s["gates"].items() if not g["travels"].startswith("does")]
+    stay = [LABELS.get(k, k) for k, g in s["gates"].items() if g["travels"].startswith("does")]
+    lines = [head, "", markdown_table(transfer_frame(s, LABELS)), ""]
+    lines.append(f"- Travel (gap interval not below 0): {', '.join(travel) or 'none'}.")
+    lines.append(f"- Do not travel (re-chosen clearly better): {', '.join(stay) or 'none'}.")
+    lines.append(f"- Best frozen gate: {LABELS.get(s['best_frozen'], s['best_frozen'])}; best re-chosen: "
+                 f"{LABELS.get(s['best_rechosen'], s['best_rechosen'])}.")  # fmt: skip
+    return "\n".join(lines)
+
+
+def _external_entry(summary: dict) -> dict:
+    """The demo's external entry of a run's summary.json (or a reference file that is one already)."""
+    if "gates" in summary and "set" in summary:
+        return summary
+    entry = (summary.get("external") or {}).get(EXTERNAL_SET)
+    if entry is None:
+        raise ValueError(f"no external.{EXTERNAL_SET} in the summary; run `make demo-external` first")
+    return entry
+
+
+# block name -> (reference file, render of a summary, the block's part of a run's summary.json)
+BLOCKS = {
+    BLOCK: (REFERENCE, render_block, strip_dates),
+    EXTERNAL_BLOCK: (EXTERNAL_REFERENCE, render_external_block, _external_entry),
+}
+
+
 def replace_block(text: str, name: str, content: str) -> str:
     """``text`` with the lines between the ``name`` markers replaced by ``content``; ValueError when
     the markers are missing."""
@@ -176,21 +220,33 @@ def _read(path: Path) -> dict:
         raise ValueError(f"{path}: cannot read the summary ({exc})") from None
 
 
-def _render(summary: Path, readme: Path) -> str:
-    return replace_block(readme.read_text(), BLOCK, render_block(_read(summary)))
+def _block(name: str):
+    if name not in BLOCKS:
+        raise ValueError(f"unknown README block {name!r}; valid blocks: {', '.join(BLOCKS)}")
+    return BLOCKS[name]
+
+
+def _render(summary: Path, readme: Path, block: str = BLOCK) -> str:
+    _, render, part = _block(block)
+    return replace_block(readme.read_text(), block, render(part(_read(summary))))
 
 
 def _cmd(args: argparse.Namespace) -> int:
+    reference, _, part = _block(args.block)
+    if getattr(args, "summary", None) is None and args.cmd in ("render", "check"):
+        args.summary = reference
+    if getattr(args, "reference", None) is None and args.cmd in ("compare", "accept"):
+        args.reference = reference
     if args.cmd == "render":
-        atomic_write_text(args.readme, _render(args.summary, args.readme))
-        print(f"{args.readme}: {BLOCK} rendered from {args.summary}")
+        atomic_write_text(args.readme, _render(args.summary, args.readme, args.block))
+        print(f"{args.readme}: {args.block} rendered from {args.summary}")
     elif args.cmd == "check":
-        if _render(args.summary, args.readme) != args.readme.read_text():
-            print(f"{args.readme}: the {BLOCK} block differs from the render of {args.summary}")
+        if _render(args.summary, args.readme, args.block) != args.readme.read_text():
+            print(f"{args.readme}: the {args.block} block differs from the render of {args.summary}")
             return 1
-        print(f"{args.readme}: the {BLOCK} block equals the render of {args.summary}")
+        print(f"{args.readme}: the {args.block} block equals the render of {args.summary}")
     elif args.cmd == "compare":
-        moved = compare_summaries(_read(args.fresh), _read(args.reference))
+        moved = compare_summaries(part(_read(args.fresh)), part(_read(args.reference)))
         if not moved:
             print(f"{args.fresh}: same as the reference ({args.reference})")
         else:
@@ -198,8 +254,8 @@ def _cmd(args: argparse.Namespace) -> int:
             print("\n".join(f"  {m}" for m in moved))
             print("  (`make demo-reference` accepts the new answer: reference + README in one commit)")
     else:  # accept
-        write_json_atomic(args.reference, strip_dates(_read(args.fresh)))
-        atomic_write_text(args.readme, _render(args.reference, args.readme))
+        write_json_atomic(args.reference, part(_read(args.fresh)))
+        atomic_write_text(args.readme, _render(args.reference, args.readme, args.block))
         print(f"{args.reference} <- {args.fresh}; {args.readme} re-rendered")
     return 0
 
@@ -211,10 +267,11 @@ def build_parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name)
         if name in ("compare", "accept"):
             s.add_argument("fresh", type=Path, help="a run's report/summary.json")
-            s.add_argument("--reference", type=Path, default=REFERENCE)
+            s.add_argument("--reference", type=Path, default=None, help="default: the block's reference")
         else:
-            s.add_argument("--summary", type=Path, default=REFERENCE)
+            s.add_argument("--summary", type=Path, default=None, help="default: the block's reference")
         s.add_argument("--readme", type=Path, default=README)
+        s.add_argument("--block", default=BLOCK, help=f"the README block: {' | '.join(BLOCKS)}")
     p.set_defaults(func=_cmd)
     return p
 

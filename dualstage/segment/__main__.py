@@ -15,10 +15,12 @@ from dualstage.cli import run_cli
 from dualstage.config import override
 from dualstage.experiment import (
     add_experiment_argument,
+    add_max_pixels_argument,
     add_progress_argument,
     add_shard_arguments,
     open_experiment,
     record_experiment,
+    with_max_pixels,
 )
 
 
@@ -26,7 +28,7 @@ def _prepare(args: argparse.Namespace) -> int:
     from dualstage.steps import prepare_experiment, prepare_folder
 
     if args.exp:
-        exp = open_experiment(args.exp, data=args.data)
+        exp = with_max_pixels(open_experiment(args.exp, data=args.data), args.max_pixels)
         exp = override(exp, "data", sizes=args.sizes, layout=args.layout, annotations=args.annotations,
                        workers=args.workers, n_folds=args.folds, split_seed=args.seed,
                        test_fraction=args.test_fraction, val_fraction=args.val_fraction)  # fmt: skip
@@ -76,7 +78,7 @@ def _predict(args: argparse.Namespace) -> int:
         parse_shard(args.shard)  # a bad --shard fails before anything is loaded
     if args.input and args.set:
         check_input_set_name(args.set)
-    exp = open_experiment(args.exp)
+    exp = with_max_pixels(open_experiment(args.exp), args.max_pixels)
     p = override(exp, "predict", tta=args.tta or None, checkpoint=args.checkpoint,
                  batch_size=args.batch_size, workers=args.workers,
                  precision=args.precision).predict  # fmt: skip
@@ -93,7 +95,7 @@ def _predict(args: argparse.Namespace) -> int:
         exp_dir=exp.folder, out=out, split=args.split, input_dir=args.input, tta=p.tta,
         checkpoint=p.checkpoint or exp.train.checkpoint,
         batch_size=p.batch_size, workers=p.workers, device=args.device, progress=not args.no_progress,
-        only=only, strict=args.strict, precision=p.precision,
+        only=only, strict=args.strict, precision=p.precision, max_pixels=exp.data.max_pixels,
     ), shard=args.shard, merge=args.merge)  # fmt: skip
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun rank 0 prints the merged summary
@@ -121,7 +123,7 @@ def _predict_per_fold(exp, args: argparse.Namespace, p) -> int:
             exp.folder, exp.dir.prediction_set(set_name), input_dir=args.input, tta=p.tta,
             checkpoint=p.checkpoint or exp.train.checkpoint, batch_size=p.batch_size, workers=p.workers,
             device=args.device, progress=not args.no_progress, only=[f"fold_{k}"], strict=args.strict,
-            precision=p.precision,
+            precision=p.precision, max_pixels=exp.data.max_pixels,
         )  # fmt: skip
     print(json.dumps(results, indent=2))
     return 0
@@ -159,6 +161,7 @@ def _add_prepare(sub) -> None:
     p.add_argument("--seed", type=int, default=None, help="split seed (data.split_seed)")
     p.add_argument("--test-fraction", type=float, default=None, help="default: the paper's 1068 / 10675")
     p.add_argument("--val-fraction", type=float, default=None, help="default: the paper's 964 / 10675")
+    add_max_pixels_argument(p)
     add_progress_argument(p)
     p.set_defaults(func=_prepare)
 
@@ -199,6 +202,7 @@ def _add_predict(sub) -> None:
         "--strict", action="store_true", help="--input: stop at the first bad file (exit 2), no rejected.csv"
     )
     add_shard_arguments(p, "index.csv, histograms.npz")
+    add_max_pixels_argument(p)
     add_progress_argument(p)
     p.set_defaults(func=_predict)
 

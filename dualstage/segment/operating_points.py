@@ -18,12 +18,31 @@ from pathlib import Path
 
 import pandas as pd
 
-from dualstage.io import write_json_atomic
+from dualstage import gating
+from dualstage.io import HandoffError, write_json_atomic
 from dualstage.layout import ExperimentDir
 
 __all__ = ["OperatingPoints", "RULE_KEYS", "configured_threshold", "default_rule", "read_chosen_table"]
 
 RULE_KEYS = ("default", "threshold", "threshold_area", "triplet", "lcc")
+_MISSING = object()
+
+
+class _FieldError(ValueError):
+    """A field of the file with the wrong type or value (the message starts with the field)."""
+
+
+def _typed(raw: dict, key: str, kind: type, where: str = "", default: object = _MISSING) -> object:
+    """``raw[key]`` when it is a ``kind`` (bools are not numbers); _FieldError naming the field."""
+    field_name = f"{where}.{key}" if where else key
+    if key not in raw:
+        if default is _MISSING:
+            raise _FieldError(f"{field_name}: missing")
+        return default
+    value = raw[key]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise _FieldError(f"{field_name}: expected {kind.__name__}, got {value!r}")
+    return value
 
 
 def default_rule(threshold: float) -> dict:
@@ -76,30 +95,53 @@ class OperatingPoints:
 
     @classmethod
     def read(cls, path: str | Path) -> OperatingPoints:
-        """Read ``operating_point.json``; FileNotFoundError naming the step, ValueError when malformed."""
+        """Read ``operating_point.json``, every value checked; FileNotFoundError naming the step,
+        ValueError naming the file and the field (``threshold.threshold: expected a number in [0, 1]``)."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no operating points; run `segment sweep` first")
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
-            rules = {
-                k: {p: v for p, v in raw[k].items() if p != "metrics"}
-                for k in RULE_KEYS
-                if isinstance(raw.get(k), dict) and "rule" in raw[k]
-            }
-            metrics = {k: dict(raw[k].get("metrics", {})) for k in rules}
-            return cls(
-                chosen_on=str(raw["chosen_on"]),
-                n_images=int(raw["n_images"]),
-                best_rule=str(raw["best_rule"]),
-                rules=rules,
-                metrics=metrics,
-                grid=dict(raw.get("grid", {})),
-                fitted_ids=tuple(map(str, raw["fitted_ids"])) if raw.get("fitted_ids") is not None else None,
-                path=path,
-            )
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise ValueError(f"{path}: not a valid operating_point.json ({exc!r})") from None
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise HandoffError(f"{path}: not valid JSON ({exc}); re-run `segment sweep`") from None
+        try:
+            return cls._checked(raw, path)
+        except _FieldError as exc:
+            raise HandoffError(f"{path}: {exc}; re-run `segment sweep`") from None
+
+    @classmethod
+    def _checked(cls, raw: object, path: Path) -> OperatingPoints:
+        """The fields of a parsed file, each type- and range-checked (_FieldError naming the field)."""
+        if not isinstance(raw, dict):
+            raise _FieldError(f"expected a JSON object, got {type(raw).__name__}")
+        rules, metrics = {}, {}
+        for key in RULE_KEYS:
+            entry = raw.get(key)
+            if entry is None:
+                continue
+            if not isinstance(entry, dict) or "rule" not in entry:
+                raise _FieldError(f"{key}: expected a rule (an object with a 'rule' key), got {entry!r}")
+            rule = {p: v for p, v in entry.items() if p != "metrics"}
+            try:
+                gating.check_rule(rule)
+            except ValueError as exc:
+                raise _FieldError(f"{key}.{exc}" if ": " in str(exc) else f"{key}: {exc}") from None
+            rules[key] = rule
+            metrics[key] = _typed(entry, "metrics", dict, key, {})
+        chosen_on, n_images = _typed(raw, "chosen_on", str), _typed(raw, "n_images", int)
+        best = _typed(raw, "best_rule", str)
+        if n_images < 0:
+            raise _FieldError(f"n_images: expected a count >= 0, got {n_images}")
+        if best not in rules:
+            raise _FieldError(f"best_rule: {best!r} is not one of the file's rules ({', '.join(rules)})")
+        fitted = raw.get("fitted_ids")
+        if fitted is not None and (
+            not isinstance(fitted, list) or not all(isinstance(i, str) for i in fitted)
+        ):
+            raise _FieldError("fitted_ids: expected a list of image ids (strings)")
+        return cls(chosen_on=chosen_on, n_images=n_images, best_rule=best, rules=rules, metrics=metrics,
+                   grid=_typed(raw, "grid", dict, default={}),
+                   fitted_ids=tuple(fitted) if fitted is not None else None, path=path)  # fmt: skip
 
     @classmethod
     def read_or_none(cls, path: str | Path) -> OperatingPoints | None:

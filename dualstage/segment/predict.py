@@ -28,6 +28,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from dualstage import rle
+from dualstage.data import limits
 from dualstage.data.annotations import read_rle_csv
 from dualstage.data.dataset import load_split_table
 from dualstage.data.ids import check_image_id
@@ -35,6 +36,7 @@ from dualstage.data.images import image_shape, is_dicom_file, read_image_file
 from dualstage.data.layouts import IMAGE_EXTS
 from dualstage.data.prepare import load_cached_image
 from dualstage.layout import ExperimentDir
+from dualstage.locks import holding
 from dualstage.progress import progress as progress_iter
 from dualstage.segment.distributed import pick_device
 from dualstage.segment.inference import (
@@ -64,6 +66,8 @@ Jobs = list[tuple[list[str], list[str]]]  # [(model names, image ids)]
 
 
 class _CacheImages(Dataset):
+    """Images of a prepared folder's cache at the model's resolution."""
+
     def __init__(self, prepared: Path, ids: list[str], size: int):
         self.prepared, self.ids, self.size = prepared, ids, size
 
@@ -76,21 +80,24 @@ class _CacheImages(Dataset):
 
 
 class _FileImages(Dataset):
-    """New radiographs (DICOM, PNG, JPEG) resized to the model's resolution; a failure is a reason."""
+    """New radiographs (DICOM, PNG, JPEG) resized to the model's resolution; a failure is a reason.
 
-    def __init__(self, paths: list[Path], size: int):
-        self.paths, self.size = paths, size
+    Each is held to the pixel limit ``max_pixels`` before it is decoded (:mod:`dualstage.data.limits`)."""
+
+    def __init__(self, paths: list[Path], size: int, max_pixels: int):
+        self.paths, self.size, self.max_pixels = paths, size, max_pixels
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int):
         try:
-            image, _ = read_image_file(self.paths[i])
+            image, _ = read_image_file(self.paths[i], self.max_pixels)
             small = Image.fromarray(image).resize((self.size, self.size), Image.BILINEAR, reducing_gap=2.0)
             return torch.from_numpy(np.asarray(small, dtype=np.float32) / 255.0)[None], i, ""
         except Exception as exc:  # noqa: BLE001 - any decoder failure rejects this file only
-            reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+            named = isinstance(exc, ValueError) and str(exc).startswith(str(self.paths[i]))  # our one-liners
+            reason = (str(exc) if named else f"{type(exc).__name__}: {exc}").splitlines()[0][:300]
             return torch.zeros((1, self.size, self.size)), i, reason
 
 
@@ -101,9 +108,14 @@ def strict_error(row: dict) -> ValueError:
     return ValueError(f"{item}: rejected at the {row['stage']} stage ({reason}); --strict stops here")
 
 
-def split_jobs(split: str, exp: ExperimentDir, models: list[str]) -> tuple[pd.DataFrame, Jobs]:
-    """(table of images, [(model names, image ids)]) for a split of the prepared data."""
-    table = load_split_table(exp.prepared)
+def split_jobs(
+    split: str, exp: ExperimentDir, models: list[str], prepared: Path | None = None
+) -> tuple[pd.DataFrame, Jobs]:
+    """(table of images, [(model names, image ids)]) for a split of the prepared data (``prepared``:
+    another prepared folder than the experiment's, e.g. an external set; ``all`` only)."""
+    if prepared is not None and split != "all":
+        raise ValueError(f"another prepared folder ({prepared}) is predicted whole: --split all, not {split}")
+    table = load_split_table(prepared or exp.prepared)
     if split == "oof":
         fold_models = [f for f in models if f.startswith("fold_")]
         if not fold_models:
@@ -203,10 +215,14 @@ def image_id_of(path: Path) -> str:
 
 
 def input_jobs(
-    input_dir: str | Path | Sequence[str | Path], models: list[str], rejected: list[dict]
+    input_dir: str | Path | Sequence[str | Path],
+    models: list[str],
+    rejected: list[dict],
+    max_pixels: int | None = None,
 ) -> tuple[pd.DataFrame, Jobs, dict[str, Path]]:
     """(table, jobs, {image id: path}) for new images (files or folders, see :func:`find_images`);
-    bad ids and unreadable headers go to ``rejected``."""
+    bad ids, unreadable headers, and images over the pixel limit ``max_pixels`` (default: the
+    process's) or shorter than declared go to ``rejected``."""
     path_of: dict[str, Path] = {}
     sizes: dict[str, tuple[int, int]] = {}
     for p in find_images(input_dir):
@@ -222,7 +238,7 @@ def input_jobs(
             )
             continue
         try:
-            sizes[image_id] = image_shape(p)  # headers only: pixels are read once, in the loader
+            sizes[image_id] = image_shape(p, max_pixels)  # headers only: pixels are read once, in the loader
             path_of[image_id] = p
         except (ValueError, OSError) as exc:
             rejected.append({"item": str(p), "stage": "header", "reason": str(exc).splitlines()[0]})
@@ -239,10 +255,10 @@ def input_jobs(
     return table, [(list(models), ids)], path_of
 
 
-def _dataset(todo: list[str], size: int, exp: ExperimentDir, path_of: dict[str, Path] | None) -> Dataset:
-    if path_of is not None:
-        return _FileImages([path_of[i] for i in todo], size)
-    return _CacheImages(exp.prepared, todo, size)
+def _dataset(todo: list[str], size: int, ctx: dict) -> Dataset:
+    if ctx["path_of"] is not None:
+        return _FileImages([ctx["path_of"][i] for i in todo], size, ctx["max_pixels"])
+    return _CacheImages(ctx["prepared"], todo, size)
 
 
 def _to_grid(p: torch.Tensor, h: int, w: int) -> np.ndarray:
@@ -266,14 +282,16 @@ def maps_on_grids(probs: torch.Tensor, sizes: list[tuple[int, int]]) -> list[np.
 def _run_group(ctx: dict, group: list[LoadedModel], todo: list[str], desc: str) -> int:
     """Predict ``todo`` with one model group, handing maps to the writer pool; returns how many."""
     pset, info, truth_rle, pool, pending = ctx["pset"], ctx["info"], ctx["truth"], ctx["pool"], ctx["pending"]
-    dataset = _dataset(todo, group[0].resolution, ctx["exp"], ctx["path_of"])
+    dataset = _dataset(todo, group[0].resolution, ctx)
     loader = DataLoader(dataset, batch_size=ctx["batch_size"], num_workers=ctx["workers"], shuffle=False)
     done = 0
     for images, idx, reasons in progress_iter(loader, desc=desc, unit="batch", enabled=ctx["progress"]):
         probs = probabilities(group, images.to(ctx["device"]), ctx["tta"], ctx["amp"])
         ids = [todo[i] for i in idx.tolist()]
+        ok = [k for k, reason in enumerate(reasons) if not reason]  # no map for a file that failed
         sizes = [(int(info.at[i, "height"]), int(info.at[i, "width"])) for i in ids]
-        for id_, (h, w), q, reason in zip(ids, sizes, maps_on_grids(probs, sizes), reasons, strict=True):
+        maps = dict(zip(ok, maps_on_grids(probs[ok], [sizes[k] for k in ok]), strict=True)) if ok else {}
+        for k, (id_, (h, w), reason) in enumerate(zip(ids, sizes, reasons, strict=True)):
             if reason:
                 row = {"item": str(ctx["path_of"][id_]), "stage": "decode", "reason": reason}
                 if ctx["strict"]:
@@ -282,7 +300,7 @@ def _run_group(ctx: dict, group: list[LoadedModel], todo: list[str], desc: str) 
                 ctx["failed"].add(id_)
                 continue
             mask = np.ascontiguousarray(rle.decode(truth_rle[id_], h, w)) if id_ in truth_rle else None
-            pending.append(pool.submit(pset.write_image, id_, q, mask))
+            pending.append(pool.submit(pset.write_image, id_, maps.pop(k), mask))
             done += 1
         while len(pending) > 4 * ctx["batch_size"]:  # bound the maps waiting in memory
             pending.pop(0).result()
@@ -295,6 +313,42 @@ def _index(rows: list[dict], table: pd.DataFrame, truth_rle: dict) -> pd.DataFra
     index["true_area_px"] = index.get("mask_area_px", pd.Series(np.nan, index=index.index))
     index["has_pneumothorax"] = (index["true_area_px"].fillna(0) > 0).astype(int)
     return index
+
+
+def _setup(
+    exp: ExperimentDir, loaded: dict, split: str | None, input_dir, strict: bool, max_pixels: int,
+    prepared: str | Path | None = None,
+) -> dict:
+    """The run's image table, model groups, rejected rows and truth (everything but the models);
+    ``prepared``: another prepared folder than the experiment's (e.g. an annotated external set)."""
+    rejected: list[dict] = []
+    path_of, truth_rle = None, {}
+    if input_dir is not None:
+        table, groups, path_of = input_jobs(input_dir, list(loaded), rejected, max_pixels)
+        if strict and rejected:
+            raise strict_error(rejected[0])
+    else:
+        table, groups = split_jobs(split, exp, list(loaded), Path(prepared) if prepared else None)
+        truth = read_rle_csv(Path(prepared or exp.prepared) / "masks.csv")
+        truth_rle = dict(zip(truth["image_id"], truth["rle"], strict=True))
+    return {"table": table, "groups": groups, "rejected": rejected, "path_of": path_of, "truth": truth_rle,
+            "prepared": prepared or exp.prepared}  # fmt: skip
+
+
+def _predict_groups(ctx: dict, loaded: dict, shard: Shard | None, label: str) -> tuple[list[dict], int]:
+    """Predict every model group's images not done yet: (index rows, how many predicted now)."""
+    rows, done_now, pset = [], 0, ctx["pset"]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        ctx["pool"], ctx["pending"] = pool, []
+        for names, ids in shard_jobs(ctx["groups"], shard, ctx["batch_size"]):
+            rows += [{"image_id": i, "fold_model": "+".join(names)} for i in ids]
+            todo = [i for i in ids if not pset.is_done(i, i in ctx["truth"])]
+            if todo:
+                group = [m for name in names for m in loaded[name]]
+                done_now += _run_group(ctx, group, todo, f"predict {label} [{'+'.join(names)}]")
+        for job in ctx["pending"]:
+            job.result()
+    return [r for r in rows if r["image_id"] not in ctx["failed"]], done_now
 
 
 def predict(
@@ -312,68 +366,51 @@ def predict(
     strict: bool = False,
     shard: Shard | None = None,
     precision: str = "auto",
+    max_pixels: int | None = None,
+    prepared: str | Path | None = None,
 ) -> dict:
-    """Predict a split of the prepared data, or a folder of new images (unreadable ones: ``rejected.csv``
-    rows, or with ``strict`` a ValueError naming the first); ``shard``: that share only, no set files
-    (:mod:`dualstage.shards`); ``precision``: auto | fp32 | bf16, recorded in predict.json."""
+    """Predict a split of the prepared data (``prepared``: another prepared folder, e.g. an annotated
+    external set, ``split="all"``), or a folder of new images (unreadable ones, and ones over
+    the pixel limit ``max_pixels`` (default: the process's ``data.max_pixels``): ``rejected.csv`` rows,
+    or with ``strict`` a ValueError naming the first); ``shard``: that share only, no set files
+    (:mod:`dualstage.shards`); ``precision``: auto | fp32 | bf16, recorded in predict.json.
+    Holds the set's lock (:mod:`dualstage.locks`; shared among shards) for the run."""
     if (split is None) == (input_dir is None):
         raise ValueError("give exactly one of --split and --input")
-    t0 = time.perf_counter()
-    exp, dev, pset = ExperimentDir(exp_dir), pick_device(device), PredictionSet(out)
-    dtype = inference_dtype(precision, dev)  # an unknown choice fails before models load
-    loaded = load_models(select_models(exp, only), checkpoint, dev)
-    rejected: list[dict] = []
-    path_of, truth_rle = None, {}
-    if input_dir is not None:
-        table, groups, path_of = input_jobs(input_dir, list(loaded), rejected)
-        if strict and rejected:
-            raise strict_error(rejected[0])
-    else:
-        table, groups = split_jobs(split, exp, list(loaded))
-        truth = read_rle_csv(exp.masks_csv)
-        truth_rle = dict(zip(truth["image_id"], truth["rle"], strict=True))
-    ctx = {
-        "exp": exp, "pset": pset, "info": table.set_index("image_id"), "truth": truth_rle, "path_of": path_of,
-        "batch_size": batch_size, "workers": workers, "device": dev, "tta": tta, "progress": progress,
-        "amp": autocast_context(dtype, dev), "rejected": rejected, "failed": set(),
-        "strict": strict,
-    }  # fmt: skip
-    rows, done_now = [], 0
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        ctx["pool"], ctx["pending"] = pool, []
-        for names, ids in shard_jobs(groups, shard, batch_size):
-            rows += [{"image_id": i, "fold_model": "+".join(names)} for i in ids]
-            todo = [i for i in ids if not pset.is_done(i, i in truth_rle)]
-            if todo:
-                group = [m for name in names for m in loaded[name]]
-                desc = f"predict {split or 'input'} [{'+'.join(names)}]"
-                done_now += _run_group(ctx, group, todo, desc)
-        for job in ctx["pending"]:
-            job.result()
-    rows = [r for r in rows if r["image_id"] not in ctx["failed"]]
-    if shard is not None:  # one share: dualstage.shards records it; the merge writes the set's files
-        return {"rows": rows, "failed": sorted(ctx["failed"]), "predicted_now": done_now}
-    if input_dir is not None:
-        pset.write_rejected(rejected)
-        if not rows:
-            raise ValueError(
-                f"--input {input_dir}: no readable image ({len(rejected)} rejected: {pset.rejected_path})"
-            )
-    pset.write_index(_index(rows, table, truth_rle))
-    seconds = time.perf_counter() - t0
-    summary = {
-        "set": split or "input",
-        "images": len(rows),
-        "predicted_now": done_now,
-        "rejected": len(rejected),
-        "seconds": round(seconds, 2),
-        "images_per_second": round(done_now / seconds, 2) if done_now else None,
-        "tta": tta,
-        "checkpoint": checkpoint,
-        "models": {k: [m.name for m in v] for k, v in loaded.items()},
-        "device": str(dev),
-        "precision": precision_name(dtype),
-        "channels_last": True,
-    }
-    pset.write_info(summary)
-    return summary
+    with holding(out, "segment predict", shared=shard is not None):
+        t0 = time.perf_counter()
+        exp, dev, pset = ExperimentDir(exp_dir), pick_device(device), PredictionSet(out)
+        dtype = inference_dtype(precision, dev)  # an unknown choice fails before models load
+        loaded = load_models(select_models(exp, only), checkpoint, dev)
+        ctx = _setup(exp, loaded, split, input_dir, strict, limits.resolve(max_pixels), prepared)
+        ctx.update(exp=exp, pset=pset, info=ctx["table"].set_index("image_id"), batch_size=batch_size,
+                   workers=workers, device=dev, tta=tta, progress=progress, amp=autocast_context(dtype, dev),
+                   failed=set(), strict=strict, max_pixels=limits.resolve(max_pixels))  # fmt: skip
+        rows, done_now = _predict_groups(ctx, loaded, shard, split or "input")
+        if shard is not None:  # one share: dualstage.shards records it; the merge writes the set's files
+            return {"rows": rows, "failed": sorted(ctx["failed"]), "predicted_now": done_now}
+        rejected = ctx["rejected"]
+        if input_dir is not None:
+            pset.write_rejected(rejected)
+            if not rows:
+                raise ValueError(
+                    f"--input {input_dir}: no readable image ({len(rejected)} rejected: {pset.rejected_path})"
+                )
+        pset.write_index(_index(rows, ctx["table"], ctx["truth"]))
+        seconds = time.perf_counter() - t0
+        summary = {
+            "set": split or "input",
+            "images": len(rows),
+            "predicted_now": done_now,
+            "rejected": len(rejected),
+            "seconds": round(seconds, 2),
+            "images_per_second": round(done_now / seconds, 2) if done_now else None,
+            "tta": tta,
+            "checkpoint": checkpoint,
+            "models": {k: [m.name for m in v] for k, v in loaded.items()},
+            "device": str(dev),
+            "precision": precision_name(dtype),
+            "channels_last": True,
+        }
+        pset.write_info(summary)
+        return summary

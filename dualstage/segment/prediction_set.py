@@ -22,6 +22,7 @@ from PIL import Image
 
 from dualstage import gating
 from dualstage.io import (
+    HandoffError,
     ensure_inside,
     read_npy,
     write_csv_atomic,
@@ -42,6 +43,29 @@ INDEX_COLUMNS = (
     "has_pneumothorax",
     "true_area_px",
 )
+
+
+def _index_problem(index: pd.DataFrame) -> str | None:
+    """What is wrong with an index.csv frame ("column: ..."), or None."""
+    if "image_id" not in index.columns:
+        return "no image_id column"
+    if index["image_id"].isna().any():
+        return "image_id: an empty id"
+    ids = index["image_id"].astype(str)
+    bad = ids[(ids.str.strip() == "") | ids.str.contains(r"[/\\\x00]") | ids.isin([".", ".."])]
+    if len(bad):
+        return f"image_id: {bad.iloc[0]!r} is not an image id"
+    if ids.duplicated().any():
+        return f"image_id: {ids[ids.duplicated()].iloc[0]!r} listed twice"
+    for column in ("height", "width"):
+        if column in index.columns:
+            values = pd.to_numeric(index[column], errors="coerce")
+            wrong = values.isna() | (values <= 0) | (values % 1 != 0)
+            if wrong.any():
+                return f"{column}: expected positive integers, got {index[column][wrong].iloc[0]!r}"
+    if "has_truth" in index.columns and not index["has_truth"].astype(str).isin(["0", "1"]).all():
+        return "has_truth: expected 0 or 1"
+    return None
 
 
 class PredictionSet:
@@ -91,10 +115,20 @@ class PredictionSet:
 
     # -- readers -----------------------------------------------------------------------------
     def index(self) -> pd.DataFrame:
-        """index.csv (image_id as str); FileNotFoundError naming the step that writes it."""
-        if not self.index_path.is_file():
-            raise FileNotFoundError(f"{self.index_path}: missing; run `segment predict` first")
-        return pd.read_csv(self.index_path, dtype={"image_id": str})
+        """index.csv (image_id as str); FileNotFoundError naming the step that writes it, HandoffError
+        naming the file and the column when it is malformed (unparsable, ids missing, repeated or not
+        file names, sizes not positive integers, has_truth not 0/1)."""
+        path = self.index_path
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: missing; run `segment predict` first")
+        try:
+            index = pd.read_csv(path, dtype={"image_id": str})
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise HandoffError(f"{path}: unreadable index ({' '.join(str(exc).split())})") from None
+        problem = _index_problem(index)
+        if problem:
+            raise HandoffError(f"{path}: {problem}; re-run `segment predict`")
+        return index
 
     def read_map(self, image_id: str) -> np.ndarray:
         """(H, W) uint8 map q of one image."""
