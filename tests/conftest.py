@@ -28,6 +28,9 @@ def deployable_exp(tmp_path_factory) -> Path:
     from deploy_kit import deployable
 
     return deployable(tmp_path_factory.mktemp("deployable"))
+
+
+@pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A prepared tiny phantom experiment (64 px) with an untrained ``main`` U-Net: ``segment predict``
     runs without training (benchmarks/_setup.save_model). Returns the experiment folder."""
