@@ -28,14 +28,14 @@ import numpy as np
 from _results import alternate, machine, record
 from _setup import phantom_experiment
 
-from dualstage import gating
+from dualstage.artifacts.layout import ExperimentDir
+from dualstage.artifacts.operating_points import OperatingPoints
+from dualstage.artifacts.prediction_set import PredictionSet
+from dualstage.core import gating
 from dualstage.crossfit.rules import read_fold_rules
 from dualstage.data.splits import read_folds
-from dualstage.layout import ExperimentDir
-from dualstage.segment.operating_points import OperatingPoints
-from dualstage.segment.precision import cpu_bf16_supported
+from dualstage.runtime.precision import cpu_bf16_supported
 from dualstage.segment.predict import predict
-from dualstage.segment.prediction_set import PredictionSet
 from dualstage.segment.sweep import run_sweep
 from dualstage.segment.train import train
 

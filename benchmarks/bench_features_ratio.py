@@ -22,13 +22,13 @@ import torch
 from _results import alternate, machine, ratio, record
 from _setup import phantom_experiment, save_model
 
+from dualstage.artifacts.prediction_set import PredictionSet
 from dualstage.classify.features import extract_features, load_densenet
 from dualstage.data.cache import pick_cache_size
 from dualstage.data.prepare import cache_paths
+from dualstage.runtime.precision import autocast, inference_dtype, precision_name
 from dualstage.segment.models import IMAGENET_MEAN, IMAGENET_STD
-from dualstage.segment.precision import autocast, inference_dtype, precision_name
 from dualstage.segment.predict import predict
-from dualstage.segment.prediction_set import PredictionSet
 
 
 def _inputs(pset: PredictionSet, prepared: Path, size: int, batch: int) -> list[torch.Tensor]:

@@ -67,7 +67,7 @@ def _model(root: Path) -> tuple[str, list[str]]:
     """(experiment folder, --folds) of a demo-shaped untrained U-Net."""
     from _setup import phantom_experiment, save_model
 
-    from dualstage.experiment import record_experiment
+    from dualstage.commands.experiment import record_experiment
 
     exp = phantom_experiment(root, 12, 128, 128, encoder="resnet18", decoder_channels=[128, 64, 32, 16, 8])
     save_model(exp, "main")

@@ -30,12 +30,12 @@ from _results import alternate, machine, ratio, record
 from _setup import phantom_experiment, save_model
 from torch.utils.flop_counter import FlopCounterMode
 
+from dualstage.artifacts.layout import ExperimentDir
 from dualstage.data.dataset import load_split_table
 from dualstage.data.prepare import load_cached
-from dualstage.layout import ExperimentDir
+from dualstage.runtime.precision import autocast, inference_dtype, precision_name
 from dualstage.segment import models
 from dualstage.segment.inference import load_models, select_models
-from dualstage.segment.precision import autocast, inference_dtype, precision_name
 from dualstage.segment.predict import predict
 
 

@@ -36,7 +36,8 @@ from sklearn.metrics import roc_auc_score
 
 from dualstage.classify.gate import choose_gate
 from dualstage.classify.halving import halving_like_random
-from dualstage.classify.tune import make_classifier, random_search, search_space
+from dualstage.classify.tune import random_search, search_space
+from dualstage.classify.xgb import make_classifier
 from dualstage.config import Experiment, TuneConfig
 from dualstage.crossfit.search import base_settings, tune_fold
 

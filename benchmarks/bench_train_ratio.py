@@ -23,10 +23,10 @@ from _results import alternate, machine, ratio, record
 from _setup import phantom_experiment
 
 from dualstage.data.dataset import load_split_table
+from dualstage.runtime.distributed import setup_runtime
+from dualstage.runtime.precision import autocast
 from dualstage.segment import models
-from dualstage.segment.distributed import setup_runtime
 from dualstage.segment.loop import FoldData, Trainer
-from dualstage.segment.precision import autocast
 
 
 def main() -> None:

@@ -5,7 +5,7 @@ challenge's 12,047 rounded) with ``--size`` px probability maps (default 1024, t
 the real class balance (22 % positive), ``--folds`` folds (default 10) and feature rows of the real
 width (2 x 1024 DenseNet values + the map statistics of each map), written through the project's own
 writers (``PredictionSet``, ``make_splits``). Then runs each step in a fresh process exactly as
-``python -m dualstage run`` does (``dualstage.steps`` / ``build_report``) and prints its wall time
+``python -m dualstage run`` does (``dualstage.commands.steps`` / ``build_report``) and prints its wall time
 and peak resident memory (the child's ``ru_maxrss``); target: no step above 4 GB.
 
 Maps are a blob near the true lesion for most positives, a fainter false-positive blob on some
@@ -35,11 +35,11 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from dualstage.artifacts.prediction_set import PredictionSet
 from dualstage.classify.features import STAT_NAMES, feature_names, map_statistics
 from dualstage.config import load_experiment
+from dualstage.core.io import write_csv_atomic, write_json_atomic
 from dualstage.data.splits import make_splits
-from dualstage.io import write_csv_atomic, write_json_atomic
-from dualstage.segment.prediction_set import PredictionSet
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import record  # noqa: E402
@@ -136,7 +136,7 @@ def build(root: Path, n: int, size: int, folds: int, tune: dict, seed: int = 0) 
 
 def child(step: str, yaml_path: str) -> None:
     """Run one step in this process (called by :func:`measure`)."""
-    from dualstage import steps
+    from dualstage.commands import steps
 
     exp = load_experiment(yaml_path)
     if step == "sweep":

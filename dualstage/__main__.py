@@ -1,6 +1,6 @@
 """``python -m dualstage run experiments/<name>.yaml [--steps ...]``: the whole pipeline;
 ``python -m dualstage predict IN... --exp models/<name> --out OUT``: new radiographs
-(:mod:`dualstage.new_images`);
+(:mod:`dualstage.commands.new_images`);
 ``python -m dualstage external --exp models/<name> --data DIR``: its validation on another dataset."""
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from dualstage.cli import run_cli
+from dualstage.core.cli import run_cli
 
 
 def _run(args: argparse.Namespace) -> int:
-    from dualstage.pipeline import run_pipeline
+    from dualstage.commands.pipeline import run_pipeline
 
     run_pipeline(args.experiment, steps=args.steps, data=args.data)
     return 0
@@ -22,7 +22,7 @@ def _run(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     import json
 
-    from dualstage.new_images import predict_new
+    from dualstage.commands.new_images import predict_new
 
     exp = args.exp
     if Path(exp).suffix.lower() in (".yaml", ".yml"):
@@ -37,7 +37,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _external(args: argparse.Namespace) -> int:
-    from dualstage.external import run_external
+    from dualstage.commands.external import run_external
 
     run_external(args.exp, args.data, name=args.set, layout=args.layout, annotations=args.annotations,
                  area=args.area, folds=args.folds, progress=not args.no_progress)  # fmt: skip
@@ -45,7 +45,7 @@ def _external(args: argparse.Namespace) -> int:
 
 
 def _external_parser(sub) -> None:
-    from dualstage.experiment import add_experiment_argument, add_progress_argument
+    from dualstage.commands.experiment import add_experiment_argument, add_progress_argument
 
     p = sub.add_parser("external", help="validate a trained experiment on another annotated dataset")
     add_experiment_argument(p)
@@ -60,7 +60,7 @@ def _external_parser(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from dualstage.pipeline import __doc__ as steps_doc
+    from dualstage.commands.pipeline import __doc__ as steps_doc
 
     parser = argparse.ArgumentParser(
         prog="python -m dualstage",

@@ -240,7 +240,7 @@ class Experiment:
 
     @property
     def dir(self):  # -> ExperimentDir (import here: layout is a leaf module)
-        from dualstage.layout import ExperimentDir
+        from dualstage.artifacts.layout import ExperimentDir
 
         return ExperimentDir(self.folder)
 

@@ -18,13 +18,13 @@ import torch
 from PIL import Image
 from xgboost import XGBClassifier
 
+from dualstage.artifacts.operating_points import OperatingPoints
 from dualstage.classify.densenet import embed, load_densenet
 from dualstage.classify.features import STAT_NAMES, feature_names
 from dualstage.classify.tune import save_model
 from dualstage.data.phantom import generate
 from dualstage.segment import models
 from dualstage.segment.checkpoint import FORMAT, save_checkpoint
-from dualstage.segment.operating_points import OperatingPoints
 
 SIZE, K, PER_FOLD = 32, 3, 6
 SETTINGS = {"weights": "none", "weights_sha256": None, "image_size": SIZE, "version": 1}

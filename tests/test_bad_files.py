@@ -20,9 +20,9 @@ from test_tune import FAST, make_experiment
 from dualstage.classify.features import extract_features
 from dualstage.classify.gate import apply_gate, fit_gate
 from dualstage.classify.tune import tune
+from dualstage.commands.experiment import record_experiment
 from dualstage.config import Experiment
 from dualstage.data.phantom import generate
-from dualstage.experiment import record_experiment
 from dualstage.report.gallery import gallery
 from dualstage.segment import predict as predict_module
 from dualstage.segment.__main__ import main as segment_main

@@ -11,7 +11,7 @@ import zipfile
 import pytest
 import yaml
 
-from dualstage.cli import run_cli
+from dualstage.core.cli import run_cli
 
 
 def _raiser(exc: BaseException) -> argparse.ArgumentParser:

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from dualstage import gating
 from dualstage.config import Experiment, TuneConfig
+from dualstage.core import gating
 from dualstage.crossfit.classifier import crossfit_classifier
 from dualstage.crossfit.compare import crossfit_gates
 from dualstage.crossfit.final import crossfit_final

@@ -17,11 +17,11 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 from test_tune import FAST, make_experiment
 
+from dualstage.artifacts.prediction_set import INDEX_COLUMNS, PredictionSet
 from dualstage.classify.dicom_seg import package_version, seg_sources, write_seg
 from dualstage.classify.gate import apply_gate, fit_gate
 from dualstage.classify.tune import tune
 from dualstage.data.phantom import generate
-from dualstage.segment.prediction_set import INDEX_COLUMNS, PredictionSet
 
 SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 LESION = (slice(10, 30), slice(12, 40))

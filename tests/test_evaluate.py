@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dualstage import gating
+from dualstage.core import gating
 from dualstage.segment.evaluate import _pooled_iou
 from dualstage.segment.sweep import MIN_AREAS
 

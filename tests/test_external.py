@@ -14,9 +14,15 @@ import pandas as pd
 import pytest
 from xgboost import XGBClassifier
 
-from dualstage import gating
-from dualstage.classify.feature_set import load_feature_table
+from dualstage.artifacts.external_counts import gate_columns, read_counts
+from dualstage.artifacts.feature_set import load_feature_table
+from dualstage.artifacts.gates import GATES
+from dualstage.artifacts.layout import ExperimentDir
+from dualstage.artifacts.operating_points import OperatingPoints
+from dualstage.artifacts.prediction_set import INDEX_COLUMNS, PredictionSet
 from dualstage.classify.tune import load_classifier, save_model
+from dualstage.core import gating
+from dualstage.core.rle import decode
 from dualstage.crossfit.external import (
     SetData,
     area_factors,
@@ -29,15 +35,9 @@ from dualstage.crossfit.external_eval import evaluate_set, load_set
 from dualstage.data.images import read_image_file
 from dualstage.data.phantom import generate
 from dualstage.data.prepare import prepare
-from dualstage.external_counts import gate_columns, read_counts
-from dualstage.gates import GATES
-from dualstage.layout import ExperimentDir
 from dualstage.report.document import render_markdown
 from dualstage.report.external import external_comparison, external_section, external_summary
 from dualstage.report.readme import EXTERNAL_BLOCK, EXTERNAL_REFERENCE, render_external_block, replace_block
-from dualstage.rle import decode
-from dualstage.segment.operating_points import OperatingPoints
-from dualstage.segment.prediction_set import INDEX_COLUMNS, PredictionSet
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES = [

@@ -8,7 +8,7 @@ import stat
 import numpy as np
 import pandas as pd
 
-from dualstage.io import (
+from dualstage.core.io import (
     atomic_write,
     atomic_write_bytes,
     atomic_write_text,

@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 from test_tune import FAST, SMALL_SPACE, make_experiment
 
-from dualstage import gating, rle
 from dualstage.classify.gate import apply_gate, choose_gate, fit_gate, gate_sweep
 from dualstage.classify.tune import tune
+from dualstage.core import gating, rle
 
 # Four images (counts: inter, pred_area, true_area, n_pixels):
 #   A positive, p=0.90, Dice kept 2*80/200 = 0.8, gated 0

@@ -1,4 +1,4 @@
-"""dualstage.gating (rules, histogram engine) and dualstage.segment.sweep, pinned by hand cases
+"""dualstage.core.gating (rules, histogram engine) and dualstage.segment.sweep, pinned by hand cases
 and by exact agreement with brute-force re-thresholding of the maps."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from dualstage import gating, rle
-from dualstage.metrics import dice_from_counts, summarize
+from dualstage.core import gating, rle
+from dualstage.core.metrics import dice_from_counts, summarize
 from dualstage.segment.sweep import run_sweep, selection_set
 
 # ---------------------------------------------------------------- pixel rule and levels

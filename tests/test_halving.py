@@ -161,7 +161,7 @@ def test_holdout_tune_by_halving(tmp_path) -> None:
 
     from test_tune import FAST, SMALL_SPACE, make_experiment
 
-    from dualstage.classify.feature_set import load_feature_table
+    from dualstage.artifacts.feature_set import load_feature_table
     from dualstage.classify.tune import estimator_from_params, load_classifier, tune
 
     exp = make_experiment(tmp_path, n_oof=60, n_test=20, n_new=2)

@@ -18,9 +18,9 @@ import pytest
 from bad_input_kit import assert_error, assert_ok, run
 from test_bad_inputs_experiment import _copy, call, gated  # noqa: F401 (gated: a fixture)
 
-from dualstage.cli import describe_error
-from dualstage.io import HandoffError, write_json_atomic
-from dualstage.segment.prediction_set import INDEX_COLUMNS
+from dualstage.artifacts.prediction_set import INDEX_COLUMNS
+from dualstage.core.cli import describe_error
+from dualstage.core.io import HandoffError, write_json_atomic
 
 APPLY = ("gate", "apply", "--set", "test", "--no-progress")
 REPORT = ("--resamples", "20", "--gallery", "0")

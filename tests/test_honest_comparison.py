@@ -9,16 +9,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dualstage import gating
+from dualstage.artifacts.layout import ExperimentDir
 from dualstage.classify.gate import choose_gate
+from dualstage.core import gating
+from dualstage.core.metrics import collapsed_on_validation
+from dualstage.core.tolerance import plateau_middle
 from dualstage.crossfit.collapse import collapse_check
-from dualstage.layout import ExperimentDir
-from dualstage.metrics import collapsed_on_validation
 from dualstage.report.compare import Gate, compare_counts, gate_table
 from dualstage.report.outcomes import outcomes, same_masks, vacuous_folds
 from dualstage.segment.predict import check_input_set_name, refuse_seen
 from dualstage.segment.train import collapse_on_validation
-from dualstage.tolerance import plateau_middle
 
 THR = {"rule": "threshold", "threshold": 0.5}
 AREA = {"rule": "threshold_area", "threshold": 0.5, "min_area": 100}

@@ -17,10 +17,10 @@ import pandas as pd
 import pytest
 from test_crossfit import K, N, _write
 
+from dualstage.commands.experiment import record_experiment
 from dualstage.config import Experiment, TuneConfig
+from dualstage.core.io import sha256_file
 from dualstage.crossfit.rules import crossfit_sweep
-from dualstage.experiment import record_experiment
-from dualstage.io import sha256_file
 from dualstage.report import build_report
 from dualstage.report import figures as F
 from dualstage.report.__main__ import main as report_main

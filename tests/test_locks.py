@@ -18,11 +18,11 @@ import pandas as pd
 import pytest
 from bad_input_kit import ENV, assert_error, assert_ok, gray, run, save_png
 
-from dualstage.locks import Busy, holding, lock_path, locked
+from dualstage.core.locks import Busy, holding, lock_path, locked
 
 HOLD = (
     "import sys, time\n"
-    "from dualstage.locks import holding\n"
+    "from dualstage.core.locks import holding\n"
     "with holding(sys.argv[1], 'segment predict', shared=sys.argv[2] == 'shared'):\n"
     "    print('held', flush=True)\n"
     "    time.sleep(120)\n"

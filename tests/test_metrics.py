@@ -1,4 +1,4 @@
-"""dualstage.metrics, pinned by hand-computed cases (challenge convention: empty vs empty = 1)."""
+"""dualstage.core.metrics, pinned by hand-computed cases (challenge convention: empty vs empty = 1)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 
-from dualstage.metrics import (
+from dualstage.core.metrics import (
     dice_from_counts,
     image_dice,
     image_iou,

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from dualstage.runtime.weights import load_weights
 from dualstage.segment.models import (
     ENCODERS,
     GROUPS,
@@ -24,7 +25,6 @@ from dualstage.segment.models import (
     to_input,
     trainable_groups,
 )
-from dualstage.segment.weights import load_weights
 
 FAMILY_EXAMPLES = [
     "resnet34",

@@ -15,8 +15,8 @@ import pydicom
 import pytest
 from PIL import Image
 
+from dualstage.core.rle import decode
 from dualstage.data import phantom
-from dualstage.rle import decode
 
 SIZE = 128
 

@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from dualstage.config import ConfigError, PredictConfig, from_dict
+from dualstage.runtime.precision import inference_dtype, precision_name
 from dualstage.segment import models, precision
 from dualstage.segment.inference import fold_batchnorm
-from dualstage.segment.precision import inference_dtype, precision_name
 
 CPU = torch.device("cpu")
 
@@ -87,8 +87,8 @@ def test_predict_bf16_maps_close_to_fp32(tmp_path):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     from _setup import phantom_experiment, save_model
 
+    from dualstage.artifacts.prediction_set import PredictionSet
     from dualstage.segment.predict import predict
-    from dualstage.segment.prediction_set import PredictionSet
 
     exp = phantom_experiment(tmp_path, 6, 96, 64, "resnet18", decoder_channels=[32, 16, 8, 8, 8])
     save_model(exp, bias=None)

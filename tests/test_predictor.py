@@ -10,10 +10,10 @@ import pytest
 from deploy_kit import K, phantoms
 from PIL import Image
 
+from dualstage.artifacts.layout import ExperimentDir
 from dualstage.classify.features import extract_features
+from dualstage.commands.predictor import Predictor
 from dualstage.crossfit.deploy import crossfit_apply
-from dualstage.layout import ExperimentDir
-from dualstage.predictor import Predictor
 from dualstage.segment.predict import predict
 
 

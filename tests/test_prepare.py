@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from dualstage import rle
+from dualstage.core import rle
 from dualstage.data.layouts import Item, detect_layout
 from dualstage.data.prepare import PrepareError, load_cached, prepare, process_item
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from dualstage.progress import LineProgress, log_every, progress, progress_write
+from dualstage.core.progress import LineProgress, log_every, progress, progress_write
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,7 +79,7 @@ def test_write_goes_to_the_given_file():
 
 def test_piped_stderr_gets_plain_lines():
     code = (
-        "from dualstage.progress import progress\n"
+        "from dualstage.core.progress import progress\n"
         "for _ in progress(range(3), desc='loop', unit='batch'):\n    pass\n"
     )
     env = {**os.environ, "DUALSTAGE_LOG_EVERY": "0", "PYTHONPATH": str(ROOT)}

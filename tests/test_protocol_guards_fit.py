@@ -15,13 +15,13 @@ import pytest
 from test_tune import make_experiment
 from xgboost import XGBClassifier
 
-from dualstage.classify.feature_set import load_feature_table
+from dualstage.artifacts.feature_set import load_feature_table
+from dualstage.artifacts.operating_points import OperatingPoints
+from dualstage.artifacts.prediction_set import PredictionSet
 from dualstage.classify.gate import fit_gate
 from dualstage.classify.tune import save_model
 from dualstage.config import Experiment, GateConfig, TuneConfig
 from dualstage.crossfit.classifier import fit_fold
-from dualstage.segment.operating_points import OperatingPoints
-from dualstage.segment.prediction_set import PredictionSet
 
 # make_experiment's oof maps under the "threshold" rule (0.5): a positive keeps 48 of its 64 lesion
 # pixels (Dice 2 * 48 / 112 when kept, 0 when gated); a negative shows a 4 px blob (0 kept, 1 gated)

@@ -12,10 +12,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from dualstage import gating
+from dualstage.artifacts.operating_points import OperatingPoints
+from dualstage.commands.experiment import record_experiment
 from dualstage.config import Experiment, ModelConfig
-from dualstage.experiment import record_experiment
-from dualstage.metrics import presence_report, summarize_counts
+from dualstage.core import gating
+from dualstage.core.metrics import presence_report, summarize_counts
 from dualstage.report import build_report
 from dualstage.report.__main__ import main as report_main
 from dualstage.report.compare import (
@@ -27,7 +28,6 @@ from dualstage.report.compare import (
     resampled_metrics,
 )
 from dualstage.segment.evaluate import evaluate
-from dualstage.segment.operating_points import OperatingPoints
 
 SIDE, N = 32, 12
 OP = {

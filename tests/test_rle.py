@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dualstage import rle
+from dualstage.core import rle
 from dualstage.data.annotations import read_rle_csv
 
 

@@ -18,7 +18,7 @@ import torch
 import yaml
 from PIL import Image
 
-from dualstage import gating
+from dualstage.core import gating
 
 PHASES = [
     {
@@ -232,7 +232,7 @@ def test_folds_predict_sweep_evaluate(tiny, tmp_path):
     # score it from the sweep's map-based test table (histograms cannot express it)
     from dataclasses import replace
 
-    from dualstage.segment.operating_points import OperatingPoints
+    from dualstage.artifacts.operating_points import OperatingPoints
 
     points = OperatingPoints.read(exp / "operating_point.json")
     original = points.best_rule
@@ -283,7 +283,7 @@ def test_two_process_gloo_training(tiny, tmp_path):
 
 def test_stage_two_end_to_end(tiny):
     """features -> tune (few iterations) -> gate fit/apply -> submission round-trips through rle."""
-    from dualstage import rle
+    from dualstage.core import rle
 
     cfg, exp = tiny
     pred = exp / "predictions"

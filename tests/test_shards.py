@@ -1,4 +1,5 @@
-"""dualstage.shards: predict / features in shards + merge equal one process; bad --shard, merges refused."""
+"""dualstage.commands.shards: predict / features in shards + merge equal one process; bad --shard,
+merges refused."""
 
 from __future__ import annotations
 
@@ -18,10 +19,11 @@ import torch
 import yaml
 from PIL import Image
 
+from dualstage.artifacts.shard_records import Shard, parse_shard, shard_jobs, shard_rows
+from dualstage.commands.shards import dispatch
 from dualstage.config import load_experiment, to_dict
 from dualstage.segment import models
 from dualstage.segment.checkpoint import FORMAT, save_checkpoint
-from dualstage.shards import Shard, dispatch, parse_shard, shard_jobs, shard_rows
 
 MODELS = ("main", "fold_0", "fold_1", "fold_2")
 FEATURES = {"weights": "none", "image_size": 32, "batch_size": 4, "workers": 0, "progress": False}
@@ -43,7 +45,7 @@ def _checkpoint(exp, name: str, seed: int) -> None:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A prepared phantom experiment with four untrained models, and a folder of new images."""
-    from dualstage.steps import prepare_experiment
+    from dualstage.commands.steps import prepare_experiment
 
     tmp = tmp_path_factory.mktemp("shards")
     cfg = {

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from test_gating import _random_set
 
-from dualstage import gating
-from dualstage.metrics import summarize_counts
-from dualstage.segment.operating_points import OperatingPoints
+from dualstage.artifacts.operating_points import OperatingPoints
+from dualstage.core import gating
+from dualstage.core.metrics import summarize_counts
 from dualstage.segment.sweep import GRID, _choose, grid_record, make_grids, sweep_tables
 
 SIDE = 32

@@ -10,6 +10,7 @@ import pytest
 from deploy_kit import phantoms
 from PIL import Image
 
+from dualstage.artifacts.layout import ExperimentDir
 from dualstage.classify.ood import (
     build_training_profile,
     distances,
@@ -18,9 +19,8 @@ from dualstage.classify.ood import (
     oof_distances,
     training_profile,
 )
+from dualstage.commands.predictor import Predictor
 from dualstage.data.images import read_image_file
-from dualstage.layout import ExperimentDir
-from dualstage.predictor import Predictor
 
 
 def _rows(seed: int, n: int = 45) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 from sklearn.model_selection import PredefinedSplit
 
-from dualstage import gating
-from dualstage.classify.feature_set import load_feature_table
+from dualstage.artifacts.feature_set import load_feature_table
+from dualstage.artifacts.operating_points import OperatingPoints
 from dualstage.classify.tune import (
     SEARCH_SPACE_DOC,
     estimator_from_params,
@@ -21,8 +21,8 @@ from dualstage.classify.tune import (
     search_space,
     tune,
 )
+from dualstage.core import gating
 from dualstage.data.splits import read_folds
-from dualstage.segment.operating_points import OperatingPoints
 
 
 def cv_folds(exp: Path, ids: np.ndarray, splits: Path | None = None) -> np.ndarray:

@@ -15,9 +15,7 @@ import json
 import os
 import sys
 
-from dualstage.cli import run_cli
-from dualstage.config import override
-from dualstage.experiment import (
+from dualstage.commands.experiment import (
     add_experiment_argument,
     add_max_pixels_argument,
     add_progress_argument,
@@ -25,11 +23,13 @@ from dualstage.experiment import (
     open_experiment,
     with_max_pixels,
 )
+from dualstage.config import override
+from dualstage.core.cli import run_cli
 
 
 def _features(args: argparse.Namespace) -> int:
-    from dualstage import steps
-    from dualstage.shards import parse_shard
+    from dualstage.artifacts.shard_records import parse_shard
+    from dualstage.commands import steps
 
     if args.shard is not None:
         parse_shard(args.shard)  # a bad --shard fails before anything is loaded
@@ -67,7 +67,7 @@ def _with_fold_sets(exp, name: str) -> list[str]:
 
 
 def _tune(args: argparse.Namespace) -> int:
-    from dualstage import steps
+    from dualstage.commands import steps
 
     exp = override(open_experiment(args.exp), "tune", n_iter=args.n_iter, scoring=args.scoring,
                    dice_rule=args.dice_rule, seed=args.seed, n_jobs=args.n_jobs, threads=args.threads,

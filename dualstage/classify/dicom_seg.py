@@ -27,12 +27,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from dualstage.artifacts.layout import ExperimentDir
+from dualstage.artifacts.prediction_set import PredictionSet
+from dualstage.core.io import atomic_write, write_csv_atomic
+from dualstage.core.progress import progress as progress_iter
 from dualstage.data import limits
 from dualstage.data.images import is_dicom_file
-from dualstage.io import atomic_write, write_csv_atomic
-from dualstage.layout import ExperimentDir
-from dualstage.progress import progress as progress_iter
-from dualstage.segment.prediction_set import PredictionSet
 
 __all__ = ["write_seg", "write_segs", "seg_sources", "package_version", "SEG_DIR", "REJECTED_COLUMNS"]
 

@@ -33,25 +33,25 @@ from PIL import Image
 from scipy import ndimage
 from torch.utils.data import DataLoader, Dataset
 
+from dualstage.artifacts.prediction_set import PredictionSet
+from dualstage.artifacts.shard_records import Shard, shard_rows
 from dualstage.classify.densenet import N_DENSENET, describe_weights, embed, load_densenet
-from dualstage.data import limits
-from dualstage.data.cache import pick_cache_size
-from dualstage.data.images import read_image_file
-from dualstage.data.prepare import CACHE_PIXELS, cache_paths
-from dualstage.gating import REF_PIXELS, levels
-from dualstage.io import (
+from dualstage.core.gating import REF_PIXELS, levels
+from dualstage.core.io import (
     atomic_write,
     read_npy,
     write_csv_atomic,
     write_json_atomic,
     write_npy_atomic,
 )
-from dualstage.locks import holding
-from dualstage.progress import progress as progress_iter
-from dualstage.segment.distributed import pick_device
-from dualstage.segment.precision import inference_dtype, precision_name
-from dualstage.segment.prediction_set import PredictionSet
-from dualstage.shards import Shard, shard_rows
+from dualstage.core.locks import holding
+from dualstage.core.progress import progress as progress_iter
+from dualstage.data import limits
+from dualstage.data.cache import pick_cache_size
+from dualstage.data.images import read_image_file
+from dualstage.data.prepare import CACHE_PIXELS, cache_paths
+from dualstage.runtime.distributed import pick_device
+from dualstage.runtime.precision import inference_dtype, precision_name
 
 __all__ = ["extract_features", "map_statistics", "feature_names", "load_densenet", "embed", "STAT_NAMES"]
 
@@ -303,11 +303,12 @@ def extract_features(
     ``image_path`` column, as for new images). Resumable: rows already in ``out_dir/parts`` are
     reused when ``features.json`` records the same weights and image size; a different setting is
     refused (ValueError) rather than mixed. An image that fails is a ``rejected.csv`` row and
-    the others go on; ValueError when none is left. ``shard``: that share's parts only (dualstage.shards).
-    ``precision``: auto | fp32 | bf16 of the DenseNet (:func:`dualstage.segment.precision.inference_dtype`),
+    the others go on; ValueError when none is left. ``shard``: that share's parts only
+    (:mod:`dualstage.commands.shards`).
+    ``precision``: auto | fp32 | bf16 of the DenseNet (:func:`dualstage.runtime.precision.inference_dtype`),
     recorded in features.json. ``max_pixels``: the pixel limit of a source image (default: the
     process's ``data.max_pixels``); one over it is a rejected row. Holds the feature set's lock and
-    the prediction set's shared (:mod:`dualstage.locks`): never reads a set while it is written.
+    the prediction set's shared (:mod:`dualstage.core.locks`): never reads a set while it is written.
     """
     with (
         holding(pred_dir, "classify features", shared=True),
@@ -347,7 +348,7 @@ def _extract_features(
     }  # fmt: skip
     run_seconds = _extract_rows(ctx, ids, sources, todo) if todo else 0.0
     bad = {r["item"] for r in rejected}
-    if shard is not None:  # one share: dualstage.shards records it; the merge writes the set's files
+    if shard is not None:  # one share: dualstage.commands.shards records it; the merge writes the set's files
         n_now = sum(ids[k] not in bad for k in todo)
         return {"ids": [ids[k] for k in todo], "rejected_ids": sorted(bad), "extracted_now": n_now}
     kept = [i for i in ids if i not in bad and (parts / f"{i}.npy").is_file()]

@@ -25,6 +25,8 @@ from sklearn.metrics import f1_score, roc_auc_score
 from sklearn.model_selection import ParameterSampler
 from xgboost import XGBClassifier
 
+from dualstage.classify.xgb import gated_dice, make_classifier
+
 __all__ = [
     "HalvingResult",
     "group_inner_folds",
@@ -121,9 +123,7 @@ def score_function(scoring: str, counts: np.ndarray | None = None) -> ScoreFn:
     if scoring == "dice":
         if counts is None:
             raise ValueError("scoring dice: the rows' mask counts are needed")
-        from dualstage.classify.tune import _gated_dice
-
-        return lambda y, p, rows: _gated_dice(y, p, np.asarray(counts)[rows])
+        return lambda y, p, rows: gated_dice(y, p, np.asarray(counts)[rows])
     raise ValueError(f"unknown scoring {scoring!r}; valid: roc_auc, f1, dice")
 
 
@@ -204,8 +204,6 @@ def halving_search(
         cv_results_=_table(candidates, scores, sizes, eta, min_rounds), inner_oof_=inner,
     )  # fmt: skip
     if refit:
-        from dualstage.classify.tune import make_classifier  # tune imports this module
-
         result.best_estimator_ = make_classifier(
             base["seed"], base["max_bin"], base["device"], n_jobs=base.get("threads"), **candidates[best]
         ).fit(X, y)

@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 from xgboost import XGBClassifier
 
-from dualstage.classify.feature_set import labels_of, load_feature_table, truthy
-from dualstage.io import write_csv_atomic
-from dualstage.layout import ExperimentDir
-from dualstage.metrics import presence_report, roc_auc
+from dualstage.artifacts.feature_set import labels_of, load_feature_table, truthy
+from dualstage.artifacts.layout import ExperimentDir
+from dualstage.core.io import write_csv_atomic
+from dualstage.core.metrics import presence_report, roc_auc
 
 __all__ = ["PAPER_TABLE2", "table2"]
 

@@ -36,16 +36,16 @@ from sklearn.metrics import make_scorer
 from sklearn.model_selection import PredefinedSplit, RandomizedSearchCV, cross_val_score
 from xgboost import XGBClassifier
 
-from dualstage.classify.classifier_files import load_classifier, not_json, read_params  # noqa: F401 (re-exported)
-from dualstage.classify.feature_set import labels_of, load_feature_table, read_settings
+from dualstage.artifacts.classifier_files import load_classifier, not_json, read_params  # noqa: F401 (re-exported)
+from dualstage.artifacts.feature_set import labels_of, load_feature_table, read_settings
+from dualstage.artifacts.layout import ExperimentDir
+from dualstage.artifacts.operating_points import OperatingPoints
+from dualstage.artifacts.prediction_set import PredictionSet
 from dualstage.classify.halving import halving_like_random
 from dualstage.classify.table2 import PAPER_TABLE2, table2
+from dualstage.classify.xgb import gated_dice, make_classifier
+from dualstage.core.io import atomic_write, write_csv_atomic, write_json_atomic
 from dualstage.data.splits import read_folds
-from dualstage.io import atomic_write, write_csv_atomic, write_json_atomic
-from dualstage.layout import ExperimentDir
-from dualstage.metrics import summarize_counts
-from dualstage.segment.operating_points import OperatingPoints
-from dualstage.segment.prediction_set import PredictionSet
 
 __all__ = [
     "SEARCH_SPACE_DOC",
@@ -111,33 +111,6 @@ def _py(value):
     return value.item() if isinstance(value, np.generic) else value
 
 
-def resolve_device(device: str = "auto") -> str:
-    """Device for XGBoost: "auto" is "cuda" when torch sees a GPU and this XGBoost build has CUDA
-    (the default ``xgboost-cpu`` has not), else "cpu"; others pass through."""
-    if device != "auto":
-        return device
-    if not xgboost.build_info().get("USE_CUDA", False):
-        return "cpu"
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def make_classifier(
-    seed: int = 0, max_bin: int = 64, device: str = "auto", n_jobs: int | None = None, **params
-) -> XGBClassifier:
-    """XGBClassifier(tree_method="hist", logloss) with the project's fixed settings + ``params``."""
-    return XGBClassifier(
-        tree_method="hist",
-        max_bin=max_bin,
-        device=resolve_device(device),
-        eval_metric="logloss",
-        random_state=seed,
-        n_jobs=n_jobs,
-        **params,
-    )
-
-
 def estimator_from_params(
     params: dict, device: str | None = None, threads: int | None = None
 ) -> XGBClassifier:
@@ -170,13 +143,6 @@ def save_model(clf: XGBClassifier, path: Path) -> None:
     atomic_write(path, _write)
 
 
-def _gated_dice(y_true, prob, counts) -> float:
-    """Challenge mean Dice of masks (counts (n, 4)) emptied where prob < 0.5."""
-    keep = np.asarray(prob) >= 0.5
-    c = np.asarray(counts)
-    return float(summarize_counts(c[:, 0] * keep, c[:, 1] * keep, c[:, 2], c[:, 3])["mean_dice"])
-
-
 def scorer_for(scoring: str, exp_dir: Path, ids: np.ndarray, dice_rule: str, train_set: str = "oof"):
     """(scorer, fit params, context, rule) for ``scoring``; dice routes per-row counts to the scorer."""
     if scoring not in SCORINGS:
@@ -187,7 +153,7 @@ def scorer_for(scoring: str, exp_dir: Path, ids: np.ndarray, dice_rule: str, tra
     counts = PredictionSet(ExperimentDir(exp_dir).prediction_set(train_set)).rule_counts(ids, rule)
     ctx = sklearn.config_context(enable_metadata_routing=True)
     with sklearn.config_context(enable_metadata_routing=True):
-        scorer = make_scorer(_gated_dice, response_method="predict_proba").set_score_request(counts=True)
+        scorer = make_scorer(gated_dice, response_method="predict_proba").set_score_request(counts=True)
     return scorer, {"counts": counts}, ctx, rule
 
 

@@ -14,17 +14,17 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from dualstage.classify.feature_set import labels_of, load_feature_table, read_settings
+from dualstage.artifacts.feature_set import labels_of, load_feature_table, read_settings
+from dualstage.artifacts.prediction_set import PredictionSet
 from dualstage.classify.gate import GATE_MODES, choose_gate
 from dualstage.classify.tune import _save_search, check_labels, save_model, scorer_for, search_space
 from dualstage.config import Experiment, to_dict
+from dualstage.core.io import write_csv_atomic, write_json_atomic
+from dualstage.core.progress import progress as progress_iter
 from dualstage.crossfit.rules import read_fold_rules
 from dualstage.crossfit.search import base_settings, tune_fold
 from dualstage.crossfit.table2 import fold_table2_models, write_table2
 from dualstage.data.splits import read_folds
-from dualstage.io import write_csv_atomic, write_json_atomic
-from dualstage.progress import progress as progress_iter
-from dualstage.segment.prediction_set import PredictionSet
 
 __all__ = ["crossfit_classifier", "fit_fold"]
 

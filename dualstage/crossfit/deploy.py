@@ -16,15 +16,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dualstage import gating, rle
-from dualstage.classify.classifier_files import load_classifier, load_gate, read_params
+from dualstage.artifacts.classifier_files import load_classifier, load_gate, read_params
+from dualstage.artifacts.feature_set import check_same_settings, load_feature_table
+from dualstage.artifacts.layout import ExperimentDir
+from dualstage.artifacts.prediction_set import PredictionSet
 from dualstage.classify.dicom_seg import seg_sources, write_segs
-from dualstage.classify.feature_set import check_same_settings, load_feature_table
 from dualstage.classify.gate import GATE_MODES
+from dualstage.core import gating, rle
+from dualstage.core.io import write_csv_atomic, write_json_atomic, write_png_atomic
 from dualstage.crossfit.rules import read_fold_rules
-from dualstage.io import write_csv_atomic, write_json_atomic, write_png_atomic
-from dualstage.layout import ExperimentDir
-from dualstage.segment.prediction_set import PredictionSet
 
 __all__ = ["fold_set_names", "crossfit_apply"]
 

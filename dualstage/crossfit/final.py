@@ -11,15 +11,15 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from dualstage import gating, rle
+from dualstage.artifacts.prediction_set import PredictionSet
 from dualstage.classify.dicom_seg import seg_sources, write_segs
 from dualstage.classify.gate import GATE_MODES
 from dualstage.config import Experiment
+from dualstage.core import gating, rle
+from dualstage.core.io import write_csv_atomic, write_json_atomic, write_png_atomic
+from dualstage.core.progress import progress as progress_iter
 from dualstage.crossfit.compare import fold_decisions
 from dualstage.crossfit.rules import read_fold_rules
-from dualstage.io import write_csv_atomic, write_json_atomic, write_png_atomic
-from dualstage.progress import progress as progress_iter
-from dualstage.segment.prediction_set import PredictionSet
 
 __all__ = ["crossfit_final"]
 

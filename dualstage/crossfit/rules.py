@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from dualstage import gating
+from dualstage.artifacts.layout import ExperimentDir
+from dualstage.artifacts.operating_points import OperatingPoints
+from dualstage.artifacts.prediction_set import PredictionSet
 from dualstage.config import Experiment
+from dualstage.core import gating
+from dualstage.core.progress import progress as progress_iter
 from dualstage.data.splits import read_folds
-from dualstage.layout import ExperimentDir
-from dualstage.progress import progress as progress_iter
-from dualstage.segment.operating_points import OperatingPoints
-from dualstage.segment.prediction_set import PredictionSet
 from dualstage.segment.sweep import (
     best_rule,
     choose_rules,

@@ -16,7 +16,8 @@ from sklearn.model_selection import PredefinedSplit, cross_val_predict
 from xgboost import XGBClassifier
 
 from dualstage.classify.halving import group_inner_folds, halving_search, sample_candidates, score_function
-from dualstage.classify.tune import make_classifier, random_search, resolve_device, search_space
+from dualstage.classify.tune import random_search, search_space
+from dualstage.classify.xgb import make_classifier, resolve_device
 from dualstage.config import TuneConfig
 
 __all__ = ["base_settings", "search_rows", "tune_fold"]
@@ -29,7 +30,7 @@ def base_settings(t: TuneConfig, max_bin: int | None = None, device: str = "auto
 
 
 def _classifier(base: dict, **params) -> XGBClassifier:
-    """:func:`~dualstage.classify.tune.make_classifier` with ``base`` (device already resolved)."""
+    """:func:`~dualstage.classify.xgb.make_classifier` with ``base`` (device already resolved)."""
     return make_classifier(base["seed"], base["max_bin"], base["device"], n_jobs=base["threads"], **params)
 
 

@@ -21,11 +21,11 @@ from sklearn.metrics import f1_score
 from sklearn.model_selection import PredefinedSplit, cross_val_predict
 from xgboost import XGBClassifier
 
-from dualstage.classify.tune import make_classifier
+from dualstage.classify.xgb import make_classifier
 from dualstage.config import Experiment
+from dualstage.core.io import write_csv_atomic, write_json_atomic
+from dualstage.core.metrics import presence_report, roc_auc
 from dualstage.crossfit.search import base_settings, search_rows
-from dualstage.io import write_csv_atomic, write_json_atomic
-from dualstage.metrics import presence_report, roc_auc
 
 __all__ = ["fold_table2_models", "shared_settings", "table2_rows", "MODELS"]
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from dualstage import rle
+from dualstage.core import rle
 from dualstage.data.ids import check_image_id, show_id
 
 __all__ = ["read_rle_csv", "looks_like_rle_csv", "read_png_index", "masks_from_rows"]

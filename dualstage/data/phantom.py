@@ -36,7 +36,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from dualstage.cli import run_cli
+from dualstage.core.cli import run_cli
+from dualstage.core.io import atomic_write_bytes
+from dualstage.core.rle import decode, encode
 from dualstage.data.phantom_cases import (
     UID_PREFIX,
     CaseSpec,
@@ -46,8 +48,6 @@ from dualstage.data.phantom_cases import (
 )
 from dualstage.data.phantom_render import render_case
 from dualstage.data.phantom_site import SITES, Site, SiteLook, apply_site, get_site, site_contrast
-from dualstage.io import atomic_write_bytes
-from dualstage.rle import decode, encode
 
 __all__ = [
     "UID_PREFIX",
@@ -197,7 +197,7 @@ def generate(
     ``out_dir`` are left alone. ``site``: a key of :data:`SITES` (a second hospital's look, see
     :mod:`dualstage.data.phantom_site`); None or ``source`` changes nothing.
     """
-    from dualstage.progress import progress as progress_iter
+    from dualstage.core.progress import progress as progress_iter
 
     if layout not in ("siim", "png"):
         raise ValueError(f"layout must be 'siim' or 'png', got {layout!r}")

@@ -21,10 +21,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from dualstage.gates import BASELINE
-from dualstage.io import atomic_write_text, json_safe, write_csv_atomic, write_json_atomic
-from dualstage.layout import ExperimentDir
-from dualstage.locks import holding
+from dualstage.artifacts.gates import BASELINE
+from dualstage.artifacts.layout import ExperimentDir
+from dualstage.artifacts.operating_points import OperatingPoints
+from dualstage.core.io import atomic_write_text, json_safe, write_csv_atomic, write_json_atomic
+from dualstage.core.locks import holding
+from dualstage.core.tolerance import GATE_TIE_RULE
 from dualstage.report import figures as F
 from dualstage.report.compare import compare, compare_counts
 from dualstage.report.document import (
@@ -44,8 +46,6 @@ from dualstage.report.partial import bad_rows, banner, guarded, partial_fields, 
 from dualstage.report.provenance import provenance
 from dualstage.report.summary import summary_json, threshold_table
 from dualstage.report.tables import comparison_display, comparison_frame, paper_tables, rules_method
-from dualstage.segment.operating_points import OperatingPoints
-from dualstage.tolerance import GATE_TIE_RULE
 
 __all__ = ["build_report", "compare"]
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dualstage.cli import run_cli
+from dualstage.commands.experiment import add_experiment_argument, open_experiment
 from dualstage.config import override
-from dualstage.experiment import add_experiment_argument, open_experiment
+from dualstage.core.cli import run_cli
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -2,7 +2,7 @@
 
 Every gate turns the same test probability maps into final masks with an operating point chosen
 on out-of-fold / validation data (``operating_point.json``, ``classifier/gate.json``); counts come
-from ``predictions/test/histograms.npz`` through :func:`dualstage.gating.rule_counts`, so no map is
+from ``predictions/test/histograms.npz`` through :func:`dualstage.core.gating.rule_counts`, so no map is
 loaded. The classifier gates empty an image's mask where ``final/<set>/decisions.csv`` says 0.
 
 Intervals are 95 % percentile bootstrap intervals over images: one seeded index matrix (B, N) is
@@ -19,16 +19,16 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from dualstage import gating
-from dualstage.gate_records import read_decisions, read_gate_summary
-from dualstage.gates import BASELINE, GATES, REFERENCE, GateSpec, gate_name
-from dualstage.io import HandoffError
-from dualstage.layout import ExperimentDir
-from dualstage.metrics import dice_from_counts, presence_report, summarize_counts
+from dualstage.artifacts.gate_records import read_decisions, read_gate_summary
+from dualstage.artifacts.gates import BASELINE, GATES, REFERENCE, GateSpec, gate_name
+from dualstage.artifacts.layout import ExperimentDir
+from dualstage.artifacts.operating_points import OperatingPoints, configured_threshold, default_rule
+from dualstage.artifacts.prediction_set import PredictionSet
+from dualstage.core import gating
+from dualstage.core.io import HandoffError
+from dualstage.core.metrics import dice_from_counts, presence_report, summarize_counts
+from dualstage.core.tolerance import TOL
 from dualstage.report.outcomes import outcomes, vacuous_folds
-from dualstage.segment.operating_points import OperatingPoints, configured_threshold, default_rule
-from dualstage.segment.prediction_set import PredictionSet
-from dualstage.tolerance import TOL
 
 __all__ = [
     "METRICS",
@@ -194,7 +194,7 @@ def _div(num: np.ndarray, den: np.ndarray, empty: float) -> np.ndarray:
 def resampled_metrics(inter, pred_area, true_area, idx: np.ndarray) -> dict[str, np.ndarray]:
     """METRICS of every resample: counts (N,), ``idx`` (B, N) -> {key: (B,) float64}.
 
-    The challenge metrics come from :func:`dualstage.metrics.summarize_counts` on the (B, N)
+    The challenge metrics come from :func:`dualstage.core.metrics.summarize_counts` on the (B, N)
     resampled counts (in chunks of CHUNK_CELLS cells); undefined ratios follow the point estimates:
     NaN for Dice / accuracy / IoU over an empty class, 0 for precision / recall / F1 / specificity
     (presence_report's zero_division=0).

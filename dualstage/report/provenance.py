@@ -12,9 +12,9 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
-from dualstage.gates import CLASSIFIER_GATES
-from dualstage.io import sha256_file
-from dualstage.layout import ExperimentDir
+from dualstage.artifacts.gates import CLASSIFIER_GATES
+from dualstage.artifacts.layout import ExperimentDir
+from dualstage.core.io import sha256_file
 
 __all__ = ["provenance", "sha256", "inputs_read"]
 

@@ -26,8 +26,8 @@ import re
 import sys
 from pathlib import Path
 
-from dualstage.cli import run_cli
-from dualstage.io import atomic_write_text, write_json_atomic
+from dualstage.core.cli import run_cli
+from dualstage.core.io import atomic_write_text, write_json_atomic
 from dualstage.report.document import markdown_table
 from dualstage.report.external import transfer_frame
 

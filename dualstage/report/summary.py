@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from dualstage.gates import SUMMARY_NAMES
+from dualstage.artifacts.gates import SUMMARY_NAMES
 
 __all__ = ["summary_json", "gates_block", "threshold_table"]
 

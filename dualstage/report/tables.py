@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from dualstage.artifacts.layout import ExperimentDir, find_experiments
+from dualstage.artifacts.operating_points import OperatingPoints, configured_threshold
 from dualstage.classify.table2 import PAPER_TABLE2
-from dualstage.layout import ExperimentDir, find_experiments
 from dualstage.report.compare import METRICS
 from dualstage.report.document import Table
-from dualstage.segment.operating_points import OperatingPoints, configured_threshold
 
 __all__ = [
     "DUALSTAGE_BACKBONES",

@@ -11,9 +11,7 @@ import json
 import os
 import sys
 
-from dualstage.cli import run_cli
-from dualstage.config import override
-from dualstage.experiment import (
+from dualstage.commands.experiment import (
     add_experiment_argument,
     add_max_pixels_argument,
     add_progress_argument,
@@ -22,10 +20,12 @@ from dualstage.experiment import (
     record_experiment,
     with_max_pixels,
 )
+from dualstage.config import override
+from dualstage.core.cli import run_cli
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from dualstage.steps import prepare_experiment, prepare_folder
+    from dualstage.commands.steps import prepare_experiment, prepare_folder
 
     if args.exp:
         exp = with_max_pixels(open_experiment(args.exp, data=args.data), args.max_pixels)
@@ -71,8 +71,9 @@ def default_set_name(split: str | None, folds: list[str] | None, name: str | Non
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from dualstage.artifacts.shard_records import parse_shard, torchrun_shard
+    from dualstage.commands.shards import dispatch
     from dualstage.segment.predict import check_input_set_name
-    from dualstage.shards import dispatch, parse_shard, torchrun_shard
 
     if args.shard is not None:
         parse_shard(args.shard)  # a bad --shard fails before anything is loaded
@@ -130,7 +131,7 @@ def _predict_per_fold(exp, args: argparse.Namespace, p) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from dualstage.steps import sweep_experiment
+    from dualstage.commands.steps import sweep_experiment
 
     exp = override(open_experiment(args.exp), "sweep", select_on=args.select_on, lcc=args.lcc or None)
     summary = sweep_experiment(exp, progress=not args.no_progress)

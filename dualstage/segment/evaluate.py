@@ -4,7 +4,7 @@ Numbers are computed on the held-out ``test`` predictions (``predictions/test``)
 view was run, else on every study's cross-fitted out-of-fold map (``predictions/oof``); each table
 says which. Choices (thresholds, minimum areas) come from ``operating_point.json`` or the selection
 set's sweep, never from test. The un-tuned rule is ``train.val_threshold`` of the folder's saved
-config (:func:`~dualstage.segment.operating_points.configured_threshold`). A table whose inputs are
+config (:func:`~dualstage.artifacts.operating_points.configured_threshold`). A table whose inputs are
 missing says so, naming the step to run, instead of disappearing.
 
 - progressive paper Table 2: mean / positive / negative Dice, positive accuracy per backbone
@@ -24,16 +24,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dualstage import gating
-from dualstage.io import atomic_write_text, write_csv_atomic, write_json_atomic
-from dualstage.layout import ExperimentDir
-from dualstage.metrics import summarize_counts
-from dualstage.segment.operating_points import (
+from dualstage.artifacts.layout import ExperimentDir
+from dualstage.artifacts.operating_points import (
     OperatingPoints,
     configured_threshold,
     default_rule,
     read_chosen_table,
 )
+from dualstage.core import gating
+from dualstage.core.io import atomic_write_text, write_csv_atomic, write_json_atomic
+from dualstage.core.metrics import summarize_counts
 
 __all__ = ["evaluate", "TABLE4_AREAS"]
 

@@ -1,7 +1,7 @@
 """U-Net segmenters: model building, staged unfreezing and input normalisation.
 
 The encoder registry (keys, smp names, the paper's units of unfreezing) lives in
-:mod:`dualstage.segment.encoders` and weight files in :mod:`dualstage.segment.weights`; their
+:mod:`dualstage.segment.encoders` and weight files in :mod:`dualstage.runtime.weights`; their
 public names are re-exported here.
 """
 
@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from dualstage.runtime.weights import WEIGHT_SUFFIXES, WeightsReport, file_unet, imagenet_unet, load_weights
 from dualstage.segment.encoders import (
     ENCODERS,
     GROUPS,
@@ -23,7 +24,6 @@ from dualstage.segment.encoders import (
     encoder_groups_of,
     get_spec,
 )
-from dualstage.segment.weights import WEIGHT_SUFFIXES, WeightsReport, file_unet, imagenet_unet, load_weights
 
 __all__ = [
     "ENCODERS",

@@ -1,6 +1,6 @@
 """``segment predict``: probability maps (uint8, each image's own grid) and truth histograms.
 
-Writes one :class:`~dualstage.segment.prediction_set.PredictionSet` (``oof``, ``val``, ``test``,
+Writes one :class:`~dualstage.artifacts.prediction_set.PredictionSet` (``oof``, ``val``, ``test``,
 ``all`` or new images). Which model predicts what: ``oof`` gives every study the fold model that
 did not train on it (cross-fitting: the folds cover every study); ``val`` uses the ``main``
 model (trained on train only);
@@ -27,7 +27,12 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from dualstage import rle
+from dualstage.artifacts.layout import ExperimentDir
+from dualstage.artifacts.prediction_set import PredictionSet
+from dualstage.artifacts.shard_records import Shard, shard_jobs
+from dualstage.core import rle
+from dualstage.core.locks import holding
+from dualstage.core.progress import progress as progress_iter
 from dualstage.data import limits
 from dualstage.data.annotations import read_rle_csv
 from dualstage.data.dataset import load_split_table
@@ -35,10 +40,8 @@ from dualstage.data.ids import check_image_id
 from dualstage.data.images import image_shape, is_dicom_file, read_image_file
 from dualstage.data.layouts import IMAGE_EXTS
 from dualstage.data.prepare import load_cached_image
-from dualstage.layout import ExperimentDir
-from dualstage.locks import holding
-from dualstage.progress import progress as progress_iter
-from dualstage.segment.distributed import pick_device
+from dualstage.runtime.distributed import pick_device
+from dualstage.runtime.precision import inference_dtype, precision_name
 from dualstage.segment.inference import (
     LoadedModel,
     autocast_context,
@@ -46,9 +49,6 @@ from dualstage.segment.inference import (
     probabilities,
     select_models,
 )
-from dualstage.segment.precision import inference_dtype, precision_name
-from dualstage.segment.prediction_set import PredictionSet
-from dualstage.shards import Shard, shard_jobs
 
 __all__ = [
     "predict",
@@ -373,8 +373,8 @@ def predict(
     external set, ``split="all"``), or a folder of new images (unreadable ones, and ones over
     the pixel limit ``max_pixels`` (default: the process's ``data.max_pixels``): ``rejected.csv`` rows,
     or with ``strict`` a ValueError naming the first); ``shard``: that share only, no set files
-    (:mod:`dualstage.shards`); ``precision``: auto | fp32 | bf16, recorded in predict.json.
-    Holds the set's lock (:mod:`dualstage.locks`; shared among shards) for the run."""
+    (:mod:`dualstage.commands.shards`); ``precision``: auto | fp32 | bf16, recorded in predict.json.
+    Holds the set's lock (:mod:`dualstage.core.locks`; shared among shards) for the run."""
     if (split is None) == (input_dir is None):
         raise ValueError("give exactly one of --split and --input")
     with holding(out, "segment predict", shared=shard is not None):
@@ -387,7 +387,7 @@ def predict(
                    workers=workers, device=dev, tta=tta, progress=progress, amp=autocast_context(dtype, dev),
                    failed=set(), strict=strict, max_pixels=limits.resolve(max_pixels))  # fmt: skip
         rows, done_now = _predict_groups(ctx, loaded, shard, split or "input")
-        if shard is not None:  # one share: dualstage.shards records it; the merge writes the set's files
+        if shard is not None:  # one share: the shards command records it; the merge writes the files
             return {"rows": rows, "failed": sorted(ctx["failed"]), "predicted_now": done_now}
         rejected = ctx["rejected"]
         if input_dir is not None:

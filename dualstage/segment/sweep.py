@@ -1,7 +1,7 @@
 """``segment sweep``: choose operating points on out-of-fold / validation data, tabulate every set.
 
 Reads a predictions folder (``<pred_root>/<set>/maps/*.png``, ``index.csv``, ``histograms.npz``),
-sweeps every rule of :mod:`dualstage.gating` from the histograms (exact, no map in RAM) and writes::
+sweeps every rule of :mod:`dualstage.core.gating` from the histograms (exact, no map in RAM) and writes::
 
     <out_dir>/sweep/<set>/table3_thresholds.csv     coarse thresholds (paper Table 3)
     <out_dir>/sweep/<set>/thresholds_fine.csv       thresholds on the rules' grid (GRID)
@@ -33,13 +33,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dualstage import gating
-from dualstage.io import write_csv_atomic
-from dualstage.metrics import summarize_counts
-from dualstage.progress import progress as progress_iter
-from dualstage.segment.operating_points import OperatingPoints, default_rule
-from dualstage.segment.prediction_set import PredictionSet
-from dualstage.tolerance import TOL, tied_mask
+from dualstage.artifacts.operating_points import OperatingPoints, default_rule
+from dualstage.artifacts.prediction_set import PredictionSet
+from dualstage.core import gating
+from dualstage.core.io import write_csv_atomic
+from dualstage.core.metrics import summarize_counts
+from dualstage.core.progress import progress as progress_iter
+from dualstage.core.tolerance import TOL, tied_mask
 
 __all__ = ["run_sweep", "find_sets", "selection_set", "lcc_sweep", "truth_from_rle_csv", "sweep_tables",
            "write_tables", "choose_rules", "score_rules", "best_rule", "make_grids", "grid_record", "COARSE",

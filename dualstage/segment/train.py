@@ -30,16 +30,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from dualstage import metrics
 from dualstage.config import Experiment, to_dict
+from dualstage.core import metrics
+from dualstage.core.io import clean_stale_tmp, write_json_atomic
 from dualstage.data.cache import cached_sizes
 from dualstage.data.dataset import load_split_table
 from dualstage.data.splits import PAPER_VAL_FRACTION, inner_split
-from dualstage.io import clean_stale_tmp, write_json_atomic
+from dualstage.runtime.distributed import Runtime, setup_runtime, teardown
+from dualstage.runtime.precision import autocast_dtype
 from dualstage.segment import losses, models
-from dualstage.segment.distributed import Runtime, setup_runtime, teardown
 from dualstage.segment.loop import SCHEDULES, FoldData, Trainer
-from dualstage.segment.precision import autocast_dtype
 
 __all__ = [
     "train",

@@ -13,10 +13,10 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
+from dualstage.artifacts.layout import EXPERIMENT_FILE, ExperimentDir
 from dualstage.config import ConfigError, Experiment, from_dict, load_experiment, to_dict
+from dualstage.core.io import write_json_atomic
 from dualstage.data.limits import set_max_pixels
-from dualstage.io import write_json_atomic
-from dualstage.layout import EXPERIMENT_FILE, ExperimentDir
 
 __all__ = [
     "open_experiment",
@@ -108,7 +108,7 @@ def with_max_pixels(exp: Experiment, value: int | None) -> Experiment:
 
 
 def add_shard_arguments(parser: argparse.ArgumentParser, outputs: str) -> None:
-    """``--shard I/N`` and ``--merge`` (see :mod:`dualstage.shards`); ``outputs``: what the merge writes."""
+    """``--shard I/N`` and ``--merge`` (:mod:`dualstage.commands.shards`); ``outputs``: what merge writes."""
     parser.add_argument(
         "--shard", default=None, metavar="I/N",
         help="only share I of N of the images (0 <= I < N), e.g. 0/2 and 1/2 in two processes; then --merge "

@@ -38,8 +38,8 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from dualstage.io import HandoffError, atomic_write
-from dualstage.metrics import summarize_counts
+from dualstage.core.io import HandoffError, atomic_write
+from dualstage.core.metrics import summarize_counts
 
 __all__ = [
     "RULES",

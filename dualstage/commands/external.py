@@ -19,12 +19,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from dualstage.artifacts.operating_points import configured_threshold
+from dualstage.commands.experiment import open_experiment
 from dualstage.config import Experiment
 from dualstage.crossfit.external import AREA_MODES, Pipeline, deployed_pipelines
 from dualstage.crossfit.external_eval import evaluate_set
 from dualstage.data.ids import check_image_id
-from dualstage.experiment import open_experiment
-from dualstage.segment.operating_points import configured_threshold
 from dualstage.segment.predict import check_input_set_name
 
 __all__ = ["run_external", "check_set_name"]

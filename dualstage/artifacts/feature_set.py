@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dualstage.io import HandoffError
+from dualstage.core.io import HandoffError
 
 __all__ = [
     "SETTING_KEYS",

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dualstage.io import write_csv_atomic, write_json_atomic
-from dualstage.layout import ExperimentDir
+from dualstage.artifacts.layout import ExperimentDir
+from dualstage.core.io import write_csv_atomic, write_json_atomic
 
 __all__ = ["VARIANTS", "FIELDS", "write_counts", "read_counts", "write_record", "read_record", "gate_columns"]
 

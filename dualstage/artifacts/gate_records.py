@@ -4,7 +4,7 @@
     decisions.csv   image_id, [fold,] probability, [threshold,] decision (0 / 1), mask_area_px [, ...]
     summary.json    mode, threshold, pixel_rule, counts [, metrics]
 
-A file that is there but malformed is a :class:`~dualstage.io.HandoffError` naming the file and the
+A file that is there but malformed is a :class:`~dualstage.core.io.HandoffError` naming the file and the
 column or field (``decision: expected 0 or 1, got 'abc'``).
 """
 
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from dualstage import gating
-from dualstage.io import HandoffError
+from dualstage.core import gating
+from dualstage.core.io import HandoffError
 
 __all__ = ["read_decisions", "read_gate_summary"]
 

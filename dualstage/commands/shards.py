@@ -20,117 +20,15 @@ The records are removed once merged; the step's summary lists them under ``shard
 from __future__ import annotations
 
 import atexit
-import hashlib
-import json
-import os
-import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-from dualstage.io import write_json_atomic
-from dualstage.locks import locked as _locked
+from dualstage.artifacts.shard_records import Shard, parse_shard, read_records, torchrun_shard, write_record
+from dualstage.core.io import write_json_atomic
+from dualstage.core.locks import locked as _locked
 
-__all__ = [
-    "Shard", "parse_shard", "torchrun_shard", "shard_jobs", "shard_rows", "record_path",
-    "read_records", "write_record", "predict_shard", "merge_predict", "features_shard", "merge_features",
-    "run_sharded", "dispatch",
-]  # fmt: skip
-
-_SHARD = re.compile(r"(\d+)/(\d+)")
-
-
-@dataclass(frozen=True)
-class Shard:
-    """Share ``index`` of ``count``: the ``index``-th of every ``count`` ids in sorted order."""
-
-    index: int
-    count: int
-
-    def __str__(self) -> str:
-        return f"{self.index}/{self.count}"
-
-    @property
-    def tag(self) -> str:
-        """The name part of its record file, e.g. ``0of2``."""
-        return f"{self.index}of{self.count}"
-
-    def pick(self, ids: list[str], batch: int) -> list[str]:
-        """This shard's ids of ``ids`` cut into batches of ``batch``: batches index, index + count ... ."""
-        return [x for j, x in enumerate(ids) if (j // max(1, batch)) % self.count == self.index]
-
-
-def parse_shard(text: str, flag: str = "--shard") -> Shard:
-    """``"i/n"`` with 0 <= i < n -> Shard; ValueError naming ``flag`` otherwise."""
-    match = _SHARD.fullmatch(str(text).strip())
-    if not match or int(match.group(2)) < 1 or int(match.group(1)) >= int(match.group(2)):
-        raise ValueError(f"{flag} {text!r}: expected I/N with 0 <= I < N, e.g. 0/2 and 1/2 for two processes")
-    return Shard(int(match.group(1)), int(match.group(2)))
-
-
-def torchrun_shard() -> Shard | None:
-    """Shard RANK/WORLD_SIZE under ``torchrun`` (WORLD_SIZE > 1), else None."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    return Shard(int(os.environ.get("RANK", "0")), world) if world > 1 else None
-
-
-def shard_jobs(groups: list[tuple[list[str], list[str]]], shard: Shard | None, batch: int) -> list:
-    """``[(models, ids)]`` jobs of ``predict`` cut to the shard's batches of each job (order kept)."""
-    return groups if shard is None else [(names, shard.pick(ids, batch)) for names, ids in groups]
-
-
-def shard_rows(shard: Shard | None, sources: list, todo: list[int], batch: int) -> list[int]:
-    """The rows ``todo`` of ``features`` in the shard's batches of the readable rows (order kept)."""
-    if shard is None:
-        return todo
-    mine = set(shard.pick([k for k, source in enumerate(sources) if source is not None], batch))
-    return [k for k in todo if k in mine]
-
-
-# -- records --------------------------------------------------------------------------------------
-def record_path(folder: str | Path, step: str, shard: Shard) -> Path:
-    """``<folder>/shards/<step>.<i>of<n>.json``."""
-    return Path(folder) / "shards" / f"{step}.{shard.tag}.json"
-
-
-def _digest(value: object) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def write_record(folder: Path, step: str, shard: Shard, run: dict, extra: dict) -> Path:
-    """Write one shard's record: its run (settings that must agree across shards) and ``extra``."""
-    record = {"step": step, "shard": str(shard), "index": shard.index, "count": shard.count,
-              "run": run, "run_id": _digest(run), **extra}  # fmt: skip
-    return write_json_atomic(record_path(folder, step, shard), record)
-
-
-def read_records(folder: str | Path, step: str) -> list[dict]:
-    """Every shard record of ``step`` in ``folder``, checked to be one complete run (ValueError)."""
-    where = Path(folder) / "shards"
-    paths = sorted(where.glob(f"{step}.*of*.json"))
-    if not paths:
-        raise FileNotFoundError(f"{where}: no {step} shard records; run with --shard I/N first")
-    records = []
-    for path in paths:
-        try:
-            records.append({**json.loads(path.read_text(encoding="utf-8")), "path": str(path)})
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ValueError(f"{path}: not a valid shard record ({exc})") from None
-    runs = {(r.get("count"), r.get("run_id")) for r in records}
-    if len(runs) > 1:
-        names = ", ".join(f"{Path(r['path']).name} (run {r.get('run_id')})" for r in records)
-        raise ValueError(f"{where}: shard records of different runs ({names}); delete the stale ones, rerun")
-    count = records[0]["count"]
-    missing = sorted(set(range(count)) - {r["index"] for r in records})
-    if missing:
-        files = ", ".join(record_path(folder, step, Shard(i, count)).name for i in missing)
-        raise ValueError(
-            f"{where}: missing shards {', '.join(f'{i}/{count}' for i in missing)} of {count} "
-            f"(no {files}); run them first"
-        )
-    return sorted(records, key=lambda r: r["index"])
-
+__all__ = ["predict_shard", "merge_predict", "features_shard", "merge_features", "run_sharded", "dispatch"]
 
 def _check_cover(records: list[dict], ids: list[str], done: Callable[[str], bool], where: Path) -> None:
     """ValueError unless every id of the run is done, or was skipped (unreadable) by a shard."""
@@ -168,7 +66,7 @@ def _remove(records: list[dict]) -> None:
 # -- segment predict ------------------------------------------------------------------------------
 def _model_files(run: dict) -> dict[str, list]:
     """{checkpoint path: [size, mtime_ns]} of the models a predict run uses (its identity)."""
-    from dualstage.layout import ExperimentDir
+    from dualstage.artifacts.layout import ExperimentDir
     from dualstage.segment.inference import CHECKPOINTS, select_models
 
     out = {}
@@ -194,7 +92,7 @@ def _predict_run(kwargs: dict) -> dict:
 @_locked("segment predict --shard", shared=True)
 def predict_shard(shard: Shard, out: str | Path, **kwargs) -> dict:
     """``segment predict`` of one shard into ``out`` (maps, hists) plus its record; its summary."""
-    from dualstage.segment.distributed import pick_device
+    from dualstage.runtime.distributed import pick_device
     from dualstage.segment.predict import predict
 
     t0, run = time.perf_counter(), _predict_run(kwargs)  # the models it is about to use
@@ -211,8 +109,8 @@ def predict_shard(shard: Shard, out: str | Path, **kwargs) -> dict:
 
 def _predict_ids(run: dict) -> tuple[list[str], set[str]]:
     """(every id a predict run covers, the ids with truth), recomputed from the experiment."""
+    from dualstage.artifacts.layout import ExperimentDir
     from dualstage.data.annotations import read_rle_csv
-    from dualstage.layout import ExperimentDir
     from dualstage.segment.inference import select_models
     from dualstage.segment.predict import input_jobs, split_jobs
 
@@ -228,8 +126,8 @@ def _predict_ids(run: dict) -> tuple[list[str], set[str]]:
 @_locked("segment predict --merge")
 def merge_predict(out: str | Path, device: str = "auto", progress: bool = False, workers: int = 0) -> dict:
     """Merge the shards of a predict run in ``out``: the set's files as one process writes them."""
+    from dualstage.artifacts.prediction_set import PredictionSet
     from dualstage.segment.predict import predict
-    from dualstage.segment.prediction_set import PredictionSet
 
     t0, pset = time.perf_counter(), PredictionSet(out)
     records = read_records(out, "predict")
@@ -254,9 +152,9 @@ def merge_predict(out: str | Path, device: str = "auto", progress: bool = False,
 # -- classify features ----------------------------------------------------------------------------
 def _features_run(pred_dir: str | Path, kwargs: dict) -> dict:
     """The settings every shard of one features run shares (the batch size too: the shares are batches)."""
+    from dualstage.artifacts.prediction_set import PredictionSet
     from dualstage.classify.features import _FEATURE_VERSION, describe_weights
-    from dualstage.io import sha256_file
-    from dualstage.segment.prediction_set import PredictionSet
+    from dualstage.core.io import sha256_file
 
     pset = PredictionSet(pred_dir)
     prepared = kwargs.get("prepared")
@@ -275,7 +173,7 @@ def _features_run(pred_dir: str | Path, kwargs: dict) -> dict:
 def features_shard(shard: Shard, pred_dir: str | Path, out_dir: str | Path, **kwargs) -> dict:
     """``classify features`` of one shard (``parts/``) plus its record; its summary."""
     from dualstage.classify.features import extract_features
-    from dualstage.segment.distributed import pick_device
+    from dualstage.runtime.distributed import pick_device
 
     t0, run = time.perf_counter(), _features_run(pred_dir, kwargs)
     summary = extract_features(pred_dir, out_dir, shard=shard, **kwargs)
@@ -293,8 +191,8 @@ def merge_features(
     out_dir: str | Path, device: str = "auto", progress: bool = False, workers: int = 0
 ) -> dict:
     """Merge the shards of a features run in ``out_dir``: the set's files as one process writes them."""
+    from dualstage.artifacts.prediction_set import PredictionSet
     from dualstage.classify.features import extract_features
-    from dualstage.segment.prediction_set import PredictionSet
 
     t0, out_dir = time.perf_counter(), Path(out_dir)
     records = read_records(out_dir, "features")
@@ -354,7 +252,7 @@ def run_sharded(device: str, work: Callable[[Shard, str], dict], merge: Callable
     An error on any rank stops every rank with that one line; the group is left at exit."""
     import torch.distributed as dist
 
-    from dualstage.segment.distributed import setup_runtime, teardown
+    from dualstage.runtime.distributed import setup_runtime, teardown
 
     if not dist.is_initialized():  # once per process: several sets share the group
         atexit.register(teardown)
@@ -370,7 +268,7 @@ class _Failed:
     """What :func:`_attempt` returns instead of a result: the error, its line, whether a bug."""
 
     def __init__(self, exc: Exception):
-        from dualstage.cli import describe_error
+        from dualstage.core.cli import describe_error
 
         line = describe_error(exc)
         self.exc, self.bug, self.message = exc, line is None, line or f"{type(exc).__name__}: {exc}"
@@ -387,7 +285,7 @@ def _attempt(func: Callable, *args) -> dict | _Failed:
 def _stop_on_failure(outcome: dict | _Failed, runtime) -> None:
     """Gather every rank's outcome (a barrier); raise the first failure's line on every rank
     (a rank's own bug keeps its traceback), so no rank waits for one that stopped."""
-    from dualstage.segment.distributed import all_gather_objects
+    from dualstage.runtime.distributed import all_gather_objects
 
     failed = isinstance(outcome, _Failed)
     lines = all_gather_objects(outcome.message if failed else None, runtime)

@@ -1,7 +1,7 @@
 """``operating_point.json``: the typed hand-off of ``segment sweep`` (its only writer).
 
 The file holds one entry per rule name (``default``, ``threshold``, ``threshold_area``,
-``triplet`` and, with ``--lcc``, ``lcc``): the rule dict of :mod:`dualstage.gating` plus its
+``triplet`` and, with ``--lcc``, ``lcc``): the rule dict of :mod:`dualstage.core.gating` plus its
 ``metrics`` on the selection set, and ``chosen_on``, ``n_images``, ``best_rule``, ``grid``.
 Readers get rules without their metrics through :class:`OperatingPoints`; nothing else parses
 the file.
@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from dualstage import gating
-from dualstage.io import HandoffError, write_json_atomic
-from dualstage.layout import ExperimentDir
+from dualstage.artifacts.layout import ExperimentDir
+from dualstage.core import gating
+from dualstage.core.io import HandoffError, write_json_atomic
 
 __all__ = ["OperatingPoints", "RULE_KEYS", "configured_threshold", "default_rule", "read_chosen_table"]
 

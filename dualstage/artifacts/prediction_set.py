@@ -4,7 +4,7 @@
     hists/<image_id>.npy   (2, 256) int64 histogram of q outside / inside the true mask
     index.csv              image_id, split, fold_model, height, width, has_truth, has_pneumothorax,
                            true_area_px [, image_path, frame]
-    histograms.npz         every image with truth, for the sweep (dualstage.gating.load_histograms)
+    histograms.npz         every image with truth, for the sweep (dualstage.core.gating.load_histograms)
     rejected.csv           new images that could not be read (file, stage, reason)
     predict.json           models, checkpoints, TTA, precision, timing
 
@@ -20,8 +20,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from dualstage import gating
-from dualstage.io import (
+from dualstage.core import gating
+from dualstage.core.io import (
     HandoffError,
     ensure_inside,
     read_npy,

@@ -3,7 +3,7 @@ a person can look at.
 
 IN: image files (DICOM, PNG, JPEG), folders of them, or DICOM study / series folders (searched
 recursively; DICOM files without an extension are found by their marker). Everything runs through
-the :class:`~dualstage.predictor.Predictor`, set up once. OUT, a folder of the user's choosing and
+the :class:`~dualstage.commands.predictor.Predictor`, set up once. OUT, a folder of the user's choosing and
 never inside an input folder, holds::
 
     masks/<id>.png      final mask, uint8 0/255, on the image's own grid
@@ -34,12 +34,12 @@ import pandas as pd
 from PIL import Image
 
 from dualstage.classify.dicom_seg import package_version, write_seg
+from dualstage.commands.predictor import Prediction, Predictor
+from dualstage.core.gating import REF_PIXELS
+from dualstage.core.io import atomic_write, write_csv_atomic, write_json_atomic, write_png_atomic
+from dualstage.core.locks import holding
+from dualstage.core.progress import progress as progress_iter
 from dualstage.data.images import is_dicom_file, read_image_file
-from dualstage.gating import REF_PIXELS
-from dualstage.io import atomic_write, write_csv_atomic, write_json_atomic, write_png_atomic
-from dualstage.locks import holding
-from dualstage.predictor import Prediction, Predictor
-from dualstage.progress import progress as progress_iter
 from dualstage.report.overlay import panel_rows, render_overlay, thumbnail
 from dualstage.report.review import PAGE_NAME, write_review_page
 from dualstage.segment.predict import input_jobs
@@ -226,7 +226,7 @@ def predict_new(
     """Predict new radiographs into ``out`` (see the module docstring); returns run.json's summary.
 
     ``predictor``: one already set up (else one from ``exp_dir``); finished studies are skipped.
-    One writer per ``out`` (:mod:`dualstage.locks`): a second run into it stops with one line."""
+    One writer per ``out`` (:mod:`dualstage.core.locks`): a second run into it stops with one line."""
     inputs = [inputs] if isinstance(inputs, str | Path) else list(inputs)
     out = check_out(inputs, out)
     with holding(out, "python -m dualstage predict"):

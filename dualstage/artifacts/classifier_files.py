@@ -5,7 +5,7 @@
     gate.json     per gate mode: a finite threshold, a pixel rule, the model's hash (:func:`load_gate`)
 
 ``classify tune`` and ``classify gate fit`` write them; the gate, cross-fitting and deployment read
-them here. A file that is there but malformed is a :class:`~dualstage.io.HandoffError` naming the
+them here. A file that is there but malformed is a :class:`~dualstage.core.io.HandoffError` naming the
 file and the field.
 """
 
@@ -18,9 +18,9 @@ from pathlib import Path
 import xgboost
 from xgboost import XGBClassifier
 
-from dualstage import gating
-from dualstage.gates import CLASSIFIER_GATES
-from dualstage.io import HandoffError
+from dualstage.artifacts.gates import CLASSIFIER_GATES
+from dualstage.core import gating
+from dualstage.core.io import HandoffError
 
 __all__ = ["load_classifier", "read_params", "load_gate", "not_json", "GATE_MODES"]
 

@@ -2,7 +2,7 @@
 
 The command line (``python -m dualstage.segment|classify|report``) and ``python -m dualstage
 run`` call the same functions: the CLIs after applying their flags to the experiment, ``run``
-with the experiment as loaded. Paths come from :class:`~dualstage.layout.ExperimentDir`.
+with the experiment as loaded. Paths come from :class:`~dualstage.artifacts.layout.ExperimentDir`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from dualstage.config import Experiment, to_dict
-from dualstage.io import write_json_atomic
+from dualstage.core.io import write_json_atomic
 
 __all__ = [
     "phantom_data",
@@ -168,8 +168,8 @@ def features_experiment(
     device: str = "auto",
 ) -> dict:
     """``classify features`` of ``predictions/<set>`` into ``features/<set>`` with ``features.*``;
-    ``shard`` (``"I/N"``) / ``merge`` / ``torchrun``: see :mod:`dualstage.shards`."""
-    from dualstage.shards import dispatch
+    ``shard`` (``"I/N"``) / ``merge`` / ``torchrun``: see :mod:`dualstage.commands.shards`."""
+    from dualstage.commands.shards import dispatch
 
     d, f = exp.dir, exp.features
     pset = d.require(d.prediction_set(pred_set), f"segment predict (set {pred_set})")

@@ -21,9 +21,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from dualstage import steps
+from dualstage.commands import steps
+from dualstage.commands.experiment import open_experiment, record_experiment
 from dualstage.config import Experiment
-from dualstage.experiment import open_experiment, record_experiment
 
 __all__ = ["run_pipeline", "STEPS"]
 

@@ -26,7 +26,7 @@ module joins folder names of an experiment or guesses an experiment from a folde
                                           predictions/<set>[_fold_<k>]/ and features/<set>[_fold_<k>]/
 
 A folder a command writes (prepared/, predictions/<set>, features/<set>, report/) holds its writer's
-OS lock in ``<folder>/.lock`` (:mod:`dualstage.locks`): an empty file whose presence means nothing.
+OS lock in ``<folder>/.lock`` (:mod:`dualstage.core.locks`): an empty file whose presence means nothing.
 """
 
 from __future__ import annotations

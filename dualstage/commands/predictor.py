@@ -25,17 +25,17 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dualstage import gating
+from dualstage.artifacts.layout import ExperimentDir
 from dualstage.classify.densenet import embed, load_densenet
 from dualstage.classify.features import map_statistics
 from dualstage.classify.gate import GATE_MODES, _gate_context, load_gate
 from dualstage.classify.ood import TrainingProfile, training_profile
 from dualstage.classify.tune import load_classifier, read_params
+from dualstage.core import gating
 from dualstage.crossfit.rules import read_fold_rules
-from dualstage.layout import ExperimentDir
-from dualstage.segment.distributed import pick_device
+from dualstage.runtime.distributed import pick_device
+from dualstage.runtime.precision import inference_dtype
 from dualstage.segment.inference import LoadedModel, autocast_context, load_models, probabilities
-from dualstage.segment.precision import inference_dtype
 from dualstage.segment.predict import maps_on_grids
 
 __all__ = ["Predictor", "Prediction", "Vote", "Pipeline", "resize"]
