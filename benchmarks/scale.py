@@ -146,10 +146,11 @@ def child(step: str, yaml_path: str) -> None:
     elif step == "gate":
         steps.gate_experiment(exp)
     elif step == "report":
+        from dualstage.crossfit.compare import crossfit_gates
         from dualstage.report import build_report
 
         r = exp.report
-        build_report(exp.folder, resamples=r.resamples, seed=r.seed, gallery=r.gallery)
+        build_report(exp.folder, resamples=r.resamples, seed=r.seed, gallery=r.gallery, gates=crossfit_gates)
 
 
 def measure(step: str, yaml_path: Path) -> dict:

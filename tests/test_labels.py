@@ -20,6 +20,7 @@ from test_crossfit import K, N, _write
 from dualstage.commands.experiment import record_experiment
 from dualstage.config import Experiment, TuneConfig
 from dualstage.core.io import sha256_file
+from dualstage.crossfit.compare import crossfit_gates
 from dualstage.crossfit.rules import crossfit_sweep
 from dualstage.report import build_report
 from dualstage.report import figures as F
@@ -85,7 +86,7 @@ def report(exp):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(matplotlib.axes.Axes, "axvline", spy)
         F.probability_by_class(exp.folder, exp.folder / "figs")
-    res = build_report(exp.folder, resamples=50, seed=0, gallery=0)
+    res = build_report(exp.folder, resamples=50, seed=0, gallery=0, gates=crossfit_gates)
     return res, lines
 
 

@@ -117,3 +117,9 @@ def _entry_problem(entry: object) -> str | None:
     if sha is not None and not (isinstance(sha, str) and len(sha) == 64):
         return f"model_sha256: expected a hex SHA-256, got {sha!r}"
     return None
+
+
+PAPER_TABLE2 = {  # dual-stage paper, Table 2 (test set, probability 0.5)
+    "default": {"absent": (0.90, 0.97, 0.93), "present": (0.85, 0.64, 0.73)},
+    "tuned": {"absent": (0.93, 0.95, 0.94), "present": (0.81, 0.76, 0.78)},
+}

@@ -36,13 +36,13 @@ from sklearn.metrics import make_scorer
 from sklearn.model_selection import PredefinedSplit, RandomizedSearchCV, cross_val_score
 from xgboost import XGBClassifier
 
-from dualstage.artifacts.classifier_files import load_classifier, not_json, read_params  # noqa: F401 (re-exported)
+from dualstage.artifacts.classifier_files import PAPER_TABLE2, load_classifier, not_json, read_params  # noqa: F401 (re-exported)
 from dualstage.artifacts.feature_set import labels_of, load_feature_table, read_settings
 from dualstage.artifacts.layout import ExperimentDir
 from dualstage.artifacts.operating_points import OperatingPoints
 from dualstage.artifacts.prediction_set import PredictionSet
 from dualstage.classify.halving import halving_like_random
-from dualstage.classify.table2 import PAPER_TABLE2, table2
+from dualstage.classify.table2 import table2
 from dualstage.classify.xgb import gated_dice, make_classifier
 from dualstage.core.io import atomic_write, write_csv_atomic, write_json_atomic
 from dualstage.data.splits import read_folds

@@ -17,6 +17,8 @@ from dualstage.artifacts.layout import EXPERIMENT_FILE, ExperimentDir
 from dualstage.config import ConfigError, Experiment, from_dict, load_experiment, to_dict
 from dualstage.core.io import write_json_atomic
 from dualstage.data.limits import set_max_pixels
+from dualstage.segment.encoders import get_spec
+from dualstage.segment.losses import build_loss
 
 __all__ = [
     "open_experiment",
@@ -53,8 +55,24 @@ def open_experiment(arg: str | Path, data: str | None = None) -> Experiment:
         raise FileNotFoundError(f"--exp {path}: neither an experiment YAML file nor an experiment folder")
     if data is not None:
         exp = dataclasses.replace(exp, data=dataclasses.replace(exp.data, source=str(data)))
+    check_registry_keys(exp)
     set_max_pixels(exp.data.max_pixels)  # every reader of a user's image in this process
     return exp
+
+
+def check_registry_keys(exp: Experiment) -> None:
+    """The options that name registry keys, checked by their registries: the model's encoder
+    (:data:`dualstage.segment.encoders.ENCODERS`) and each phase's loss spec
+    (:func:`dualstage.segment.losses.build_loss`). ConfigError naming the key and the valid ones."""
+    try:
+        get_spec(exp.model.encoder)
+    except ValueError as exc:
+        raise ConfigError(f"model.encoder: {exc}") from None
+    for i, phase in enumerate(exp.train.phases):
+        try:
+            build_loss(phase.loss)
+        except ValueError as exc:
+            raise ConfigError(f"train.phases[{i}].loss: {exc}") from None
 
 
 def _versions() -> dict:

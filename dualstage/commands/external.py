@@ -79,13 +79,14 @@ def _features(exp: Experiment, name: str, pipes: list[Pipeline], progress: bool)
 
 
 def _report(exp: Experiment, name: str) -> tuple[str, dict]:
+    from dualstage.crossfit.compare import crossfit_gates
     from dualstage.report import build_report
     from dualstage.report.document import markdown_table
     from dualstage.report.external import transfer_frame
     from dualstage.report.readme import LABELS
 
     r = exp.report
-    res = build_report(exp.folder, resamples=r.resamples, seed=r.seed, gallery=r.gallery)
+    res = build_report(exp.folder, resamples=r.resamples, seed=r.seed, gallery=r.gallery, gates=crossfit_gates)
     summary = res["external"][name]
     print(markdown_table(transfer_frame(summary, LABELS)), flush=True)
     return f"{res['report_html']}", summary

@@ -105,10 +105,11 @@ def _gate(exp: Experiment) -> str:
 
 
 def _report(exp: Experiment) -> str:
+    from dualstage.crossfit.compare import crossfit_gates
     from dualstage.report import build_report
 
     r = exp.report
-    res = build_report(exp.folder, resamples=r.resamples, seed=r.seed, gallery=r.gallery)
+    res = build_report(exp.folder, resamples=r.resamples, seed=r.seed, gallery=r.gallery, gates=crossfit_gates)
     print(res["summary_markdown"], flush=True)
     for line in res["outcomes"]:
         print(f"[report  ] {line}", flush=True)

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from dualstage.config import PAPER_TEST_FRACTION, PAPER_VAL_FRACTION
 from dualstage.core import rle
 from dualstage.core.io import (
     atomic_write,
@@ -43,7 +44,7 @@ from dualstage.data import limits
 from dualstage.data.annotations import masks_from_rows, read_rle_csv
 from dualstage.data.images import read_image_file, read_mask_file
 from dualstage.data.layouts import Item, scan
-from dualstage.data.splits import PAPER_TEST_FRACTION, PAPER_VAL_FRACTION, make_splits
+from dualstage.data.splits import make_splits
 from dualstage.data.workers import WorkerPool, interruptible
 
 __all__ = [

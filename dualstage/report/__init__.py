@@ -17,6 +17,7 @@ with a main model, the papers' holdout view on the ``test`` split follows as a s
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -225,7 +226,7 @@ def _provenance_section(prov: dict) -> Section:
 
 
 def _comparisons(
-    exp: Path, resamples: int, seed: int, allow_partial: bool, bad: list[str]
+    exp: Path, resamples: int, seed: int, allow_partial: bool, bad: list[str], gates: Callable | None
 ) -> tuple[dict | None, dict | None, str | None]:
     """(primary comparison, holdout view or None, why the primary is missing).
 
@@ -233,11 +234,11 @@ def _comparisons(
     holdout test split. A malformed input stops it (HandoffError), or with ``allow_partial`` is noted
     in ``bad`` and the view is left out.
     """
-    from dualstage.crossfit.compare import crossfit_gates  # crossfit reuses report.compare's Gate
-
     cross, holdout, errors = None, None, []
     try:
-        cross = guarded(lambda: compare_counts(crossfit_gates(exp), resamples, seed, split="crossfit"),
+        if gates is None:
+            raise FileNotFoundError("no cross-fitted gate table was asked for")
+        cross = guarded(lambda: compare_counts(gates(exp), resamples, seed, split="crossfit"),
                         allow_partial, bad, None)  # fmt: skip
     except FileNotFoundError as exc:
         errors.append(f"cross-fitted view not run: {exc}")
@@ -312,8 +313,13 @@ def build_report(
     seed: int = 0,
     gallery: int = 8,
     allow_partial: bool = False,
+    gates: Callable[[Path], dict] | None = None,
 ) -> dict:
     """Write the report of one experiment folder; returns its paths, the comparison and its text.
+
+    ``gates``: the maker of the cross-fitted gate table from the folder (the commands pass
+    :func:`dualstage.crossfit.compare.crossfit_gates`; the report reads, it runs no stage); None: the
+    holdout view only.
 
     Returns {out, report_md, report_html, metrics_json, per_image_csv, figures (paths), table (numeric
     DataFrame, one row per gate), markdown (display table), summary_markdown (gate, mean / pos / neg Dice,
@@ -331,7 +337,7 @@ def build_report(
     op = guarded(
         lambda: OperatingPoints.read_or_none(ExperimentDir(exp).operating_point), allow_partial, bad, None
     )
-    cmp, holdout, error = _comparisons(exp, resamples, seed, allow_partial, bad)
+    cmp, holdout, error = _comparisons(exp, resamples, seed, allow_partial, bad, gates)
     bad = list(dict.fromkeys([*bad, *bad_rows(cmp, holdout)]))  # once each
     stop_unless_partial(bad, allow_partial)
     with holding(out, "report"):  # one report writer at a time

@@ -12,14 +12,13 @@ bootstrap (the difference of a gate with itself is exactly 0 in every resample).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 
 from dualstage.artifacts.gate_records import read_decisions, read_gate_summary
+from dualstage.artifacts.gate_table import BAD_INPUT, Gate, describe_rule, gate_table  # noqa: F401 (the comparison's input)
 from dualstage.artifacts.gates import BASELINE, GATES, REFERENCE, GateSpec, gate_name
 from dualstage.artifacts.layout import ExperimentDir
 from dualstage.artifacts.operating_points import OperatingPoints, configured_threshold, default_rule
@@ -57,32 +56,7 @@ METRICS = {  # key -> column label
     "iou_pos": "IoU (positives)",
 }
 CONFIDENCE = 0.95
-BAD_INPUT = "bad input: "  # a skipped gate whose input file is malformed (the report stops, or is partial)
 CHUNK_CELLS = 2_000_000  # resamples x images evaluated at once (bounds memory for large N)
-
-
-class Gate(NamedTuple):
-    """One gate's per-image counts on the test split (arrays (N,), aligned to the histograms)."""
-
-    key: str
-    name: str
-    rule: str  # the operating point in words
-    params: dict | None  # the pixel rule (gating rule dict); None for the all-empty baseline
-    inter: np.ndarray
-    pred_area: np.ndarray
-    decision: np.ndarray | None  # classifier keep (1) / empty (0), or None
-
-
-def describe_rule(rule: Mapping) -> str:
-    """A rule dict in words, e.g. ``threshold 0.55, min area 2000 px`` (areas at 1024 x 1024)."""
-    name = rule.get("rule")
-    if name == "triplet":
-        text = f"triplet top {rule['top']:g}, min area {rule['min_area']:g} px, bottom {rule['bottom']:g}"
-    elif name == "threshold_area":
-        text = f"threshold {rule['threshold']:g}, min area {rule['min_area']:g} px"
-    else:
-        text = f"threshold {rule['threshold']:g}"
-    return text + (" + largest component" if rule.get("lcc") else "")
 
 
 def _decisions(exp: ExperimentDir, spec: GateSpec, ids: np.ndarray, pixel_rule: dict, pred_area: np.ndarray):
@@ -156,15 +130,6 @@ def load_gates(exp_dir: str | Path) -> dict:
     fold_model = sorted(frame["fold_model"].astype(str).unique().tolist()) if "fold_model" in frame else []
     return gate_table(hist.image_id, true_area, n_pix, gates, skipped, op.chosen_on if op else None,
                       fold_model, pred_set="test")  # fmt: skip
-
-
-def gate_table(ids, true_area, n_pix, gates: list, skipped: dict, chosen_on, fold_model, **extra) -> dict:
-    """The per-image counts of ``gates`` (N,) plus the all-empty baseline, as :func:`compare_counts` takes."""
-    zero = np.zeros_like(np.asarray(true_area))
-    gates = [*gates, Gate(BASELINE.key, BASELINE.label, "every mask empty", None, zero, zero, None)]
-    return {"image_id": ids, "true_area": np.asarray(true_area), "n_pixels": np.asarray(n_pix),
-            "gates": gates, "skipped": skipped, "chosen_on": chosen_on, "fold_model": fold_model,
-            **extra}  # fmt: skip
 
 
 def point_metrics(inter, pred_area, true_area, n_pixels) -> dict[str, float]:

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from dualstage.artifacts.classifier_files import PAPER_TABLE2
 from dualstage.artifacts.layout import ExperimentDir, find_experiments
 from dualstage.artifacts.operating_points import OperatingPoints, configured_threshold
-from dualstage.classify.table2 import PAPER_TABLE2
 from dualstage.report.compare import METRICS
 from dualstage.report.document import Table
 

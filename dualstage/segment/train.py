@@ -30,12 +30,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from dualstage.config import Experiment, to_dict
+from dualstage.config import PAPER_VAL_FRACTION, Experiment, to_dict
 from dualstage.core import metrics
 from dualstage.core.io import clean_stale_tmp, write_json_atomic
 from dualstage.data.cache import cached_sizes
 from dualstage.data.dataset import load_split_table
-from dualstage.data.splits import PAPER_VAL_FRACTION, inner_split
+from dualstage.data.splits import inner_split
 from dualstage.runtime.distributed import Runtime, setup_runtime, teardown
 from dualstage.runtime.precision import autocast_dtype
 from dualstage.segment import losses, models
