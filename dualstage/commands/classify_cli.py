@@ -15,6 +15,9 @@ import json
 import os
 import sys
 
+from dualstage.artifacts.shard_records import parse_shard
+from dualstage.classify.gate import apply_gate, fit_gate
+from dualstage.commands import steps
 from dualstage.commands.experiment import (
     add_experiment_argument,
     add_max_pixels_argument,
@@ -25,11 +28,11 @@ from dualstage.commands.experiment import (
 )
 from dualstage.config import override
 from dualstage.core.cli import run_cli
+from dualstage.crossfit.deploy import crossfit_apply, fold_set_names
+from dualstage.crossfit.final import crossfit_final
 
 
 def _features(args: argparse.Namespace) -> int:
-    from dualstage.artifacts.shard_records import parse_shard
-    from dualstage.commands import steps
 
     if args.shard is not None:
         parse_shard(args.shard)  # a bad --shard fails before anything is loaded
@@ -58,7 +61,6 @@ def _features(args: argparse.Namespace) -> int:
 
 def _with_fold_sets(exp, name: str) -> list[str]:
     """``[name]``, or its per-fold sets ``<name>_fold_<k>`` when new images went through every fold."""
-    from dualstage.crossfit.deploy import fold_set_names
 
     if exp.dir.prediction_set(name).is_dir():
         return [name]
@@ -67,7 +69,6 @@ def _with_fold_sets(exp, name: str) -> list[str]:
 
 
 def _tune(args: argparse.Namespace) -> int:
-    from dualstage.commands import steps
 
     exp = override(open_experiment(args.exp), "tune", n_iter=args.n_iter, scoring=args.scoring,
                    dice_rule=args.dice_rule, seed=args.seed, n_jobs=args.n_jobs, threads=args.threads,
@@ -101,7 +102,6 @@ def steps_crossfit_only(exp) -> bool:
 
 
 def _gate(args: argparse.Namespace) -> int:
-    from dualstage.classify.gate import apply_gate, fit_gate
 
     exp = open_experiment(args.exp)
     modes = list(exp.gate.modes) if args.mode in (None, "both") else [args.mode]
@@ -115,11 +115,9 @@ def _gate(args: argparse.Namespace) -> int:
         return 0
     args.set = _gate_set(exp, args.set)
     if args.set != "oof" and _with_fold_sets(exp, args.set) != [args.set]:
-        from dualstage.crossfit.deploy import crossfit_apply  # new images through every fold pipeline
 
         result = {m: crossfit_apply(exp.folder, args.set, m, progress=not args.no_progress) for m in modes}
     elif args.set == "oof":  # cross-fitted: each study with its own fold's classifier and rules
-        from dualstage.crossfit.final import crossfit_final
 
         result = crossfit_final(override(exp, "gate", modes=modes), progress=not args.no_progress)
     else:

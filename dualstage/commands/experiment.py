@@ -14,7 +14,7 @@ from importlib import metadata
 from pathlib import Path
 
 from dualstage.artifacts.layout import EXPERIMENT_FILE, ExperimentDir
-from dualstage.config import ConfigError, Experiment, from_dict, load_experiment, to_dict
+from dualstage.config import ConfigError, Experiment, from_dict, load_experiment, override, to_dict
 from dualstage.core.io import write_json_atomic
 from dualstage.data.limits import set_max_pixels
 from dualstage.segment.encoders import get_spec
@@ -118,7 +118,6 @@ def add_max_pixels_argument(parser: argparse.ArgumentParser) -> None:
 
 def with_max_pixels(exp: Experiment, value: int | None) -> Experiment:
     """``exp`` with ``data.max_pixels`` overridden by ``--max-pixels`` (when given), in force here."""
-    from dualstage.config import override
 
     exp = override(exp, "data", max_pixels=value)
     set_max_pixels(exp.data.max_pixels)

@@ -20,12 +20,19 @@ import time
 from pathlib import Path
 
 from dualstage.artifacts.operating_points import configured_threshold
+from dualstage.classify.features import extract_features
 from dualstage.commands.experiment import open_experiment
 from dualstage.config import Experiment
+from dualstage.crossfit.compare import crossfit_gates
 from dualstage.crossfit.external import AREA_MODES, Pipeline, deployed_pipelines
 from dualstage.crossfit.external_eval import evaluate_set
 from dualstage.data.ids import check_image_id
-from dualstage.segment.predict import check_input_set_name
+from dualstage.data.prepare import prepare
+from dualstage.report import build_report
+from dualstage.report.document import markdown_table
+from dualstage.report.external import transfer_frame
+from dualstage.report.readme import LABELS
+from dualstage.segment.predict import check_input_set_name, predict
 
 __all__ = ["run_external", "check_set_name"]
 
@@ -37,7 +44,6 @@ def check_set_name(name: str) -> str:
 
 
 def _prepare(exp: Experiment, data: Path, name: str, opts: dict, progress: bool) -> str:
-    from dualstage.data.prepare import prepare
 
     d = exp.data
     s = prepare(
@@ -49,7 +55,6 @@ def _prepare(exp: Experiment, data: Path, name: str, opts: dict, progress: bool)
 
 
 def _predict(exp: Experiment, name: str, pipes: list[Pipeline], progress: bool) -> str:
-    from dualstage.segment.predict import predict
 
     p, parts = exp.predict, []
     for pipe in pipes:
@@ -63,7 +68,6 @@ def _predict(exp: Experiment, name: str, pipes: list[Pipeline], progress: bool) 
 
 
 def _features(exp: Experiment, name: str, pipes: list[Pipeline], progress: bool) -> str:
-    from dualstage.classify.features import extract_features
 
     f, parts = exp.features, []
     if not all((pipe.classifier / "model.ubj").is_file() for pipe in pipes):
@@ -79,11 +83,6 @@ def _features(exp: Experiment, name: str, pipes: list[Pipeline], progress: bool)
 
 
 def _report(exp: Experiment, name: str) -> tuple[str, dict]:
-    from dualstage.crossfit.compare import crossfit_gates
-    from dualstage.report import build_report
-    from dualstage.report.document import markdown_table
-    from dualstage.report.external import transfer_frame
-    from dualstage.report.readme import LABELS
 
     r = exp.report
     res = build_report(exp.folder, resamples=r.resamples, seed=r.seed, gallery=r.gallery, gates=crossfit_gates)

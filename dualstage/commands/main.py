@@ -9,11 +9,16 @@ import argparse
 import sys
 from pathlib import Path
 
+from dualstage.commands.experiment import add_experiment_argument, add_progress_argument
+from dualstage.commands.external import run_external
+from dualstage.commands.new_images import predict_new
+from dualstage.commands.pipeline import __doc__ as steps_doc
+from dualstage.commands.pipeline import run_pipeline
+from dualstage.config import load_experiment
 from dualstage.core.cli import run_cli
 
 
 def _run(args: argparse.Namespace) -> int:
-    from dualstage.commands.pipeline import run_pipeline
 
     run_pipeline(args.experiment, steps=args.steps, data=args.data)
     return 0
@@ -22,11 +27,9 @@ def _run(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     import json
 
-    from dualstage.commands.new_images import predict_new
 
     exp = args.exp
     if Path(exp).suffix.lower() in (".yaml", ".yml"):
-        from dualstage.config import load_experiment
 
         exp = load_experiment(exp).folder
     options = {"mode": args.mode, "device": args.device, "batch_size": args.batch_size}
@@ -37,7 +40,6 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _external(args: argparse.Namespace) -> int:
-    from dualstage.commands.external import run_external
 
     run_external(args.exp, args.data, name=args.set, layout=args.layout, annotations=args.annotations,
                  area=args.area, folds=args.folds, progress=not args.no_progress)  # fmt: skip
@@ -45,7 +47,6 @@ def _external(args: argparse.Namespace) -> int:
 
 
 def _external_parser(sub) -> None:
-    from dualstage.commands.experiment import add_experiment_argument, add_progress_argument
 
     p = sub.add_parser("external", help="validate a trained experiment on another annotated dataset")
     add_experiment_argument(p)
@@ -60,7 +61,6 @@ def _external_parser(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from dualstage.commands.pipeline import __doc__ as steps_doc
 
     parser = argparse.ArgumentParser(
         prog="python -m dualstage",

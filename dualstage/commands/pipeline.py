@@ -24,6 +24,10 @@ from pathlib import Path
 from dualstage.commands import steps
 from dualstage.commands.experiment import open_experiment, record_experiment
 from dualstage.config import Experiment
+from dualstage.crossfit.compare import crossfit_gates
+from dualstage.report import build_report
+from dualstage.segment.evaluate import evaluate
+from dualstage.segment.train import train
 
 __all__ = ["run_pipeline", "STEPS"]
 
@@ -39,7 +43,6 @@ def _data(exp: Experiment) -> str:
 
 
 def _train(exp: Experiment) -> str:
-    from dualstage.segment.train import train
 
     runs = []
     for fold in {"main": ["main"], "all": ["all"], "both": ["main", "all"]}[exp.train.folds]:
@@ -70,7 +73,6 @@ def _sweep(exp: Experiment) -> str:
 
 
 def _evaluate(exp: Experiment) -> str:
-    from dualstage.segment.evaluate import evaluate
 
     return f"tables in {evaluate([exp.folder])['out']}"
 
@@ -105,8 +107,6 @@ def _gate(exp: Experiment) -> str:
 
 
 def _report(exp: Experiment) -> str:
-    from dualstage.crossfit.compare import crossfit_gates
-    from dualstage.report import build_report
 
     r = exp.report
     res = build_report(exp.folder, resamples=r.resamples, seed=r.seed, gallery=r.gallery, gates=crossfit_gates)

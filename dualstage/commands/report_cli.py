@@ -8,11 +8,11 @@ import sys
 from dualstage.commands.experiment import add_experiment_argument, open_experiment
 from dualstage.config import override
 from dualstage.core.cli import run_cli
+from dualstage.crossfit.compare import crossfit_gates
+from dualstage.report import build_report
 
 
 def _report(args: argparse.Namespace) -> int:
-    from dualstage.crossfit.compare import crossfit_gates
-    from dualstage.report import build_report
 
     exp = open_experiment(args.exp)
     r = override(exp, "report", resamples=args.resamples, seed=args.seed, gallery=args.gallery).report

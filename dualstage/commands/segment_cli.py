@@ -11,6 +11,7 @@ import json
 import os
 import sys
 
+from dualstage.artifacts.shard_records import parse_shard, torchrun_shard
 from dualstage.commands.experiment import (
     add_experiment_argument,
     add_max_pixels_argument,
@@ -20,12 +21,17 @@ from dualstage.commands.experiment import (
     record_experiment,
     with_max_pixels,
 )
+from dualstage.commands.shards import dispatch
+from dualstage.commands.steps import prepare_experiment, prepare_folder, sweep_experiment
 from dualstage.config import override
 from dualstage.core.cli import run_cli
+from dualstage.crossfit.deploy import fold_set_names
+from dualstage.segment.evaluate import evaluate
+from dualstage.segment.predict import check_input_set_name, predict
+from dualstage.segment.train import train
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from dualstage.commands.steps import prepare_experiment, prepare_folder
 
     if args.exp:
         exp = with_max_pixels(open_experiment(args.exp, data=args.data), args.max_pixels)
@@ -47,7 +53,6 @@ def _prepare(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from dualstage.segment.train import train
 
     exp = open_experiment(args.exp)
     record_experiment(exp)
@@ -71,9 +76,6 @@ def default_set_name(split: str | None, folds: list[str] | None, name: str | Non
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from dualstage.artifacts.shard_records import parse_shard, torchrun_shard
-    from dualstage.commands.shards import dispatch
-    from dualstage.segment.predict import check_input_set_name
 
     if args.shard is not None:
         parse_shard(args.shard)  # a bad --shard fails before anything is loaded
@@ -114,8 +116,6 @@ def _crossfit_only(exp) -> bool:
 
 def _predict_per_fold(exp, args: argparse.Namespace, p) -> int:
     """``--input`` in a cross-fitted experiment: one map set per fold model, ``<set>_fold_<k>``."""
-    from dualstage.crossfit.deploy import fold_set_names
-    from dualstage.segment.predict import predict
 
     name = args.set or "input"
     results = {}
@@ -131,7 +131,6 @@ def _predict_per_fold(exp, args: argparse.Namespace, p) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from dualstage.commands.steps import sweep_experiment
 
     exp = override(open_experiment(args.exp), "sweep", select_on=args.select_on, lcc=args.lcc or None)
     summary = sweep_experiment(exp, progress=not args.no_progress)
@@ -140,7 +139,6 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from dualstage.segment.evaluate import evaluate
 
     folders = [open_experiment(e).folder for e in args.exp]
     summary = evaluate(folders, out=args.out)

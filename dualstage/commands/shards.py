@@ -24,9 +24,17 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from dualstage.artifacts.layout import ExperimentDir
+from dualstage.artifacts.prediction_set import PredictionSet
 from dualstage.artifacts.shard_records import Shard, parse_shard, read_records, torchrun_shard, write_record
-from dualstage.core.io import write_json_atomic
+from dualstage.classify.features import _FEATURE_VERSION, describe_weights, extract_features
+from dualstage.core.cli import describe_error
+from dualstage.core.io import sha256_file, write_json_atomic
 from dualstage.core.locks import locked as _locked
+from dualstage.data.annotations import read_rle_csv
+from dualstage.runtime.distributed import all_gather_objects, pick_device, setup_runtime, teardown
+from dualstage.segment.inference import CHECKPOINTS, select_models
+from dualstage.segment.predict import input_jobs, predict, split_jobs
 
 __all__ = ["predict_shard", "merge_predict", "features_shard", "merge_features", "run_sharded", "dispatch"]
 
@@ -66,8 +74,6 @@ def _remove(records: list[dict]) -> None:
 # -- segment predict ------------------------------------------------------------------------------
 def _model_files(run: dict) -> dict[str, list]:
     """{checkpoint path: [size, mtime_ns]} of the models a predict run uses (its identity)."""
-    from dualstage.artifacts.layout import ExperimentDir
-    from dualstage.segment.inference import CHECKPOINTS, select_models
 
     out = {}
     for folder in select_models(ExperimentDir(run["exp_dir"]), run["only"]).values():
@@ -92,8 +98,6 @@ def _predict_run(kwargs: dict) -> dict:
 @_locked("segment predict --shard", shared=True)
 def predict_shard(shard: Shard, out: str | Path, **kwargs) -> dict:
     """``segment predict`` of one shard into ``out`` (maps, hists) plus its record; its summary."""
-    from dualstage.runtime.distributed import pick_device
-    from dualstage.segment.predict import predict
 
     t0, run = time.perf_counter(), _predict_run(kwargs)  # the models it is about to use
     summary = predict(out=out, shard=shard, **kwargs)
@@ -109,10 +113,6 @@ def predict_shard(shard: Shard, out: str | Path, **kwargs) -> dict:
 
 def _predict_ids(run: dict) -> tuple[list[str], set[str]]:
     """(every id a predict run covers, the ids with truth), recomputed from the experiment."""
-    from dualstage.artifacts.layout import ExperimentDir
-    from dualstage.data.annotations import read_rle_csv
-    from dualstage.segment.inference import select_models
-    from dualstage.segment.predict import input_jobs, split_jobs
 
     exp = ExperimentDir(run["exp_dir"])
     names = list(select_models(exp, run["only"]))
@@ -126,8 +126,6 @@ def _predict_ids(run: dict) -> tuple[list[str], set[str]]:
 @_locked("segment predict --merge")
 def merge_predict(out: str | Path, device: str = "auto", progress: bool = False, workers: int = 0) -> dict:
     """Merge the shards of a predict run in ``out``: the set's files as one process writes them."""
-    from dualstage.artifacts.prediction_set import PredictionSet
-    from dualstage.segment.predict import predict
 
     t0, pset = time.perf_counter(), PredictionSet(out)
     records = read_records(out, "predict")
@@ -152,9 +150,6 @@ def merge_predict(out: str | Path, device: str = "auto", progress: bool = False,
 # -- classify features ----------------------------------------------------------------------------
 def _features_run(pred_dir: str | Path, kwargs: dict) -> dict:
     """The settings every shard of one features run shares (the batch size too: the shares are batches)."""
-    from dualstage.artifacts.prediction_set import PredictionSet
-    from dualstage.classify.features import _FEATURE_VERSION, describe_weights
-    from dualstage.core.io import sha256_file
 
     pset = PredictionSet(pred_dir)
     prepared = kwargs.get("prepared")
@@ -172,8 +167,6 @@ def _features_run(pred_dir: str | Path, kwargs: dict) -> dict:
 @_locked("classify features --shard", shared=True, folder="out_dir")
 def features_shard(shard: Shard, pred_dir: str | Path, out_dir: str | Path, **kwargs) -> dict:
     """``classify features`` of one shard (``parts/``) plus its record; its summary."""
-    from dualstage.classify.features import extract_features
-    from dualstage.runtime.distributed import pick_device
 
     t0, run = time.perf_counter(), _features_run(pred_dir, kwargs)
     summary = extract_features(pred_dir, out_dir, shard=shard, **kwargs)
@@ -191,8 +184,6 @@ def merge_features(
     out_dir: str | Path, device: str = "auto", progress: bool = False, workers: int = 0
 ) -> dict:
     """Merge the shards of a features run in ``out_dir``: the set's files as one process writes them."""
-    from dualstage.artifacts.prediction_set import PredictionSet
-    from dualstage.classify.features import extract_features
 
     t0, out_dir = time.perf_counter(), Path(out_dir)
     records = read_records(out_dir, "features")
@@ -219,8 +210,6 @@ def dispatch(step: str, kwargs: dict, shard: str | None = None, merge: bool = Fa
     """Run ``step`` (``predict``: :func:`~dualstage.segment.predict.predict` keywords; ``features``:
     :func:`~dualstage.classify.features.extract_features` keywords) as asked: one process, one
     ``--shard I/N``, the ``--merge`` of finished shards, or every rank of ``torchrun`` then the merge."""
-    from dualstage.classify.features import extract_features
-    from dualstage.segment.predict import predict
 
     single, one_shard, merger, folder = {
         "predict": (predict, predict_shard, merge_predict, "out"),
@@ -252,7 +241,6 @@ def run_sharded(device: str, work: Callable[[Shard, str], dict], merge: Callable
     An error on any rank stops every rank with that one line; the group is left at exit."""
     import torch.distributed as dist
 
-    from dualstage.runtime.distributed import setup_runtime, teardown
 
     if not dist.is_initialized():  # once per process: several sets share the group
         atexit.register(teardown)
@@ -268,7 +256,6 @@ class _Failed:
     """What :func:`_attempt` returns instead of a result: the error, its line, whether a bug."""
 
     def __init__(self, exc: Exception):
-        from dualstage.core.cli import describe_error
 
         line = describe_error(exc)
         self.exc, self.bug, self.message = exc, line is None, line or f"{type(exc).__name__}: {exc}"
@@ -285,7 +272,6 @@ def _attempt(func: Callable, *args) -> dict | _Failed:
 def _stop_on_failure(outcome: dict | _Failed, runtime) -> None:
     """Gather every rank's outcome (a barrier); raise the first failure's line on every rank
     (a rank's own bug keeps its traceback), so no rank waits for one that stopped."""
-    from dualstage.runtime.distributed import all_gather_objects
 
     failed = isinstance(outcome, _Failed)
     lines = all_gather_objects(outcome.message if failed else None, runtime)

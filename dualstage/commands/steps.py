@@ -11,8 +11,18 @@ import argparse
 import json
 from pathlib import Path
 
-from dualstage.config import Experiment, to_dict
+from dualstage.classify.gate import apply_gate, fit_gate
+from dualstage.classify.tune import tune
+from dualstage.commands.shards import dispatch
+from dualstage.config import DataConfig, Experiment, override, to_dict
 from dualstage.core.io import write_json_atomic
+from dualstage.crossfit.classifier import crossfit_classifier
+from dualstage.crossfit.final import crossfit_final
+from dualstage.crossfit.rules import crossfit_sweep
+from dualstage.data.phantom import generate
+from dualstage.data.prepare import prepare
+from dualstage.segment.predict import predict
+from dualstage.segment.sweep import run_sweep
 
 __all__ = [
     "phantom_data",
@@ -30,7 +40,6 @@ __all__ = [
 
 def phantom_data(exp: Experiment, progress: bool = False) -> tuple[Path, str]:
     """Generate the experiment's phantom dataset once; (its folder, a status line)."""
-    from dualstage.data.phantom import generate
 
     d, folder = exp.data, exp.dir.phantoms
     params = {"n": d.phantom_n, "size": d.phantom_size, "layout": d.phantom_layout, "seed": d.phantom_seed,
@@ -81,7 +90,6 @@ def prepare_experiment(exp: Experiment, strict: bool = False, progress: bool = F
 
 def prepare_folder(args: argparse.Namespace, progress: bool = False) -> dict:
     """``segment prepare --data D --out O`` without an experiment: the config's defaults + flags."""
-    from dualstage.config import DataConfig, override
 
     exp = override(Experiment(name="dataset", data=DataConfig(source=str(args.data))), "data",
                    sizes=args.sizes, layout=args.layout, annotations=args.annotations, workers=args.workers,
@@ -93,7 +101,6 @@ def prepare_folder(args: argparse.Namespace, progress: bool = False) -> dict:
 
 def _prepare(source, out, d, strict: bool, progress: bool) -> dict:
     """``data.prepare.prepare`` of ``source`` into ``out`` with the ``data`` section ``d``."""
-    from dualstage.data.prepare import prepare
 
     return prepare(
         source, out, sizes=d.sizes, layout=d.layout, annotations=d.annotations, strict=strict,
@@ -122,7 +129,6 @@ def prediction_sets(exp: Experiment) -> list[str]:
 def predict_experiment(exp: Experiment, split: str, progress: bool = False) -> dict:
     """``segment predict --split <split>`` into ``predictions/<split>`` with the experiment's options
     (val and test with the main model only: matched with the maps its rules are chosen on)."""
-    from dualstage.segment.predict import predict
 
     p = exp.predict
     only = ["main"] if split in ("val", "test") and holdout(exp) else None
@@ -138,8 +144,6 @@ def sweep_experiment(exp: Experiment, progress: bool = False) -> dict:
 
     ``default`` is ``train.val_threshold``.
     """
-    from dualstage.crossfit.rules import crossfit_sweep
-    from dualstage.segment.sweep import run_sweep
 
     d = exp.dir
     if exp.sweep.lcc:
@@ -169,7 +173,6 @@ def features_experiment(
 ) -> dict:
     """``classify features`` of ``predictions/<set>`` into ``features/<set>`` with ``features.*``;
     ``shard`` (``"I/N"``) / ``merge`` / ``torchrun``: see :mod:`dualstage.commands.shards`."""
-    from dualstage.commands.shards import dispatch
 
     d, f = exp.dir, exp.features
     pset = d.require(d.prediction_set(pred_set), f"segment predict (set {pred_set})")
@@ -192,8 +195,6 @@ def tune_done(exp: Experiment) -> bool:
 
 def tune_experiment(exp: Experiment, progress: bool = False) -> dict:
     """Per-fold classifiers (cross-fitting) and the holdout classifier (on val), with ``tune.*``."""
-    from dualstage.classify.tune import tune
-    from dualstage.crossfit.classifier import crossfit_classifier
 
     d, t, out = exp.dir, exp.tune, {}
     if crossfit(exp) and (d.feature_set("oof") / "features.npz").is_file():
@@ -212,8 +213,6 @@ def tune_experiment(exp: Experiment, progress: bool = False) -> dict:
 def gate_experiment(exp: Experiment, progress: bool = False) -> dict:
     """Final masks: cross-fitted over every study (final/oof/<mode>/) and the holdout view's
     gate fitted on val, applied to test (final/test/<mode>/)."""
-    from dualstage.classify.gate import apply_gate, fit_gate
-    from dualstage.crossfit.final import crossfit_final
 
     out = {}
     if crossfit(exp) and exp.dir.crossfit_folds():

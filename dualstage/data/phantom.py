@@ -38,6 +38,7 @@ from PIL import Image
 
 from dualstage.core.cli import run_cli
 from dualstage.core.io import atomic_write_bytes
+from dualstage.core.progress import progress as progress_iter
 from dualstage.core.rle import decode, encode
 from dualstage.data.phantom_cases import (
     UID_PREFIX,
@@ -197,7 +198,6 @@ def generate(
     ``out_dir`` are left alone. ``site``: a key of :data:`SITES` (a second hospital's look, see
     :mod:`dualstage.data.phantom_site`); None or ``source`` changes nothing.
     """
-    from dualstage.core.progress import progress as progress_iter
 
     if layout not in ("siim", "png"):
         raise ValueError(f"layout must be 'siim' or 'png', got {layout!r}")

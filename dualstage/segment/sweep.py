@@ -40,6 +40,7 @@ from dualstage.core.io import write_csv_atomic
 from dualstage.core.metrics import summarize_counts
 from dualstage.core.progress import progress as progress_iter
 from dualstage.core.tolerance import TOL, tied_mask
+from dualstage.data.annotations import masks_from_rows, read_rle_csv
 
 __all__ = ["run_sweep", "find_sets", "selection_set", "lcc_sweep", "truth_from_rle_csv", "sweep_tables",
            "write_tables", "choose_rules", "score_rules", "best_rule", "make_grids", "grid_record", "COARSE",
@@ -108,7 +109,6 @@ def _check_index(set_dir: Path, hist: gating.Histograms, selecting: bool) -> Non
 
 def truth_from_rle_csv(path: str | Path) -> TruthFn:
     """Truth loader ``(image_id, height, width) -> bool mask`` from an RLE CSV (prepare's masks.csv)."""
-    from dualstage.data.annotations import masks_from_rows, read_rle_csv
 
     groups = dict(tuple(read_rle_csv(path).groupby("image_id")))
 
