@@ -26,6 +26,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pydicom
+from pydicom.errors import InvalidDicomError
+from pydicom.sr.codedict import codes
+from pydicom.uid import generate_uid
+from pydicom.valuerep import DA, TM
 
 from dualstage.artifacts.layout import ExperimentDir
 from dualstage.artifacts.prediction_set import PredictionSet
@@ -55,8 +60,6 @@ def package_version() -> str:
 
 def _read_source(source: Path):
     """The source header (no pixels), with empty Type 2 patient / study attributes it lacks."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
 
     try:
         ds = pydicom.dcmread(source, stop_before_pixels=True)
@@ -75,7 +78,6 @@ def _read_source(source: Path):
 def _clean_dates(ds) -> None:
     """Old ACR-NEMA separators ('14:04:38', '1993.02.18') removed from the dates and times the
     SEG copies; a value that still does not parse becomes empty (they are Type 2)."""
-    from pydicom.valuerep import DA, TM
 
     for keyword, kind, seps in (("StudyDate", DA, "-./"), ("PatientBirthDate", DA, "-./"),
                                 ("StudyTime", TM, ":")):  # fmt: skip
@@ -98,7 +100,7 @@ def _frames(ds, mask: np.ndarray, frame: int) -> np.ndarray:
     Thickness such an image does not have, which its own reader (and others) refuse. The SEG then
     lies on the referenced image's pixel grid, whose spacing the viewer takes from the source.
     """
-    from highdicom.spatial import get_image_coordinate_system
+    from highdicom.spatial import get_image_coordinate_system  # heavy: loaded when a DICOM SEG is written
 
     n_frames = int(str(ds.get("NumberOfFrames", "") or "1").strip() or 1)
     if not 0 <= frame < n_frames:
@@ -119,20 +121,18 @@ def _frames(ds, mask: np.ndarray, frame: int) -> np.ndarray:
 
 def _uid(*parts: object) -> str:
     """A UID determined by ``parts`` (the same SEG content gets the same UIDs on a rerun)."""
-    from pydicom.uid import generate_uid
 
     return generate_uid(entropy_srcs=[str(p) for p in parts])
 
 
 def _segmentation(ds, frames: np.ndarray, version: str, series_number: int, digest: str):
-    import highdicom as hd
+    import highdicom as hd  # heavy: loaded when a DICOM SEG is written
     from highdicom.seg import (
         SegmentAlgorithmTypeValues,
         Segmentation,
         SegmentationTypeValues,
         SegmentDescription,
-    )
-    from pydicom.sr.codedict import codes
+    )  # heavy: loaded when a DICOM SEG is written
 
     algorithm = hd.AlgorithmIdentificationSequence(
         name="dualstage", family=codes.cid7162.ArtificialIntelligence, version=version

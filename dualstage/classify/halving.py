@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import xgboost
 from sklearn.metrics import f1_score, roc_auc_score
-from sklearn.model_selection import ParameterSampler
+from sklearn.model_selection import ParameterSampler, PredefinedSplit, cross_val_score
 from xgboost import XGBClassifier
 
 from dualstage.classify.xgb import gated_dice, make_classifier
@@ -242,7 +242,6 @@ def _table(candidates: Sequence[dict], scores: np.ndarray, sizes: list[int], eta
 def halving_like_random(X, y, folds, dims, scoring_parts, make, n_iter, seed, eta=3, min_rounds=10):
     """``random_search``'s (search, default-parameter CV scores, seconds) by successive halving:
     same candidates, folds (n,), scoring (``scorer_for``'s parts) and base estimator ``make()``."""
-    from sklearn.model_selection import PredefinedSplit, cross_val_score
 
     scorer, fit_params, ctx, _ = scoring_parts
     est = make()

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 import xgboost
 from xgboost import XGBClassifier
 
@@ -19,7 +20,6 @@ def resolve_device(device: str = "auto") -> str:
         return device
     if not xgboost.build_info().get("USE_CUDA", False):
         return "cpu"
-    import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
 

@@ -24,6 +24,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import torch.distributed as dist
+
 from dualstage.artifacts.layout import ExperimentDir
 from dualstage.artifacts.prediction_set import PredictionSet
 from dualstage.artifacts.shard_records import Shard, parse_shard, read_records, torchrun_shard, write_record
@@ -239,7 +241,6 @@ def run_sharded(device: str, work: Callable[[Shard, str], dict], merge: Callable
     """Under ``torchrun``: each rank runs ``work(shard, its device)``, then rank 0 merges after a
     barrier (the others wait for it). Rank 0 returns the merged summary, the others their own.
     An error on any rank stops every rank with that one line; the group is left at exit."""
-    import torch.distributed as dist
 
 
     if not dist.is_initialized():  # once per process: several sets share the group

@@ -19,6 +19,8 @@ import traceback
 import zipfile
 from pathlib import Path
 
+import yaml
+
 # Offline defaults: no hub retries, no update checks (the user can override both).
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
@@ -80,7 +82,6 @@ def _describe_os(exc: OSError) -> str:
 
 def describe_error(exc: BaseException) -> str | None:
     """One line for an error bad input causes; ``None`` for anything else (a bug)."""
-    import yaml
 
     if isinstance(exc, yaml.YAMLError):
         return _describe_yaml(exc)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 
 __all__ = [
     "HandoffError",
@@ -134,7 +135,6 @@ def write_png_atomic(path: str | Path, array: np.ndarray) -> Path:
     zlib level 1 with its run-length strategy: 3-4x faster than PIL's default (level 6) on
     probability maps and masks, and no larger (benchmarks/bench_predict_ratio.py); lossless.
     """
-    from PIL import Image
 
     image = Image.fromarray(np.ascontiguousarray(array))
     return atomic_write(

@@ -34,7 +34,19 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pydicom
+from joblib import Parallel, delayed
 from PIL import Image
+from pydicom import config, dcmwrite
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
+    ExplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+    SecondaryCaptureImageStorage,
+)
 
 from dualstage.core.cli import run_cli
 from dualstage.core.io import atomic_write_bytes
@@ -77,16 +89,6 @@ def dicom_bytes(spec: CaseSpec, image: np.ndarray, look: SiteLook | None = None)
     ``look`` (a phantom site): MONOCHROME1 storage, pixel spacing of the rendered square."""
     mono1 = look is not None and look.monochrome1
     square = look.square if look is not None else image.shape[0]
-    from pydicom import config, dcmwrite
-    from pydicom.dataelem import DataElement
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.encaps import encapsulate
-    from pydicom.uid import (
-        PYDICOM_IMPLEMENTATION_UID,
-        ExplicitVRLittleEndian,
-        JPEGBaseline8Bit,
-        SecondaryCaptureImageStorage,
-    )
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
@@ -216,7 +218,6 @@ def generate(
     specs = plan_cases(n, seed, jpeg_share, lesion_contrast, subtle_share)
     bar = progress_iter(total=n, desc=f"phantom {layout} {size}px", unit="img", enabled=progress)
     if workers > 1:
-        from joblib import Parallel, delayed
 
         jobs = Parallel(n_jobs=workers, return_as="generator", batch_size=4)(
             delayed(_make_one)(s, out, size, layout, where) for s in specs
@@ -253,7 +254,6 @@ def generate(
 def _read_back(out_dir: Path, row: pd.Series, layout: str, rle_rows: dict[str, list[str]]) -> tuple:
     """Image uint8 (H, W) and union mask bool (H, W) read from the written files."""
     if layout == "siim":
-        import pydicom
 
         ds = pydicom.dcmread(out_dir / row["path"])
         image = ds.pixel_array
@@ -274,10 +274,10 @@ def write_preview(
     tile_px: int = 180,
 ) -> None:
     """Contact sheet of the first ``k`` images (read back from disk) with red mask outlines."""
-    import matplotlib
+    import matplotlib  # heavy: loaded when a contact sheet is drawn
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # heavy: loaded when a contact sheet is drawn
 
     out = Path(out_dir)
     rle_rows: dict[str, list[str]] = {}

@@ -46,7 +46,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+            from safetensors.torch import load_file  # optional: only for .safetensors weight files
 
             obj: object = load_file(str(path), device="cpu")
         else:
@@ -151,7 +151,7 @@ def imagenet_unet(key: str, has_imagenet: bool, unet_kwargs: dict) -> nn.Module:
 
     ``unet_kwargs``: smp.Unet arguments (``encoder_name`` = the smp name of encoder ``key``).
     """
-    import segmentation_models_pytorch as smp
+    import segmentation_models_pytorch as smp  # heavy (timm): loaded when a model is built
 
     smp_name = unet_kwargs["encoder_name"]
     if not has_imagenet:
@@ -175,7 +175,7 @@ def imagenet_unet(key: str, has_imagenet: bool, unet_kwargs: dict) -> nn.Module:
 
 def file_unet(path: str | Path, unet_kwargs: dict) -> nn.Module:
     """smp.Unet (random init) with a local weights file loaded over it (see :func:`load_weights`)."""
-    import segmentation_models_pytorch as smp
+    import segmentation_models_pytorch as smp  # heavy (timm): loaded when a model is built
 
     if not Path(path).expanduser().is_file():
         raise FileNotFoundError(

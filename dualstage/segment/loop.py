@@ -375,7 +375,7 @@ class Trainer:
 def _tensorboard(out: Path, row: dict) -> None:
     """Mirror the epoch row to TensorBoard when it is installed (optional)."""
     try:
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # optional: only with train.tensorboard
     except Exception:  # tensorboard not installed: the CSV log is the record
         return
     with SummaryWriter(str(out / "tensorboard")) as writer:

@@ -75,7 +75,7 @@ def build_model(
     unavailable, never a silent fallback), ``"none"`` (random init) or a local ``.pth``/``.pt``/
     ``.safetensors`` state dict of the whole U-Net or of the encoder only (see ``load_weights``).
     """
-    import segmentation_models_pytorch as smp
+    import segmentation_models_pytorch as smp  # heavy (timm): loaded when a model is built
 
     spec = get_spec(encoder)
     choice = "none" if weights is None else str(weights)

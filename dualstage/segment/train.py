@@ -55,8 +55,8 @@ __all__ = [
 
 def library_versions() -> dict:
     """Versions of the libraries a result depends on."""
-    import albumentations
-    import segmentation_models_pytorch as smp
+    import albumentations  # heavy, and it checks for updates at import: loaded when augmenting
+    import segmentation_models_pytorch as smp  # heavy (timm): loaded when a model is built
 
     return {
         "python": platform.python_version(),
