@@ -42,8 +42,9 @@ def phantom_experiment(
     """
     data = root / "data"
     if not data.is_dir():
-        generate(data, n, size=source_size, layout="png", seed=0, workers=2, progress=False,
-                 lesion_contrast=2.5)  # fmt: skip
+        generate(
+            data, n, size=source_size, layout="png", seed=0, workers=2, progress=False, lesion_contrast=2.5
+        )
     cfg = {
         "name": f"bench_{encoder}_{resolution}",
         "output_root": str(root / "models"),

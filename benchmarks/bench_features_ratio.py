@@ -78,8 +78,18 @@ def main() -> None:
         def real() -> None:
             runs["n"] += 1
             out = root / f"features_{runs['n']}"
-            extract_features(pred, out, prepared=prepared, weights="none", image_size=size, batch_size=batch,
-                             workers=0, device="cpu", progress=False, precision=precision)  # fmt: skip
+            extract_features(
+                pred,
+                out,
+                prepared=prepared,
+                weights="none",
+                image_size=size,
+                batch_size=batch,
+                workers=0,
+                device="cpu",
+                progress=False,
+                precision=precision,
+            )
             shutil.rmtree(out)
 
         times = alternate({"bare": bare, "features": real}, rounds=3)
@@ -92,12 +102,22 @@ def main() -> None:
         f"ratio {ratios['best']:.3f} (median of rounds {ratios['median']:.3f}, CPU {ratios['cpu']:.3f})"
     )
     record(
-        "features_vs_bare_forward", ratios["best"], 0.90, "bare s / features s",
-        rows=n, image_size=size, source_size=source, batch_size=batch, precision=precision_name(dtype),
-        channels_last=True, workers=0, seconds={k: [round(t, 2) for t in v] for k, v in times.items()},
-        ratio_median_of_rounds=round(ratios["median"], 3), ratio_cpu_seconds=round(ratios["cpu"], 3),
+        "features_vs_bare_forward",
+        ratios["best"],
+        0.90,
+        "bare s / features s",
+        rows=n,
+        image_size=size,
+        source_size=source,
+        batch_size=batch,
+        precision=precision_name(dtype),
+        channels_last=True,
+        workers=0,
+        seconds={k: [round(t, 2) for t in v] for k, v in times.items()},
+        ratio_median_of_rounds=round(ratios["median"], 3),
+        ratio_cpu_seconds=round(ratios["cpu"], 3),
         **machine(),
-    )  # fmt: skip
+    )
 
 
 if __name__ == "__main__":

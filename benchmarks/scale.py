@@ -70,7 +70,7 @@ def _blob(size: int, geom: tuple, peak: float, rng: np.random.Generator) -> np.n
     rows, cols = np.ogrid[lo_r:hi_r, lo_c:hi_c]
     d2 = ((rows - r0) / rr) ** 2 + ((cols - c0) / rc) ** 2
     q = np.zeros((size, size), dtype=np.uint8)
-    q[lo_r:hi_r, lo_c:hi_c] = np.round(255 * peak * np.exp(-1.2 * d2 ** 2)).astype(np.uint8)
+    q[lo_r:hi_r, lo_c:hi_c] = np.round(255 * peak * np.exp(-1.2 * d2**2)).astype(np.uint8)
     return q
 
 
@@ -91,17 +91,29 @@ def _study(args: tuple) -> tuple[str, dict, np.ndarray]:
     dense = rng.normal(0.0, 1.0, 2 * 1024).astype(np.float32)
     dense[:300] += 0.25 * positive  # a weak, spread signal in the DenseNet part
     row = np.concatenate([dense, np.array([stats[n] for n in STAT_NAMES], dtype=np.float32)])
-    meta = {"image_id": image_id, "split": "train", "fold_model": "", "height": size, "width": size,
-            "has_truth": 1, "has_pneumothorax": int(positive), "true_area_px": int(truth.sum())}  # fmt: skip
+    meta = {
+        "image_id": image_id,
+        "split": "train",
+        "fold_model": "",
+        "height": size,
+        "width": size,
+        "has_truth": 1,
+        "has_pneumothorax": int(positive),
+        "true_area_px": int(truth.sum()),
+    }
     return image_id, meta, row
 
 
 def build(root: Path, n: int, size: int, folds: int, tune: dict, seed: int = 0) -> Path:
     """Write the synthetic experiment under ``root`` (``tune``: the tune section); its YAML path."""
     cfg = {
-        "name": "scale", "output_root": str(root / "models"), "data": {"source": str(root / "absent"),
-        "n_folds": folds, "sizes": [size]}, "train": {"folds": "all"}, "tune": tune, "gate": {"threads": 2},
-    }  # fmt: skip
+        "name": "scale",
+        "output_root": str(root / "models"),
+        "data": {"source": str(root / "absent"), "n_folds": folds, "sizes": [size]},
+        "train": {"folds": "all"},
+        "tune": tune,
+        "gate": {"threads": 2},
+    }
     root.mkdir(parents=True, exist_ok=True)
     path = root / "scale.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -126,11 +138,13 @@ def build(root: Path, n: int, size: int, folds: int, tune: dict, seed: int = 0) 
     fdir.mkdir(parents=True, exist_ok=True)
     X = np.stack([o[2] for o in out])
     np.savez(fdir / "features.npz", image_id=np.array(ids), X=X, feature_names=np.array(feature_names()))
-    stats = pd.DataFrame(X[:, -len(STAT_NAMES):], columns=list(STAT_NAMES))
+    stats = pd.DataFrame(X[:, -len(STAT_NAMES) :], columns=list(STAT_NAMES))
     cols = ["image_id", "split", "fold_model", "has_truth", "has_pneumothorax"]
     write_csv_atomic(pd.concat([index[cols], stats], axis=1), fdir / "index.csv")
-    write_json_atomic(fdir / "features.json", {"weights": "synthetic", "weights_sha256": None,
-                                               "image_size": size, "version": 1})  # fmt: skip
+    write_json_atomic(
+        fdir / "features.json",
+        {"weights": "synthetic", "weights_sha256": None, "image_size": size, "version": 1},
+    )
     return path
 
 
@@ -198,16 +212,28 @@ def main(argv: list[str] | None = None) -> None:
         t0 = time.perf_counter()
         tune = {"threads": 2, "n_iter": args.tune_n_iter, "table2": not args.no_table2}
         path = build(root, args.studies, args.size, args.folds, tune)
-        print(f"scale: {args.studies} synthetic studies, {args.size} px maps, {args.folds} folds, "
-              f"tune {tune}, built in {time.perf_counter() - t0:.0f} s", flush=True)  # fmt: skip
+        print(
+            f"scale: {args.studies} synthetic studies, {args.size} px maps, {args.folds} folds, "
+            f"tune {tune}, built in {time.perf_counter() - t0:.0f} s",
+            flush=True,
+        )
         results = {}
         for step in STEPS:
             results[step] = r = measure(step, path)
             ok = "ok" if r["peak_gb"] <= MEMORY_TARGET_GB else "OVER"
             print(f"  {step:7s} {r['seconds']:8.1f} s   peak {r['peak_gb']:.2f} GB  [{ok}]", flush=True)
-            record(f"scale_{step}_peak_gb", r["peak_gb"], MEMORY_TARGET_GB, "GB peak RSS", op="<=",
-                   seconds=r["seconds"], studies=args.studies, size=args.size, folds=args.folds,
-                   tune=tune)  # fmt: skip
+            record(
+                f"scale_{step}_peak_gb",
+                r["peak_gb"],
+                MEMORY_TARGET_GB,
+                "GB peak RSS",
+                op="<=",
+                seconds=r["seconds"],
+                studies=args.studies,
+                size=args.size,
+                folds=args.folds,
+                tune=tune,
+            )
         seg = seg_seconds(args.size)
         print(f"  DICOM SEG per positive decision ({args.size} px): {seg * 1000:.0f} ms")
         disk = sum(f.stat().st_size for f in (root / "models").rglob("*") if f.is_file())

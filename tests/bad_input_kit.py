@@ -217,8 +217,13 @@ def hostile_images(folder: Path, scale: float = 1.0) -> dict[str, tuple[int, int
     --max-pixels). Returns {file name: declared (height, width)}."""
     sizes = {k: (max(1, int(h * scale)), max(1, int(w * scale))) for k, (h, w) in HOSTILE_SIZES.items()}
     _dicom(folder / "claims_60000.dcm", *sizes["claims_60000.dcm"], "1.2.840.10008.1.2.1", bytes(1024), False)
-    _dicom(folder / "jpeg_claims_50000.dcm", *sizes["jpeg_claims_50000.dcm"], "1.2.840.10008.1.2.4.50",
-           _jpeg((64, 64)), True)  # fmt: skip
+    _dicom(
+        folder / "jpeg_claims_50000.dcm",
+        *sizes["jpeg_claims_50000.dcm"],
+        "1.2.840.10008.1.2.4.50",
+        _jpeg((64, 64)),
+        True,
+    )
     png_stream(folder / "zeros_12000.png", *sizes["zeros_12000.png"])
     png_stream(folder / "bomb_65535.png", *sizes["bomb_65535.png"], rows_written=4)
     return sizes

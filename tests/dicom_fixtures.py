@@ -63,17 +63,30 @@ def write_fixtures(out: Path, prefix: str = "") -> list[Path]:
     lossless = imagecodecs.htj2k_encode(a12, reversible=True)
     assert _progression(lossless) == 2, "OpenJPH no longer writes RPCL by default"
     jobs = [
-        ("jpeg_lossless_sv1_12bit.dcm",
-         imagecodecs.jpeg8_encode(a12, lossless=True, predictor=1, bitspersample=12),
-         "1.2.840.10008.1.2.4.70", 12, "MONOCHROME2"),
-        ("jpeg_lossless_p14_pred6_16bit.dcm",
-         imagecodecs.jpeg8_encode(a16, lossless=True, predictor=6, bitspersample=16),
-         "1.2.840.10008.1.2.4.57", 16, "MONOCHROME1"),
+        (
+            "jpeg_lossless_sv1_12bit.dcm",
+            imagecodecs.jpeg8_encode(a12, lossless=True, predictor=1, bitspersample=12),
+            "1.2.840.10008.1.2.4.70",
+            12,
+            "MONOCHROME2",
+        ),
+        (
+            "jpeg_lossless_p14_pred6_16bit.dcm",
+            imagecodecs.jpeg8_encode(a16, lossless=True, predictor=6, bitspersample=16),
+            "1.2.840.10008.1.2.4.57",
+            16,
+            "MONOCHROME1",
+        ),
         ("htj2k_lossless_12bit.dcm", lossless, "1.2.840.10008.1.2.4.201", 12, "MONOCHROME2"),
         ("htj2k_lossless_rpcl_12bit.dcm", lossless, "1.2.840.10008.1.2.4.202", 12, "MONOCHROME2"),
-        ("htj2k_lossy_12bit.dcm", imagecodecs.htj2k_encode(a12, level=0.001, reversible=False),
-         "1.2.840.10008.1.2.4.203", 12, "MONOCHROME2"),
-    ]  # fmt: skip
+        (
+            "htj2k_lossy_12bit.dcm",
+            imagecodecs.htj2k_encode(a12, level=0.001, reversible=False),
+            "1.2.840.10008.1.2.4.203",
+            12,
+            "MONOCHROME2",
+        ),
+    ]
     return [
         _write(out, prefix + name, frame, syntax, bits, photo) for name, frame, syntax, bits, photo in jobs
     ]

@@ -113,9 +113,18 @@ def _gallery_experiment(root: Path, n: int = 4) -> tuple[Path, dict]:
         maps = exp / "predictions" / "test" / "maps"
         maps.mkdir(parents=True, exist_ok=True)
         Image.fromarray(q).save(maps / f"{image_id}.png")
-        rows.append({"image_id": image_id, "fold": -1, "true_area": 0, "threshold_pred_area": 100,
-                     "threshold_dice": 0.0, "classifier_pred_area": 0, "classifier_dice": 1.0,
-                     "classifier_decision": 0})  # fmt: skip
+        rows.append(
+            {
+                "image_id": image_id,
+                "fold": -1,
+                "true_area": 0,
+                "threshold_pred_area": 100,
+                "threshold_dice": 0.0,
+                "classifier_pred_area": 0,
+                "classifier_dice": 1.0,
+                "classifier_decision": 0,
+            }
+        )
     rule = {"rule": "threshold", "threshold": 0.5}
     gates = {
         "threshold": {"name": "threshold", "params": rule},
@@ -197,8 +206,19 @@ def test_predict_strict_stops_at_the_first_bad_file(fake_model, tmp_path) -> Non
     exp = Experiment(name="strict", output_root=str(tmp_path / "models"))
     record_experiment(exp)
     err_out = io.StringIO()
-    args = ["predict", "--exp", str(exp.folder), "--input", str(new), "--out", str(tmp_path / "cli"),
-            "--workers", "0", "--no-progress", "--strict"]  # fmt: skip
+    args = [
+        "predict",
+        "--exp",
+        str(exp.folder),
+        "--input",
+        str(new),
+        "--out",
+        str(tmp_path / "cli"),
+        "--workers",
+        "0",
+        "--no-progress",
+        "--strict",
+    ]
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err_out):
         code = segment_main(args)
     lines = err_out.getvalue().strip().splitlines()

@@ -75,8 +75,10 @@ def test_option_out_of_range(tmp_path: Path, extra: list[str], pattern: str) -> 
 
 def test_debug_flag_shows_the_traceback(tmp_path: Path) -> None:
     data = good_siim(tmp_path / "data")
-    for argv in (["--debug", *prepare_args(data, tmp_path / "out", "--sizes", "0")],
-                 prepare_args(data, tmp_path / "out", "--sizes", "0", "--debug")):  # fmt: skip
+    for argv in (
+        ["--debug", *prepare_args(data, tmp_path / "out", "--sizes", "0")],
+        prepare_args(data, tmp_path / "out", "--sizes", "0", "--debug"),
+    ):
         proc = run("dualstage.segment", *argv)
         last = proc.stderr.strip().splitlines()[-1]
         assert proc.returncode == 1 and "Traceback" in proc.stderr and "sizes" in last, proc.stderr
@@ -143,7 +145,7 @@ def _wait_for(condition, proc: subprocess.Popen, seconds: float = 60) -> None:
         (signal.SIGTERM, "working"),
         (signal.SIGINT, "working"),
         (signal.SIGKILL, "working"),
-    ],  # fmt: skip
+    ],
     ids=lambda v: v.name if isinstance(v, signal.Signals) else v,
 )
 def test_interrupted_prepare_stops_its_workers(tmp_path: Path, sig: signal.Signals, when: str) -> None:

@@ -31,11 +31,17 @@ PHASES = [
 ]
 CONFIG = {
     "name": "tiny",
-    "data": {"source": "phantom", "phantom_n": 12, "phantom_size": 64, "sizes": [64], "n_folds": 2,
-             "workers": 1},
+    "data": {
+        "source": "phantom",
+        "phantom_n": 12,
+        "phantom_size": 64,
+        "sizes": [64],
+        "n_folds": 2,
+        "workers": 1,
+    },
     "model": {"encoder": "resnet18", "weights": "none", "decoder_channels": [16, 16, 8, 8, 8]},
     "train": {"batch_size": {64: 8}, "workers": 0, "amp": "off", "phases": PHASES, "folds": "main"},
-}  # fmt: skip
+}
 
 
 @pytest.fixture(autouse=True)
@@ -104,7 +110,7 @@ def config(root: Path, **changes) -> dict:
         "lr-text",
         "unknown-top-key",
         "unknown-data-key",
-    ],  # fmt: skip
+    ],
 )
 def test_bad_experiment_value(tmp_path: Path, changes: dict, needles: list[str]) -> None:
     path = write_yaml(tmp_path / "exps", config(tmp_path / "models", **changes))
@@ -211,8 +217,21 @@ def test_bad_last_pt_for_resume(prepared: Path, tmp_path: Path, kind: str) -> No
 @pytest.mark.parametrize("kind", list(CONTENTS))
 def test_bad_last_pt_for_predict(prepared: Path, tmp_path: Path, kind: str) -> None:
     path, last = _bad_last(prepared, tmp_path, CONTENTS[kind])
-    args = ("predict", "--exp", path, "--split", "test", "--folds", "main", "--checkpoint", "last",
-            "--workers", "0", "--device", "cpu")  # fmt: skip
+    args = (
+        "predict",
+        "--exp",
+        path,
+        "--split",
+        "test",
+        "--folds",
+        "main",
+        "--checkpoint",
+        "last",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+    )
     assert_error(call("dualstage.segment", *args), str(last), SAYS[kind])
     maps = last.parents[2] / "predictions" / "test" / "maps"
     assert not maps.is_dir() or not any(maps.iterdir())  # no map written from a bad model
@@ -269,11 +288,13 @@ def test_changed_classifier_model(gated: Path, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("action", "text", "needle"),
-    [("apply", '{"best_params": {"max_depth": 3}, "base": ', "not valid JSON"),
-     ("apply", '{"best_params": {"max_depth": NaN}, "base": {"seed": 0, "max_bin": 64}}', "NaN"),
-     ("fit", '{"best_params": {"max_depth": NaN}, "base": {"seed": 0, "max_bin": 64}}', "NaN")],
+    [
+        ("apply", '{"best_params": {"max_depth": 3}, "base": ', "not valid JSON"),
+        ("apply", '{"best_params": {"max_depth": NaN}, "base": {"seed": 0, "max_bin": 64}}', "NaN"),
+        ("fit", '{"best_params": {"max_depth": NaN}, "base": {"seed": 0, "max_bin": 64}}', "NaN"),
+    ],
     ids=["apply-truncated", "apply-nan", "fit-nan"],
-)  # fmt: skip
+)
 def test_bad_params_json(gated: Path, tmp_path: Path, action: str, text: str, needle: str) -> None:
     exp = _copy(gated, tmp_path)
     params = exp / "classifier" / "params.json"

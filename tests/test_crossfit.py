@@ -50,9 +50,18 @@ def _write(exp: Path, labels: np.ndarray, signal: np.ndarray, seed: int = 0) -> 
         Image.fromarray(q).save(pred / "maps" / f"{image_id}.png")
         hists.append(gating.histogram(q, t))
     gating.write_histograms(pred / "histograms.npz", ids, np.stack(hists), [SIDE] * N, [SIDE] * N)
-    index = pd.DataFrame({"image_id": ids, "split": "train", "fold_model": [f"fold_{f}" for f in folds],
-                          "height": SIDE, "width": SIDE, "has_truth": 1, "has_pneumothorax": labels,
-                          "true_area_px": [h[1].sum() for h in hists]})  # fmt: skip
+    index = pd.DataFrame(
+        {
+            "image_id": ids,
+            "split": "train",
+            "fold_model": [f"fold_{f}" for f in folds],
+            "height": SIDE,
+            "width": SIDE,
+            "has_truth": 1,
+            "has_pneumothorax": labels,
+            "true_area_px": [h[1].sum() for h in hists],
+        }
+    )
     index.to_csv(pred / "index.csv", index=False)
     X = rng.normal(size=(N, 12)).astype(np.float32)
     X[:, 0] += 1.5 * signal  # the image and map features: fixed, whatever the label says
@@ -180,10 +189,21 @@ def test_new_images_go_through_every_fold_pipeline_and_vote(base):
             Image.fromarray(np.clip(q + rng.integers(-40, 40, q.shape), 0, 255).astype(np.uint8)).save(
                 pset / "maps" / f"{i}.png"
             )
-        np.savez(fset / "features.npz", image_id=np.array(pick), X=feats["X"][rows] + k * 0.3,
-                 feature_names=feats["feature_names"])  # fmt: skip
-        pd.DataFrame({"image_id": pick, "split": "input", "fold_model": f"fold_{k}", "has_truth": 0,
-                      "has_pneumothorax": 0}).to_csv(fset / "index.csv", index=False)  # fmt: skip
+        np.savez(
+            fset / "features.npz",
+            image_id=np.array(pick),
+            X=feats["X"][rows] + k * 0.3,
+            feature_names=feats["feature_names"],
+        )
+        pd.DataFrame(
+            {
+                "image_id": pick,
+                "split": "input",
+                "fold_model": f"fold_{k}",
+                "has_truth": 0,
+                "has_pneumothorax": 0,
+            }
+        ).to_csv(fset / "index.csv", index=False)
     summary = crossfit_apply(exp.folder, "new", "classifier")
     assert summary["n"] == len(pick) and summary["n_nonempty"] > 0
     for j, image_id in enumerate(pick):

@@ -30,8 +30,12 @@ THRESHOLD = 0.4  # not the library's 0.5: every place must show and use this one
 @pytest.fixture(scope="module")
 def exp(tmp_path_factory) -> Experiment:
     root = tmp_path_factory.mktemp("thr")
-    e = Experiment(name="thr", output_root=str(root), train=TrainConfig(val_threshold=THRESHOLD),
-                   tune=TuneConfig(n_iter=2, threads=1))  # fmt: skip
+    e = Experiment(
+        name="thr",
+        output_root=str(root),
+        train=TrainConfig(val_threshold=THRESHOLD),
+        tune=TuneConfig(n_iter=2, threads=1),
+    )
     labels = (np.random.default_rng(7).random(N) < 0.35).astype(int)
     _write(e.folder, labels, labels)
     record_experiment(e)

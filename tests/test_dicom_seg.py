@@ -62,10 +62,18 @@ def _add_set(exp: Path, name: str, sources: dict[str, Path], with_paths: bool, e
         if i not in empty:
             q[LESION] = 220
         Image.fromarray(q).save(pred / "maps" / f"{i}.png")
-    index = pd.DataFrame({"image_id": ids, "split": "input", "fold_model": "main",
-                          "height": [_grid(sources[i])[0] for i in ids],
-                          "width": [_grid(sources[i])[1] for i in ids],
-                          "has_truth": 0, "has_pneumothorax": 0, "true_area_px": np.nan})  # fmt: skip
+    index = pd.DataFrame(
+        {
+            "image_id": ids,
+            "split": "input",
+            "fold_model": "main",
+            "height": [_grid(sources[i])[0] for i in ids],
+            "width": [_grid(sources[i])[1] for i in ids],
+            "has_truth": 0,
+            "has_pneumothorax": 0,
+            "true_area_px": np.nan,
+        }
+    )
     if with_paths:
         index["image_path"] = [str(sources[i]) for i in ids]
     index[[*INDEX_COLUMNS, *(["image_path"] if with_paths else [])]].to_csv(pred / "index.csv", index=False)

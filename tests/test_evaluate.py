@@ -18,13 +18,18 @@ def test_pooled_iou_by_hand():
     q1[1, 0] = 255
     q2, t2 = np.zeros((2, 4), np.uint8), np.zeros((2, 4), bool)
     hist = gating.Histograms(
-        np.array(["a", "b"]), np.stack([gating.histogram(q1, t1), gating.histogram(q2, t2)]),
-        np.array([2, 2]), np.array([4, 4]),
-    )  # fmt: skip
+        np.array(["a", "b"]),
+        np.stack([gating.histogram(q1, t1), gating.histogram(q2, t2)]),
+        np.array([2, 2]),
+        np.array([4, 4]),
+    )
     rule = {"rule": "threshold", "threshold": 0.5}
     assert _pooled_iou(hist, rule) == pytest.approx(2 / 5)  # per-image mean with empty = 1 would be 0.7
-    assert np.isnan(_pooled_iou(gating.Histograms(hist.image_id[1:], hist.hist[1:], hist.height[1:],
-                                                  hist.width[1:]), rule))  # fmt: skip
+    assert np.isnan(
+        _pooled_iou(
+            gating.Histograms(hist.image_id[1:], hist.hist[1:], hist.height[1:], hist.width[1:]), rule
+        )
+    )
 
 
 def test_area_grid_has_table4_rows():

@@ -312,5 +312,6 @@ def test_selection_set_rules(pred_root, tmp_path):
     index = root / "other" / "index.csv"
     index.write_text(index.read_text().replace(",train,", ",test,"))
     with pytest.raises(ValueError, match="test-split"):
-        run_sweep(root, tmp_path / "x", select_on="other", report_on=(), progress=False,
-                  default_threshold=0.5)  # fmt: skip
+        run_sweep(
+            root, tmp_path / "x", select_on="other", report_on=(), progress=False, default_threshold=0.5
+        )

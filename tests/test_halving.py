@@ -42,8 +42,15 @@ def _small_candidates(n: int, seed: int = 0) -> list[dict]:
 
 
 def _classifier(params: dict) -> XGBClassifier:
-    return XGBClassifier(tree_method="hist", max_bin=32, device="cpu", eval_metric="logloss",
-                         random_state=0, n_jobs=1, **params)  # fmt: skip
+    return XGBClassifier(
+        tree_method="hist",
+        max_bin=32,
+        device="cpu",
+        eval_metric="logloss",
+        random_state=0,
+        n_jobs=1,
+        **params,
+    )
 
 
 def test_rung_schedule_by_hand() -> None:
@@ -73,11 +80,18 @@ def test_inner_folds_group_the_other_outer_folds() -> None:
 def test_candidates_are_the_random_searchs() -> None:
     X, y = _data(60, 3)
     dims = search_space(2.0)
-    search = RandomizedSearchCV(_classifier({}), dims, n_iter=4, cv=PredefinedSplit(np.arange(60) % 2),
-                                random_state=7, scoring="roc_auc").fit(X, y)  # fmt: skip
+    search = RandomizedSearchCV(
+        _classifier({}),
+        dims,
+        n_iter=4,
+        cv=PredefinedSplit(np.arange(60) % 2),
+        random_state=7,
+        scoring="roc_auc",
+    ).fit(X, y)
     mine = sample_candidates(dims, 4, 7)
-    assert mine == [{k: v.item() if hasattr(v, "item") else v for k, v in p.items()}
-                    for p in search.cv_results_["params"]]  # fmt: skip
+    assert mine == [
+        {k: v.item() if hasattr(v, "item") else v for k, v in p.items()} for p in search.cv_results_["params"]
+    ]
 
 
 @pytest.fixture(scope="module")

@@ -55,13 +55,15 @@ def test_operating_point_mistyped(gated: Path, tmp_path: Path, value, shown: str
 
 @pytest.mark.parametrize(
     ("edit", "needle"),
-    [(lambda d: d.pop("chosen_on"), "chosen_on: missing"),
-     (lambda d: d.__setitem__("n_images", "60"), "n_images: expected int, got '60'"),
-     (lambda d: d.__setitem__("best_rule", "magic"), "best_rule: 'magic' is not one of"),
-     (lambda d: d["threshold_area"].__setitem__("min_area", -5), "threshold_area.min_area: expected a"),
-     (lambda d: d.__setitem__("triplet", {"rule": "triplet", "top": 0.2}), "triplet")],
+    [
+        (lambda d: d.pop("chosen_on"), "chosen_on: missing"),
+        (lambda d: d.__setitem__("n_images", "60"), "n_images: expected int, got '60'"),
+        (lambda d: d.__setitem__("best_rule", "magic"), "best_rule: 'magic' is not one of"),
+        (lambda d: d["threshold_area"].__setitem__("min_area", -5), "threshold_area.min_area: expected a"),
+        (lambda d: d.__setitem__("triplet", {"rule": "triplet", "top": 0.2}), "triplet"),
+    ],
     ids=["chosen_on", "n_images", "best_rule", "min_area", "triplet"],
-)  # fmt: skip
+)
 def test_operating_point_fields(gated: Path, tmp_path: Path, edit, needle: str) -> None:  # noqa: F811
     exp = _copy(gated, tmp_path)
     _edit_json(exp / "operating_point.json", edit)
@@ -117,12 +119,14 @@ GATE, PARAMS = "gate.json", "params.json"
 
 @pytest.mark.parametrize(
     ("file", "edit", "needle"),
-    [(GATE, lambda d: d["classifier"].__setitem__("threshold", "abc"), "classifier.threshold: expected"),
-     (GATE, lambda d: d["classifier"]["pixel_rule"].__setitem__("threshold", 2), "pixel_rule.threshold"),
-     (PARAMS, lambda d: d["best_params"].__setitem__("max_depth", "deep"), "best_params.max_depth"),
-     (PARAMS, lambda d: d.__setitem__("base", []), "base: expected an object")],
+    [
+        (GATE, lambda d: d["classifier"].__setitem__("threshold", "abc"), "classifier.threshold: expected"),
+        (GATE, lambda d: d["classifier"]["pixel_rule"].__setitem__("threshold", 2), "pixel_rule.threshold"),
+        (PARAMS, lambda d: d["best_params"].__setitem__("max_depth", "deep"), "best_params.max_depth"),
+        (PARAMS, lambda d: d.__setitem__("base", []), "base: expected an object"),
+    ],
     ids=["gate-threshold", "gate-rule", "params-depth", "params-base"],
-)  # fmt: skip
+)
 def test_classifier_files(gated: Path, tmp_path: Path, file: str, edit, needle: str) -> None:  # noqa: F811
     exp = _copy(gated, tmp_path)
     path = exp / "classifier" / file

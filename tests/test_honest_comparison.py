@@ -72,8 +72,9 @@ def test_a_gate_that_keeps_every_mask_is_one_outcome_with_its_pixel_rule():
     folds = np.array([0, 0, 1, 1])
     rules = {"per_fold": {0: THR, 1: THR}}
     a = _gate("threshold", rules, [10, 20, 0, 5])
-    cls = _gate("classifier", {**rules, "gate_threshold": {0: 0.0, 1: 0.0}}, [10, 20, 0, 5],
-                decision=np.ones(4, int))  # fmt: skip
+    cls = _gate(
+        "classifier", {**rules, "gate_threshold": {0: 0.0, 1: 0.0}}, [10, 20, 0, 5], decision=np.ones(4, int)
+    )
     other = _gate("triplet", {"per_fold": {0: AREA, 1: AREA}}, [10, 0, 0, 0])
     got = outcomes([a, other, cls], folds)
     assert got["groups"] == [["threshold", "classifier"], ["triplet"]]
@@ -90,8 +91,9 @@ def test_the_ranking_counts_identical_masks_once():
     a = _gate("threshold", rules, [10, 0, 10, 0])
     cls = _gate("classifier", rules, [10, 0, 10, 0], decision=np.ones(4, int))
     worse = _gate("threshold_area", {"per_fold": {0: AREA}}, [0, 0, 10, 0], inter=[0, 0, 10, 0])
-    g = gate_table(np.array(list("abcd")), true, np.full(4, 100), [a, worse, cls], {}, "x", ["fold_0"],
-                   fold=folds)  # fmt: skip
+    g = gate_table(
+        np.array(list("abcd")), true, np.full(4, 100), [a, worse, cls], {}, "x", ["fold_0"], fold=folds
+    )
     cmp = compare_counts(g, resamples=50, seed=0, split="crossfit")
     assert cmp["best"] == "threshold" and cmp["tied"] == ["threshold"]  # not "threshold, classifier"
     assert cmp["winner"]["other"] == "threshold_area"
@@ -124,8 +126,14 @@ def test_collapse_check_names_the_model_that_calls_everything_empty():
 
 
 def test_collapse_on_validation_reads_the_kept_epoch(tmp_path):
-    log = pd.DataFrame({"epoch": [0, 1, 2], "val_mean_dice": [0.5, 0.8, 0.79],
-                        "val_pos_dice": [0.3, 0.2, 0.01], "val_neg_dice": [0.6, 0.9, 0.99]})  # fmt: skip
+    log = pd.DataFrame(
+        {
+            "epoch": [0, 1, 2],
+            "val_mean_dice": [0.5, 0.8, 0.79],
+            "val_pos_dice": [0.3, 0.2, 0.01],
+            "val_neg_dice": [0.6, 0.9, 0.99],
+        }
+    )
     log.to_csv(tmp_path / "log.csv", index=False)
     assert collapse_on_validation(tmp_path / "log.csv", "last")["collapsed"]
     assert not collapse_on_validation(tmp_path / "log.csv", "best")["collapsed"]  # epoch 1
@@ -164,7 +172,16 @@ def test_a_model_that_collapsed_in_training_is_a_warning(tmp_path):
     assert [(r["model"], r["collapsed"]) for r in got] == [("fold_0", False), ("fold_1", True)]
     true = np.array([10, 0])
     a = _gate("threshold", {"per_fold": {0: THR}}, [10, 0])
-    g = gate_table(np.array(["a", "b"]), true, np.full(2, 100), [a], {}, "x", ["fold_0"],
-                   fold=np.zeros(2, int), collapse=got)  # fmt: skip
+    g = gate_table(
+        np.array(["a", "b"]),
+        true,
+        np.full(2, 100),
+        [a],
+        {},
+        "x",
+        ["fold_0"],
+        fold=np.zeros(2, int),
+        collapse=got,
+    )
     cmp = compare_counts(g, resamples=20, seed=0, split="crossfit")
     assert cmp["warnings"] == ["fold_1 collapsed on its validation: validation positive-case Dice 0.000"]

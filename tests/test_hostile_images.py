@@ -66,8 +66,20 @@ def test_predict_input_over_the_issues_hostile_folder(tiny_model: Path, tmp_path
     folder = tmp_path / "new"
     sizes = hostile_images(folder)
     _good(folder)
-    args = ("predict", "--exp", tiny_model, "--input", folder, "--set", "hostile", "--workers", "0",
-            "--no-progress", "--device", "cpu")  # fmt: skip
+    args = (
+        "predict",
+        "--exp",
+        tiny_model,
+        "--input",
+        folder,
+        "--set",
+        "hostile",
+        "--workers",
+        "0",
+        "--no-progress",
+        "--device",
+        "cpu",
+    )
     proc = run("dualstage.segment", *args, timeout=180)
     assert_ok(proc)
     out = tiny_model / "predictions" / "hostile"
@@ -85,12 +97,28 @@ def test_predict_input_with_a_small_limit(tiny_model: Path, tmp_path: Path, thro
     folder = tmp_path / "new"
     sizes = hostile_images(folder, scale=1 / 100)  # 120 x 120 ... 655 x 655: all over 8000 px
     _good(folder)
-    args = ("predict", "--exp", tiny_model, "--input", folder, "--out", tmp_path / "out", "--workers", "0",
-            "--no-progress", "--device", "cpu", "--max-pixels", 8000)  # fmt: skip
+    args = (
+        "predict",
+        "--exp",
+        tiny_model,
+        "--input",
+        folder,
+        "--out",
+        tmp_path / "out",
+        "--workers",
+        "0",
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--max-pixels",
+        8000,
+    )
     if through == "decode":
-        code = ("import sys; from dualstage.segment import predict as p; "
-                "p.image_shape = lambda path, limit=None: (1, 1); "
-                "from dualstage.segment.__main__ import main; sys.exit(main(sys.argv[1:]))")  # fmt: skip
+        code = (
+            "import sys; from dualstage.segment import predict as p; "
+            "p.image_shape = lambda path, limit=None: (1, 1); "
+            "from dualstage.segment.__main__ import main; sys.exit(main(sys.argv[1:]))"
+        )
         proc = run_code(code, *args)
     else:
         proc = run("dualstage.segment", *args, timeout=180)
@@ -107,8 +135,9 @@ def run_code(code: str, *args: object):
 
     from bad_input_kit import ENV
 
-    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
-                          timeout=180, env=ENV)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, timeout=180, env=ENV
+    )
 
 
 def _siim_folder(root: Path, scale: float) -> dict[str, tuple[int, int]]:

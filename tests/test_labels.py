@@ -42,13 +42,19 @@ def _classifier_outputs(exp: Experiment, labels: np.ndarray) -> None:
         cdir = d.crossfit_fold(k) / "classifier"
         cdir.mkdir(parents=True)
         (cdir / "model.ubj").write_bytes(f"model {k}".encode())
-        rule = {x: v for x, v in json.loads((d.crossfit_fold(k) / "operating_point.json").read_text())[
-            "threshold"].items() if x != "metrics"}  # fmt: skip
+        rule = {
+            x: v
+            for x, v in json.loads((d.crossfit_fold(k) / "operating_point.json").read_text())[
+                "threshold"
+            ].items()
+            if x != "metrics"
+        }
         gate = {"classifier": {"threshold": t, "pixel_rule": rule, "chosen_on": f"inner oof of folds != {k}"}}
         (cdir / "gate.json").write_text(json.dumps({**gate, "fitted_ids": ids[folds != k].tolist()}))
         own = folds == k
-        frame = pd.DataFrame({"image_id": ids[own], "fold": k, "has_pneumothorax": labels[own],
-                              "probability": probs[own]})  # fmt: skip
+        frame = pd.DataFrame(
+            {"image_id": ids[own], "fold": k, "has_pneumothorax": labels[own], "probability": probs[own]}
+        )
         frame.to_csv(cdir / "probabilities.csv", index=False)
         frames.append(frame)
     pd.concat(frames).to_csv(d.crossfit / "probabilities.csv", index=False)
@@ -114,8 +120,12 @@ def test_no_test_split_in_a_cross_fitted_report(exp, report, capsys):
         assert "test split" not in caption, caption
     assert "cross-fitted out-of-fold maps" in metrics["tables"]["prog_table2"]["caption"]
     assert res["split"] == "crossfit"
-    assert report_main(["--exp", str(exp.folder), "--out", str(exp.folder / "r2"), "--resamples", "50",
-                        "--gallery", "0"]) == 0  # fmt: skip
+    assert (
+        report_main(
+            ["--exp", str(exp.folder), "--out", str(exp.folder / "r2"), "--resamples", "50", "--gallery", "0"]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "on test" not in out and "best distinct outcome (every study, cross-fitted)" in out
 

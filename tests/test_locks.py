@@ -35,8 +35,10 @@ class Holder:
     def __init__(self, folder: Path, shared: bool = False):
         self.proc = subprocess.Popen(
             [sys.executable, "-c", HOLD, str(folder), "shared" if shared else "alone"],
-            stdout=subprocess.PIPE, text=True, env=ENV,
-        )  # fmt: skip
+            stdout=subprocess.PIPE,
+            text=True,
+            env=ENV,
+        )
         assert self.proc.stdout.readline().strip() == "held"
 
     def kill(self) -> None:
@@ -65,14 +67,41 @@ def _images(folder: Path, n: int, seed: int) -> Path:
 
 
 def _predict(exp: Path, folder: Path, *extra: object) -> subprocess.CompletedProcess:
-    args = ("predict", "--exp", exp, "--input", folder, "--set", "new", "--workers", "0", "--no-progress",
-            "--device", "cpu", *extra)  # fmt: skip
+    args = (
+        "predict",
+        "--exp",
+        exp,
+        "--input",
+        folder,
+        "--set",
+        "new",
+        "--workers",
+        "0",
+        "--no-progress",
+        "--device",
+        "cpu",
+        *extra,
+    )
     return run("dualstage.segment", *args, timeout=180)
 
 
 def _features(exp: Path) -> subprocess.CompletedProcess:
-    args = ("features", "--exp", exp, "--set", "new", "--weights", "none", "--image-size", "32",
-            "--workers", "0", "--no-progress", "--device", "cpu")  # fmt: skip
+    args = (
+        "features",
+        "--exp",
+        exp,
+        "--set",
+        "new",
+        "--weights",
+        "none",
+        "--image-size",
+        "32",
+        "--workers",
+        "0",
+        "--no-progress",
+        "--device",
+        "cpu",
+    )
     return run("dualstage.classify", *args, timeout=180)
 
 
@@ -98,8 +127,20 @@ def test_shards_share_a_set_but_exclude_a_whole_run(tiny_model: Path, tmp_path: 
     folder = _images(tmp_path / "b", 2, 2)
     target = tiny_model / "predictions" / "shared"
     h = holder(target, shared=True)  # a --shard run of this set
-    args = ("predict", "--exp", tiny_model, "--input", folder, "--set", "shared", "--workers", "0",
-            "--no-progress", "--device", "cpu")  # fmt: skip
+    args = (
+        "predict",
+        "--exp",
+        tiny_model,
+        "--input",
+        folder,
+        "--set",
+        "shared",
+        "--workers",
+        "0",
+        "--no-progress",
+        "--device",
+        "cpu",
+    )
     assert_ok(run("dualstage.segment", *args, "--shard", "0/2", timeout=180))
     assert_error(run("dualstage.segment", *args, timeout=180), str(target), f"pid {h.proc.pid}")
     assert_error(run("dualstage.segment", *args, "--merge", timeout=180), str(target), "in use by")
@@ -112,8 +153,22 @@ def test_two_predict_runs_on_one_set(tiny_model: Path, tmp_path: Path) -> None:
     """Started together: both sets of images, or the second refused in one line; never a mix. Then
     ``classify features`` covers exactly what the set's index lists."""
     a, b = _images(tmp_path / "A", 6, 3), _images(tmp_path / "B", 6, 4)
-    cmd = [sys.executable, "-m", "dualstage.segment", "predict", "--exp", str(tiny_model), "--set", "new",
-           "--workers", "0", "--no-progress", "--device", "cpu", "--input"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "dualstage.segment",
+        "predict",
+        "--exp",
+        str(tiny_model),
+        "--set",
+        "new",
+        "--workers",
+        "0",
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--input",
+    ]
     pipe = subprocess.PIPE
     procs = [subprocess.Popen([*cmd, str(f)], stdout=pipe, stderr=pipe, text=True, env=ENV) for f in (a, b)]
     results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]

@@ -25,8 +25,21 @@ def _run(cwd: Path, *args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("siim")
-    done = _run(root, "-m", "dualstage.data.phantom", "--out", str(root / "siim-acr"), "--n", "12",
-                "--size", "96", "--layout", "siim", "--seed", "1")  # fmt: skip
+    done = _run(
+        root,
+        "-m",
+        "dualstage.data.phantom",
+        "--out",
+        str(root / "siim-acr"),
+        "--n",
+        "12",
+        "--size",
+        "96",
+        "--layout",
+        "siim",
+        "--seed",
+        "1",
+    )
     assert done.returncode == 0, done.stderr
     return root / "siim-acr"
 

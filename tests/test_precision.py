@@ -94,8 +94,9 @@ def test_predict_bf16_maps_close_to_fp32(tmp_path):
     save_model(exp, bias=None)
     sets = {}
     for p in ("fp32", "bf16"):
-        summary = predict(exp.folder, tmp_path / p, split="all", workers=0, device="cpu", progress=False,
-                          precision=p)  # fmt: skip
+        summary = predict(
+            exp.folder, tmp_path / p, split="all", workers=0, device="cpu", progress=False, precision=p
+        )
         assert summary["precision"] == p and summary["channels_last"] is True
         assert json.loads((tmp_path / p / "predict.json").read_text())["precision"] == p
         sets[p] = PredictionSet(tmp_path / p)

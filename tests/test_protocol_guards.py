@@ -104,8 +104,15 @@ def _comparison(resamples: int = 500, seed: int = 3) -> dict:
             "empty", "all empty", "every mask empty", None, np.zeros(8, np.int64), np.zeros(8, np.int64), None
         ),
     ]
-    g = {"image_id": np.array([f"s{i}" for i in range(8)]), "true_area": TRUE, "n_pixels": np.full(8, 1024),
-         "gates": gates, "skipped": {}, "chosen_on": "oof", "fold_model": []}  # fmt: skip
+    g = {
+        "image_id": np.array([f"s{i}" for i in range(8)]),
+        "true_area": TRUE,
+        "n_pixels": np.full(8, 1024),
+        "gates": gates,
+        "skipped": {},
+        "chosen_on": "oof",
+        "fold_model": [],
+    }
     return compare_counts(g, resamples=resamples, seed=seed)
 
 
@@ -155,8 +162,13 @@ def _tables(fine, area, triplet) -> dict:
     }
 
 
-TRIPLET = [(0.6, 100, 0.3, 0.9), (0.5, 100, 0.4, 0.9), (0.7, 100, 0.6, 0.9), (0.4, 200, 0.4, 0.9),
-           (0.8, 0, 0.1, 0.7)]  # fmt: skip
+TRIPLET = [
+    (0.6, 100, 0.3, 0.9),
+    (0.5, 100, 0.4, 0.9),
+    (0.7, 100, 0.6, 0.9),
+    (0.4, 200, 0.4, 0.9),
+    (0.8, 0, 0.1, 0.7),
+]
 
 
 def test_best_rule_takes_the_best_and_ties_go_to_the_simpler_rule() -> None:
@@ -178,8 +190,15 @@ def test_best_rule_takes_the_best_and_ties_go_to_the_simpler_rule() -> None:
 def test_choose_rules_takes_each_rules_best_point_with_the_documented_tie_breaks() -> None:
     fine = [(0.3, 0.6), (0.4, 0.8), (0.5, 0.8), (0.6, 0.7)]
     # tied at 0.85: (0.3, 200), (0.4, 100), (0.5, 100), (0.6, 300) -> smaller min_area 100, then lower 0.4
-    area = [(0.3, 0, 0.70), (0.3, 200, 0.85), (0.4, 100, 0.85), (0.5, 100, 0.85), (0.5, 0, 0.80),
-            (0.6, 300, 0.85), (0.2, 0, 0.5)]  # fmt: skip
+    area = [
+        (0.3, 0, 0.70),
+        (0.3, 200, 0.85),
+        (0.4, 100, 0.85),
+        (0.5, 100, 0.85),
+        (0.5, 0, 0.80),
+        (0.6, 300, 0.85),
+        (0.2, 0, 0.5),
+    ]
     chosen = choose_rules(_tables(fine, area, TRIPLET), default_threshold=0.5)
     assert chosen["default"] == {"rule": "threshold", "threshold": 0.5}
     assert chosen["threshold"] == {"rule": "threshold", "threshold": 0.4}

@@ -30,8 +30,9 @@ DEEP = {"n_estimators": 150, "max_depth": 6, "learning_rate": 0.3}  # memorises 
 
 
 def _classifier(best: dict) -> XGBClassifier:
-    return XGBClassifier(tree_method="hist", max_bin=64, device="cpu", eval_metric="logloss",
-                         random_state=0, n_jobs=1, **best)  # fmt: skip
+    return XGBClassifier(
+        tree_method="hist", max_bin=64, device="cpu", eval_metric="logloss", random_state=0, n_jobs=1, **best
+    )
 
 
 def _out_of_fold(X: np.ndarray, y: np.ndarray, folds: np.ndarray, best: dict) -> np.ndarray:
@@ -97,10 +98,18 @@ def test_crossfit_gate_threshold_uses_inner_out_of_fold_probabilities(weak) -> N
     ids, _, names, _ = load_feature_table(exp / "features" / "oof")
     # inner_folds=4: the other 4 folds stay the inner folds (the grouping is tested in test_halving)
     tune = TuneConfig(n_iter=1, threads=1, inner_folds=4)
-    config = Experiment(name=exp.name, output_root=str(exp.parent), tune=tune,
-                        gate=GateConfig(modes=("classifier",)))  # fmt: skip
-    data = {"ids": ids, "X": X, "y": y, "folds": folds, "settings": {}, "names": names,
-            "pset": PredictionSet(exp / "predictions" / "oof")}  # fmt: skip
+    config = Experiment(
+        name=exp.name, output_root=str(exp.parent), tune=tune, gate=GateConfig(modes=("classifier",))
+    )
+    data = {
+        "ids": ids,
+        "X": X,
+        "y": y,
+        "folds": folds,
+        "settings": {},
+        "names": names,
+        "pset": PredictionSet(exp / "predictions" / "oof"),
+    }
     points = OperatingPoints.read(exp / "operating_point.json")
     k = 0
     res = fit_fold(config, k, data, {k: points})

@@ -96,14 +96,31 @@ def _run(argv: list[str], where: str) -> str:
 
 
 def _tiny(tmp: Path) -> dict:
-    phase = {"name": "bce_dice", "resolution": 64, "unfreeze": "all", "epochs": 1, "base_lr": 1e-4,
-             "max_lr": 1e-3, "loss": {"name": "combo", "terms": [{"name": "weighted_bce", "pos_weight": 5.0},
-                                                                {"name": "soft_dice"}]}}  # fmt: skip
+    phase = {
+        "name": "bce_dice",
+        "resolution": 64,
+        "unfreeze": "all",
+        "epochs": 1,
+        "base_lr": 1e-4,
+        "max_lr": 1e-3,
+        "loss": {
+            "name": "combo",
+            "terms": [{"name": "weighted_bce", "pos_weight": 5.0}, {"name": "soft_dice"}],
+        },
+    }
     cfg = {
         "name": "tiny",
         "output_root": str(tmp / "models"),
-        "data": {"source": "phantom", "phantom_n": 36, "phantom_size": 128, "sizes": [64], "n_folds": 3,
-                 "workers": 0, "val_fraction": 0.25, "test_fraction": 0.25},  # fmt: skip
+        "data": {
+            "source": "phantom",
+            "phantom_n": 36,
+            "phantom_size": 128,
+            "sizes": [64],
+            "n_folds": 3,
+            "workers": 0,
+            "val_fraction": 0.25,
+            "test_fraction": 0.25,
+        },
         "model": {"encoder": "resnet18", "weights": "none", "decoder_channels": [16, 16, 8, 8, 8]},
         "train": {"batch_size": {64: 8}, "workers": 0, "amp": "off", "phases": [phase], "folds": "both"},
         "features": {"weights": "none", "image_size": 64, "workers": 0},

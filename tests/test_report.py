@@ -374,8 +374,16 @@ def test_paper_siblings_found_by_saved_config(tmp_path):
         output_root=str(tmp_path / "models"),
     )
     record_experiment(sib)
-    row = {"experiment": "renamed_run", "backbone": "se_resnext50_32x4d", "operating_point": "threshold 0.5",
-           "n": 10, "mean_dice": 0.81, "pos_dice": 0.4, "neg_dice": 0.9, "pos_accuracy": 0.7}  # fmt: skip
+    row = {
+        "experiment": "renamed_run",
+        "backbone": "se_resnext50_32x4d",
+        "operating_point": "threshold 0.5",
+        "n": 10,
+        "mean_dice": 0.81,
+        "pos_dice": 0.4,
+        "neg_dice": 0.9,
+        "pos_accuracy": 0.7,
+    }
     (tmp_path / "models" / "renamed_run" / "evaluation").mkdir(parents=True)
     pd.DataFrame([row]).to_csv(tmp_path / "models" / "renamed_run" / "evaluation" / "progressive_table2.csv")
     res = build_report(exp, out=tmp_path / "out", resamples=200, gallery=0)

@@ -23,9 +23,16 @@ import yaml
 # (A triangle per epoch would give 2e-4, 2e-5, 2e-4; a restarted one after a resume at step 1,
 # 2e-4, 2e-4, 1.1e-4.)
 PHASES = [
-    {"name": "all", "resolution": 64, "unfreeze": "all", "loss": "soft_dice", "epochs": 3,
-     "base_lr": 2e-5, "max_lr": 2e-4},
-]  # fmt: skip
+    {
+        "name": "all",
+        "resolution": 64,
+        "unfreeze": "all",
+        "loss": "soft_dice",
+        "epochs": 3,
+        "base_lr": 2e-5,
+        "max_lr": 2e-4,
+    },
+]
 EXPECTED_LR = [2e-4, 1.1e-4, 2e-5]
 
 
@@ -33,11 +40,19 @@ def _yaml(folder: Path, root: Path) -> Path:
     cfg = {
         "name": "midphase",
         "output_root": str(root),
-        "data": {"source": "phantom", "phantom_n": 16, "phantom_size": 64, "sizes": [64], "n_folds": 2,
-                 "workers": 1, "val_fraction": 0.25, "test_fraction": 0.25},
+        "data": {
+            "source": "phantom",
+            "phantom_n": 16,
+            "phantom_size": 64,
+            "sizes": [64],
+            "n_folds": 2,
+            "workers": 1,
+            "val_fraction": 0.25,
+            "test_fraction": 0.25,
+        },
         "model": {"encoder": "resnet18", "weights": "none", "decoder_channels": [16, 16, 8, 8, 8]},
         "train": {"batch_size": {64: 32}, "workers": 0, "amp": "off", "phases": PHASES, "folds": "main"},
-    }  # fmt: skip
+    }
     path = folder / "midphase.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path

@@ -210,8 +210,9 @@ def test_folds_predict_sweep_evaluate(tiny, tmp_path):
     with pytest.raises(SystemExit):  # argparse refuses the choice: never chosen on test
         _cli("sweep", "--exp", str(exp), "--select-on", "test")
     # a fold model saw some test studies (the folds cover every study): its test score is refused
-    refused = _cli("predict", "--exp", str(exp), "--split", "test", "--folds", "fold_0", "--workers", "0",
-                   expect=2)  # fmt: skip
+    refused = _cli(
+        "predict", "--exp", str(exp), "--split", "test", "--folds", "fold_0", "--workers", "0", expect=2
+    )
     assert "fold_0 saw" in refused.stderr and not (pred / "test_fold_0" / "index.csv").exists()
     # regression: --folds reaches predict; the set holds fold_0's own maps, not the ensemble's
     _cli("predict", "--exp", str(exp), "--split", "all", "--folds", "fold_0", "--workers", "0")

@@ -35,10 +35,19 @@ def _checkpoint(exp, name: str, seed: int) -> None:
     channels = list(exp.model.decoder_channels)
     net = models.build_model(exp.model.encoder, "none", decoder_channels=channels)
     mean, std = models.normalization("encoder")
-    payload = {"format": FORMAT, "kind": "inference", "model": net.state_dict(), "encoder": exp.model.encoder,
-               "decoder_channels": channels, "normalization": {"mean": list(mean), "std": list(std)},
-               "resolution": 64, "experiment": to_dict(exp), "fold": name, "epoch": 0,
-               "val_mean_dice": 0.0}  # fmt: skip
+    payload = {
+        "format": FORMAT,
+        "kind": "inference",
+        "model": net.state_dict(),
+        "encoder": exp.model.encoder,
+        "decoder_channels": channels,
+        "normalization": {"mean": list(mean), "std": list(std)},
+        "resolution": 64,
+        "experiment": to_dict(exp),
+        "fold": name,
+        "epoch": 0,
+        "val_mean_dice": 0.0,
+    }
     save_checkpoint(exp.dir.segmenter / name / "last.pt", payload)
 
 
@@ -51,12 +60,20 @@ def tiny(tmp_path_factory):
     cfg = {
         "name": "shardy",
         "output_root": str(tmp / "models"),
-        "data": {"source": "phantom", "phantom_n": 21, "phantom_size": 96, "sizes": [64], "n_folds": 3,
-                 "workers": 1, "val_fraction": 0.3, "test_fraction": 0.2},
+        "data": {
+            "source": "phantom",
+            "phantom_n": 21,
+            "phantom_size": 96,
+            "sizes": [64],
+            "n_folds": 3,
+            "workers": 1,
+            "val_fraction": 0.3,
+            "test_fraction": 0.2,
+        },
         "model": {"encoder": "resnet18", "weights": "none", "decoder_channels": [16, 8, 8, 8, 8]},
         "train": {"batch_size": {64: 4}, "workers": 0, "amp": "off", "folds": "both"},
         "features": {"weights": "none", "image_size": 32},
-    }  # fmt: skip
+    }
     path = tmp / "shardy.yaml"
     path.write_text(yaml.safe_dump(cfg))
     exp = load_experiment(path)
@@ -74,8 +91,15 @@ def tiny(tmp_path_factory):
 
 
 def _predict_kwargs(exp, out: Path, **extra) -> dict:
-    return {"exp_dir": exp.folder, "out": out, "batch_size": 3, "workers": 0, "device": "cpu",
-            "progress": False, **extra}  # fmt: skip
+    return {
+        "exp_dir": exp.folder,
+        "out": out,
+        "batch_size": 3,
+        "workers": 0,
+        "device": "cpu",
+        "progress": False,
+        **extra,
+    }
 
 
 def _same_images(a: Path, b: Path) -> None:
@@ -237,8 +261,9 @@ def test_torchrun_two_processes_predict_and_features(tiny, tmp_path):
 
 def test_merge_keeps_the_shards_precision(tiny, tmp_path):
     exp, _, _ = tiny
-    kwargs = _predict_kwargs(exp, tmp_path / "set", split="test", batch_size=2, only=["main"],
-                             precision="bf16")  # fmt: skip
+    kwargs = _predict_kwargs(
+        exp, tmp_path / "set", split="test", batch_size=2, only=["main"], precision="bf16"
+    )
     _sharded("predict", kwargs, 2)
     assert json.loads((tmp_path / "set" / "predict.json").read_text())["precision"] == "bf16"
     base = {"pred_dir": tmp_path / "set", "prepared": exp.dir.prepared, "device": "cpu", **FEATURES}

@@ -22,8 +22,11 @@ SHARED = ("max_bin", "tree_method", "device", "random_state", "eval_metric", "n_
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
     """A cross-fitted experiment whose classifiers were fitted with every XGBoost fit recorded."""
-    exp = Experiment(name="t2", output_root=str(tmp_path_factory.mktemp("t2")),
-                     tune=TuneConfig(n_iter=2, threads=1, max_bin=32))  # fmt: skip
+    exp = Experiment(
+        name="t2",
+        output_root=str(tmp_path_factory.mktemp("t2")),
+        tune=TuneConfig(n_iter=2, threads=1, max_bin=32),
+    )
     labels = (np.random.default_rng(7).random(N) < 0.35).astype(int)
     _write(exp.folder, labels, labels)
     crossfit_sweep(exp)

@@ -31,8 +31,10 @@ def test_one_grid_nests_the_rules_by_hand():
     hist = _hand_set()
     tables = sweep_tables(hist, make_grids())
     chosen = _choose(tables)
-    dice = {k: summarize_counts(*gating.rule_counts(hist.hist, hist.height, hist.width, r))["mean_dice"]
-            for k, r in chosen.items()}  # fmt: skip
+    dice = {
+        k: summarize_counts(*gating.rule_counts(hist.hist, hist.height, hist.width, r))["mean_dice"]
+        for k, r in chosen.items()
+    }
     assert dice == {"threshold": 1.0, "threshold_area": 1.0, "triplet": 1.0}
     assert chosen["threshold"] == {"rule": "threshold", "threshold": 0.34}
     assert chosen["threshold_area"] == {"rule": "threshold_area", "threshold": 0.34, "min_area": 0}
@@ -62,8 +64,9 @@ def test_the_grid_is_recorded_beside_the_chosen_points(tmp_path):
     record = grid_record(grids, lcc=False)
     assert record["thresholds"] == {"start": 0.02, "stop": 0.98, "step": 0.02, "n": 49}
     assert record["triplet"]["tops"] == record["triplet"]["bottoms"] == record["thresholds"]
-    op = OperatingPoints("oof", 2, "threshold", {"threshold": {"rule": "threshold", "threshold": 0.34}},
-                         grid=record)  # fmt: skip
+    op = OperatingPoints(
+        "oof", 2, "threshold", {"threshold": {"rule": "threshold", "threshold": 0.34}}, grid=record
+    )
     assert OperatingPoints.read(op.write(tmp_path / "operating_point.json")).grid == record
     assert "top == bottom" in record["thresholds_used_by"]
 

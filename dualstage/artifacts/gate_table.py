@@ -47,6 +47,13 @@ def gate_table(ids, true_area, n_pix, gates: list, skipped: dict, chosen_on, fol
     """The per-image counts of ``gates`` (N,) plus the all-empty baseline, as :func:`compare_counts` takes."""
     zero = np.zeros_like(np.asarray(true_area))
     gates = [*gates, Gate(BASELINE.key, BASELINE.label, "every mask empty", None, zero, zero, None)]
-    return {"image_id": ids, "true_area": np.asarray(true_area), "n_pixels": np.asarray(n_pix),
-            "gates": gates, "skipped": skipped, "chosen_on": chosen_on, "fold_model": fold_model,
-            **extra}  # fmt: skip
+    return {
+        "image_id": ids,
+        "true_area": np.asarray(true_area),
+        "n_pixels": np.asarray(n_pix),
+        "gates": gates,
+        "skipped": skipped,
+        "chosen_on": chosen_on,
+        "fold_model": fold_model,
+        **extra,
+    }

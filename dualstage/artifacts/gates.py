@@ -48,7 +48,7 @@ GATES: tuple[GateSpec, ...] = (
         "threshold_area",
         True,
         "classifier_and_area",
-    ),  # fmt: skip
+    ),
 )
 BASELINE = GateSpec("empty", "all empty (baseline)", "#000000", None, summary="all_empty")
 REFERENCE = "threshold_area"  # the gate every other one is compared with

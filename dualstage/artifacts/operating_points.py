@@ -139,9 +139,16 @@ class OperatingPoints:
             not isinstance(fitted, list) or not all(isinstance(i, str) for i in fitted)
         ):
             raise _FieldError("fitted_ids: expected a list of image ids (strings)")
-        return cls(chosen_on=chosen_on, n_images=n_images, best_rule=best, rules=rules, metrics=metrics,
-                   grid=_typed(raw, "grid", dict, default={}),
-                   fitted_ids=tuple(fitted) if fitted is not None else None, path=path)  # fmt: skip
+        return cls(
+            chosen_on=chosen_on,
+            n_images=n_images,
+            best_rule=best,
+            rules=rules,
+            metrics=metrics,
+            grid=_typed(raw, "grid", dict, default={}),
+            fitted_ids=tuple(fitted) if fitted is not None else None,
+            path=path,
+        )
 
     @classmethod
     def read_or_none(cls, path: str | Path) -> OperatingPoints | None:

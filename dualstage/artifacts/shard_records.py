@@ -18,9 +18,15 @@ from pathlib import Path
 from dualstage.core.io import write_json_atomic
 
 __all__ = [
-    "Shard", "parse_shard", "torchrun_shard", "shard_jobs", "shard_rows", "record_path",
-    "read_records", "write_record",
-]  # fmt: skip
+    "Shard",
+    "parse_shard",
+    "torchrun_shard",
+    "shard_jobs",
+    "shard_rows",
+    "record_path",
+    "read_records",
+    "write_record",
+]
 
 _SHARD = re.compile(r"(\d+)/(\d+)")
 
@@ -83,8 +89,15 @@ def _digest(value: object) -> str:
 
 def write_record(folder: Path, step: str, shard: Shard, run: dict, extra: dict) -> Path:
     """Write one shard's record: its run (settings that must agree across shards) and ``extra``."""
-    record = {"step": step, "shard": str(shard), "index": shard.index, "count": shard.count,
-              "run": run, "run_id": _digest(run), **extra}  # fmt: skip
+    record = {
+        "step": step,
+        "shard": str(shard),
+        "index": shard.index,
+        "count": shard.count,
+        "run": run,
+        "run_id": _digest(run),
+        **extra,
+    }
     return write_json_atomic(record_path(folder, step, shard), record)
 
 

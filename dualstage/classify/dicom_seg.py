@@ -46,8 +46,17 @@ REJECTED_COLUMNS = ["image_id", "stage", "reason"]
 _UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
 # Type 2 patient / study attributes highdicom copies: empty when a source (e.g. a bare
 # Secondary Capture) lacks them; an empty Type 2 value is valid DICOM.
-_TYPE2 = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
-          "StudyDate", "StudyTime", "ReferringPhysicianName")  # fmt: skip
+_TYPE2 = (
+    "PatientID",
+    "PatientName",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+)
 
 
 def package_version() -> str:
@@ -79,8 +88,11 @@ def _clean_dates(ds) -> None:
     """Old ACR-NEMA separators ('14:04:38', '1993.02.18') removed from the dates and times the
     SEG copies; a value that still does not parse becomes empty (they are Type 2)."""
 
-    for keyword, kind, seps in (("StudyDate", DA, "-./"), ("PatientBirthDate", DA, "-./"),
-                                ("StudyTime", TM, ":")):  # fmt: skip
+    for keyword, kind, seps in (
+        ("StudyDate", DA, "-./"),
+        ("PatientBirthDate", DA, "-./"),
+        ("StudyTime", TM, ":"),
+    ):
         text = str(ds.get(keyword, "") or "").strip()
         for sep in seps:
             text = text.replace(sep, "")
@@ -147,19 +159,33 @@ def _segmentation(ds, frames: np.ndarray, version: str, series_number: int, dige
     )
     key = (ds.SOPInstanceUID, version, series_number, digest)
     return Segmentation(
-        source_images=[ds], pixel_array=frames, segmentation_type=SegmentationTypeValues.BINARY,
-        segment_descriptions=[segment], series_instance_uid=_uid("series", *key), series_number=series_number,
-        sop_instance_uid=_uid("instance", *key), instance_number=1, manufacturer="dualstage",
-        manufacturer_model_name="dualstage", software_versions=version, device_serial_number="none",
-        content_label="PNEUMOTHORAX", content_description="dualstage final pneumothorax mask",
+        source_images=[ds],
+        pixel_array=frames,
+        segmentation_type=SegmentationTypeValues.BINARY,
+        segment_descriptions=[segment],
+        series_instance_uid=_uid("series", *key),
+        series_number=series_number,
+        sop_instance_uid=_uid("instance", *key),
+        instance_number=1,
+        manufacturer="dualstage",
+        manufacturer_model_name="dualstage",
+        software_versions=version,
+        device_serial_number="none",
+        content_label="PNEUMOTHORAX",
+        content_description="dualstage final pneumothorax mask",
         series_description="dualstage pneumothorax SEG",
-    )  # fmt: skip
+    )
 
 
 def write_seg(
-    source: Path, mask: np.ndarray, out: Path, *, algorithm_version: str, series_number: int = 900,
+    source: Path,
+    mask: np.ndarray,
+    out: Path,
+    *,
+    algorithm_version: str,
+    series_number: int = 900,
     frame: int = 0,
-) -> Path:  # fmt: skip
+) -> Path:
     """Write the binary DICOM SEG of ``mask`` (H, W) bool over ``source`` (a DICOM image) to ``out``.
 
     ``mask`` must be on the source frame's grid (H, W = Rows, Columns); ``frame`` is the source

@@ -314,14 +314,36 @@ def extract_features(
         holding(pred_dir, "classify features", shared=True),
         holding(out_dir, "classify features", shared=shard is not None),
     ):
-        return _extract_features(pred_dir, out_dir, prepared, weights, image_size, batch_size, workers,
-                                 device, progress, shard, precision, limits.resolve(max_pixels))  # fmt: skip
+        return _extract_features(
+            pred_dir,
+            out_dir,
+            prepared,
+            weights,
+            image_size,
+            batch_size,
+            workers,
+            device,
+            progress,
+            shard,
+            precision,
+            limits.resolve(max_pixels),
+        )
 
 
 def _extract_features(
-    pred_dir, out_dir, prepared, weights, image_size: int, batch_size: int, workers: int, device: str,
-    progress: bool, shard: Shard | None, precision: str, max_pixels: int,
-) -> dict:  # fmt: skip
+    pred_dir,
+    out_dir,
+    prepared,
+    weights,
+    image_size: int,
+    batch_size: int,
+    workers: int,
+    device: str,
+    progress: bool,
+    shard: Shard | None,
+    precision: str,
+    max_pixels: int,
+) -> dict:
     """:func:`extract_features` once both sets are locked."""
     t0 = time.perf_counter()
     pset, out_dir, dev = PredictionSet(pred_dir), Path(out_dir), pick_device(device)
@@ -332,20 +354,33 @@ def _extract_features(
     prepared = Path(prepared).resolve() if prepared is not None else None
     cache_size = pick_cache_size(prepared, image_size) if prepared is not None else None
     sources, rejected = _sources(index, prepared, cache_size)
-    setting = {**describe_weights(weights), "image_size": int(image_size), "version": _FEATURE_VERSION,
-               "precision": precision_name(dtype)}  # fmt: skip
+    setting = {
+        **describe_weights(weights),
+        "image_size": int(image_size),
+        "version": _FEATURE_VERSION,
+        "precision": precision_name(dtype),
+    }
     record, parts = out_dir / "features.json", out_dir / "parts"
     _check_record(record, parts, setting)
     ids = index["image_id"].tolist()
     todo = [k for k, i in enumerate(ids) if sources[k] is not None and not (parts / f"{i}.npy").is_file()]
     todo = shard_rows(shard, sources, todo, batch_size)
     ctx = {
-        "device": dev, "dtype": dtype, "parts": parts, "weights": weights, "record": record,
-        "setting": setting, "pset": pset,
-        "image_size": image_size, "batch_size": batch_size, "workers": workers, "progress": progress,
-        "rejected": rejected, "max_pixels": max_pixels,
+        "device": dev,
+        "dtype": dtype,
+        "parts": parts,
+        "weights": weights,
+        "record": record,
+        "setting": setting,
+        "pset": pset,
+        "image_size": image_size,
+        "batch_size": batch_size,
+        "workers": workers,
+        "progress": progress,
+        "rejected": rejected,
+        "max_pixels": max_pixels,
         "cache_root": prepared / "cache" if prepared else None,
-    }  # fmt: skip
+    }
     run_seconds = _extract_rows(ctx, ids, sources, todo) if todo else 0.0
     bad = {r["item"] for r in rejected}
     if shard is not None:  # one share: dualstage.commands.shards records it; the merge writes the set's files

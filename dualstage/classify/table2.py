@@ -15,6 +15,7 @@ from dualstage.core.metrics import presence_report, roc_auc
 
 __all__ = ["table2"]
 
+
 def table2(exp: ExperimentDir, out: Path, names: np.ndarray, models: dict[str, XGBClassifier]) -> dict | str:
     """Table 2 (table2.csv) + test_probabilities.csv on the test set's truth rows; its metrics dict."""
     test_dir = exp.feature_set("test")

@@ -157,8 +157,9 @@ def scorer_for(scoring: str, exp_dir: Path, ids: np.ndarray, dice_rule: str, tra
     return scorer, {"counts": counts}, ctx, rule
 
 
-def random_search(X, y, folds, dims, scoring_parts, make, n_iter, n_jobs, seed, progress, kind="random",
-                  halving=(3, 10)):  # fmt: skip
+def random_search(
+    X, y, folds, dims, scoring_parts, make, n_iter, n_jobs, seed, progress, kind="random", halving=(3, 10)
+):
     """(fitted RandomizedSearchCV, default-parameter CV scores, search seconds); ``kind="halving"``:
     the same candidates by successive halving (``halving`` = (eta, min rounds); a ``HalvingResult``)."""
     if kind == "halving":
@@ -255,23 +256,42 @@ def tune(
     def make() -> XGBClassifier:
         return make_classifier(seed, max_bin, device, n_jobs=xgb_jobs)
 
-    kind, (search, default_cv, search_seconds) = search, random_search(
-        X, y, folds, dims, scoring_parts, make, n_iter, n_jobs, seed, progress, search, halving)  # fmt: skip
+    kind, (search, default_cv, search_seconds) = (
+        search,
+        random_search(
+            X, y, folds, dims, scoring_parts, make, n_iter, n_jobs, seed, progress, search, halving
+        ),
+    )
     default, tuned = make().fit(X, y), search.best_estimator_
     save_model(tuned, out / "model.ubj")
     save_model(default, out / "default_model.ubj")
     write_json_atomic(out / "feature_names.json", names.tolist())
     _save_search(out, search.cv_results_, dims)
     test_metrics = table2(exp, out, names, {"default": default, "tuned": tuned})
-    fold_sizes = [{"fold": int(f), "n": int((folds == f).sum()), "n_pos": int(y[folds == f].sum())}
-                  for f in np.unique(folds)]  # fmt: skip
+    fold_sizes = [
+        {"fold": int(f), "n": int((folds == f).sum()), "n_pos": int(y[folds == f].sum())}
+        for f in np.unique(folds)
+    ]
     run = {
-        "scoring": scoring, "rule": scoring_parts[3], "n_iter": n_iter, "seed": seed, "n_jobs": n_jobs,
-        "threads": xgb_jobs, "device": device, "max_bin": max_bin, "base_device": make().device,
-        "search": kind, "features": read_settings(oof_dir), "fold_sizes": fold_sizes, "n_rows": int(y.size),
-        "n_pos": n_pos, "n_neg": n_neg, "n_features": int(names.size), "search_seconds": search_seconds,
+        "scoring": scoring,
+        "rule": scoring_parts[3],
+        "n_iter": n_iter,
+        "seed": seed,
+        "n_jobs": n_jobs,
+        "threads": xgb_jobs,
+        "device": device,
+        "max_bin": max_bin,
+        "base_device": make().device,
+        "search": kind,
+        "features": read_settings(oof_dir),
+        "fold_sizes": fold_sizes,
+        "n_rows": int(y.size),
+        "n_pos": n_pos,
+        "n_neg": n_neg,
+        "n_features": int(names.size),
+        "search_seconds": search_seconds,
         "start": start,
-    }  # fmt: skip
+    }
     params = _params_record(search, default_cv, dims, run)
     write_json_atomic(out / "params.json", params)
     metrics = {

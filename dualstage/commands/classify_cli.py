@@ -37,8 +37,15 @@ def _features(args: argparse.Namespace) -> int:
     if args.shard is not None:
         parse_shard(args.shard)  # a bad --shard fails before anything is loaded
     exp = with_max_pixels(open_experiment(args.exp), args.max_pixels)
-    exp = override(exp, "features", weights=args.weights, image_size=args.image_size,
-                   batch_size=args.batch_size, workers=args.workers, precision=args.precision)  # fmt: skip
+    exp = override(
+        exp,
+        "features",
+        weights=args.weights,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        precision=args.precision,
+    )
     sets = args.set or [p.name for p in sorted(exp.dir.predictions.glob("*")) if (p / "index.csv").is_file()]
     sets = [x for s in sets for x in _with_fold_sets(exp, s)]
     if not sets:
@@ -70,9 +77,18 @@ def _with_fold_sets(exp, name: str) -> list[str]:
 
 def _tune(args: argparse.Namespace) -> int:
 
-    exp = override(open_experiment(args.exp), "tune", n_iter=args.n_iter, scoring=args.scoring,
-                   dice_rule=args.dice_rule, seed=args.seed, n_jobs=args.n_jobs, threads=args.threads,
-                   max_bin=args.max_bin, search=args.search)  # fmt: skip
+    exp = override(
+        open_experiment(args.exp),
+        "tune",
+        n_iter=args.n_iter,
+        scoring=args.scoring,
+        dice_rule=args.dice_rule,
+        seed=args.seed,
+        n_jobs=args.n_jobs,
+        threads=args.threads,
+        max_bin=args.max_bin,
+        search=args.search,
+    )
     if not args.force and steps.tune_done(exp):
         print(f"tune: done already ({exp.dir.crossfit} / {exp.dir.classifier}); --force re-runs it")
         return 0
@@ -106,8 +122,10 @@ def _gate(args: argparse.Namespace) -> int:
     exp = open_experiment(args.exp)
     modes = list(exp.gate.modes) if args.mode in (None, "both") else [args.mode]
     if args.action == "fit" and steps_crossfit_only(exp):
-        print("gate fit: cross-fitted experiment, each fold's gate threshold was chosen by `classify tune` "
-              "(crossfit/fold_<k>/classifier/gate.json); nothing to fit")  # fmt: skip
+        print(
+            "gate fit: cross-fitted experiment, each fold's gate threshold was chosen by `classify tune` "
+            "(crossfit/fold_<k>/classifier/gate.json); nothing to fit"
+        )
         return 0
     if args.action == "fit":
         result = fit_gate(exp.folder, mode=modes, threads=args.threads or exp.gate.threads)
@@ -115,10 +133,8 @@ def _gate(args: argparse.Namespace) -> int:
         return 0
     args.set = _gate_set(exp, args.set)
     if args.set != "oof" and _with_fold_sets(exp, args.set) != [args.set]:
-
         result = {m: crossfit_apply(exp.folder, args.set, m, progress=not args.no_progress) for m in modes}
     elif args.set == "oof":  # cross-fitted: each study with its own fold's classifier and rules
-
         result = crossfit_final(override(exp, "gate", modes=modes), progress=not args.no_progress)
     else:
         if args.out and len(modes) > 1:
@@ -131,7 +147,7 @@ def _gate(args: argparse.Namespace) -> int:
                 mode=m,
                 out=args.out,
                 progress=not args.no_progress,
-            )  # fmt: skip
+            )
             for m in modes
         }
     print(json.dumps(result, indent=2, default=str))
@@ -176,8 +192,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-jobs", type=int, default=None, help="parallel candidate fits")
     p.add_argument("--threads", type=int, default=None, help="XGBoost threads per fit")
     p.add_argument("--max-bin", type=int, default=None, help="hist bins (64 cut one fit ~4x vs 256)")
-    p.add_argument("--search", default=None, choices=["halving", "random"],
-                   help="successive halving (default) or plain random search: same candidates")  # fmt: skip
+    p.add_argument(
+        "--search",
+        default=None,
+        choices=["halving", "random"],
+        help="successive halving (default) or plain random search: same candidates",
+    )
     p.add_argument("--force", action="store_true", help="re-run the searches even when finished")
     add_progress_argument(p)
     p.set_defaults(func=_tune)

@@ -30,8 +30,18 @@ __all__ = [
     "with_max_pixels",
 ]
 
-LIBRARIES = ("dualstage", "torch", "torchvision", "segmentation-models-pytorch", "xgboost", "scikit-learn",
-             "numpy", "pandas", "pydicom", "albumentations")  # fmt: skip
+LIBRARIES = (
+    "dualstage",
+    "torch",
+    "torchvision",
+    "segmentation-models-pytorch",
+    "xgboost",
+    "scikit-learn",
+    "numpy",
+    "pandas",
+    "pydicom",
+    "albumentations",
+)
 
 
 def open_experiment(arg: str | Path, data: str | None = None) -> Experiment:
@@ -110,10 +120,13 @@ def add_progress_argument(parser: argparse.ArgumentParser) -> None:
 def add_max_pixels_argument(parser: argparse.ArgumentParser) -> None:
     """``--max-pixels N``: the pixel limit of one image (``data.max_pixels``; the same in every command)."""
     parser.add_argument(
-        "--max-pixels", type=int, default=None, metavar="N",
+        "--max-pixels",
+        type=int,
+        default=None,
+        metavar="N",
         help="refuse (a rejected.csv row) an image whose header declares more pixels than N "
         "(default data.max_pixels: 32,000,000)",
-    )  # fmt: skip
+    )
 
 
 def with_max_pixels(exp: Experiment, value: int | None) -> Experiment:
@@ -127,8 +140,10 @@ def with_max_pixels(exp: Experiment, value: int | None) -> Experiment:
 def add_shard_arguments(parser: argparse.ArgumentParser, outputs: str) -> None:
     """``--shard I/N`` and ``--merge`` (:mod:`dualstage.commands.shards`); ``outputs``: what merge writes."""
     parser.add_argument(
-        "--shard", default=None, metavar="I/N",
+        "--shard",
+        default=None,
+        metavar="I/N",
         help="only share I of N of the images (0 <= I < N), e.g. 0/2 and 1/2 in two processes; then --merge "
         "(under torchrun: rank/world, merged by rank 0)",
-    )  # fmt: skip
+    )
     parser.add_argument("--merge", action="store_true", help=f"merge finished --shard runs into {outputs}")

@@ -47,10 +47,16 @@ def _prepare(exp: Experiment, data: Path, name: str, opts: dict, progress: bool)
 
     d = exp.data
     s = prepare(
-        data, exp.dir.external_prepared(name), sizes=d.sizes, layout=opts["layout"],
-        annotations=opts["annotations"], workers=d.workers, n_folds=opts["folds"] or d.n_folds,
-        seed=d.split_seed, progress=progress,
-    )  # fmt: skip
+        data,
+        exp.dir.external_prepared(name),
+        sizes=d.sizes,
+        layout=opts["layout"],
+        annotations=opts["annotations"],
+        workers=d.workers,
+        n_folds=opts["folds"] or d.n_folds,
+        seed=d.split_seed,
+        progress=progress,
+    )
     return f"{s['images']} studies ({s['positive']} positive, {s['rejected']} rejected), layout {s['layout']}"
 
 
@@ -59,10 +65,17 @@ def _predict(exp: Experiment, name: str, pipes: list[Pipeline], progress: bool) 
     p, parts = exp.predict, []
     for pipe in pipes:
         s = predict(
-            exp.folder, exp.dir.prediction_set(pipe.set_name(name)), split="all", only=[pipe.name],
-            checkpoint=p.checkpoint or exp.train.checkpoint, batch_size=p.batch_size, workers=p.workers,
-            progress=progress, precision=p.precision, prepared=exp.dir.external_prepared(name),
-        )  # fmt: skip
+            exp.folder,
+            exp.dir.prediction_set(pipe.set_name(name)),
+            split="all",
+            only=[pipe.name],
+            checkpoint=p.checkpoint or exp.train.checkpoint,
+            batch_size=p.batch_size,
+            workers=p.workers,
+            progress=progress,
+            precision=p.precision,
+            prepared=exp.dir.external_prepared(name),
+        )
         parts.append(f"{pipe.name} {s['predicted_now']} new")
     return ", ".join(parts)
 
@@ -74,10 +87,16 @@ def _features(exp: Experiment, name: str, pipes: list[Pipeline], progress: bool)
         return "no classifier: classifier gates not scored"
     for pipe in pipes:
         s = extract_features(
-            exp.dir.prediction_set(pipe.set_name(name)), exp.dir.feature_set(pipe.set_name(name)),
-            prepared=exp.dir.external_prepared(name), weights=f.weights, image_size=f.image_size,
-            batch_size=f.batch_size, workers=f.workers, progress=progress, precision=f.precision,
-        )  # fmt: skip
+            exp.dir.prediction_set(pipe.set_name(name)),
+            exp.dir.feature_set(pipe.set_name(name)),
+            prepared=exp.dir.external_prepared(name),
+            weights=f.weights,
+            image_size=f.image_size,
+            batch_size=f.batch_size,
+            workers=f.workers,
+            progress=progress,
+            precision=f.precision,
+        )
         parts.append(f"{pipe.name} {s['extracted_now']} new")
     return ", ".join(parts)
 
@@ -85,7 +104,9 @@ def _features(exp: Experiment, name: str, pipes: list[Pipeline], progress: bool)
 def _report(exp: Experiment, name: str) -> tuple[str, dict]:
 
     r = exp.report
-    res = build_report(exp.folder, resamples=r.resamples, seed=r.seed, gallery=r.gallery, gates=crossfit_gates)
+    res = build_report(
+        exp.folder, resamples=r.resamples, seed=r.seed, gallery=r.gallery, gates=crossfit_gates
+    )
     summary = res["external"][name]
     print(markdown_table(transfer_frame(summary, LABELS)), flush=True)
     return f"{res['report_html']}", summary
@@ -97,9 +118,15 @@ def _score(exp: Experiment, name: str, default: float, area: str, progress: bool
 
 
 def run_external(
-    exp_arg: str | Path, data: str | Path, name: str = "external", layout: str = "auto",
-    annotations: str | None = None, area: str = "auto", folds: int | None = None, progress: bool = True,
-) -> dict:  # fmt: skip
+    exp_arg: str | Path,
+    data: str | Path,
+    name: str = "external",
+    layout: str = "auto",
+    annotations: str | None = None,
+    area: str = "auto",
+    folds: int | None = None,
+    progress: bool = True,
+) -> dict:
     """Prepare, predict, score and report one annotated external set; returns its summary.json entry."""
     exp = open_experiment(exp_arg)
     check_set_name(name)

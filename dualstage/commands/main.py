@@ -27,10 +27,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
 
-
     exp = args.exp
     if Path(exp).suffix.lower() in (".yaml", ".yml"):
-
         exp = load_experiment(exp).folder
     options = {"mode": args.mode, "device": args.device, "batch_size": args.batch_size}
     summary = predict_new(args.inputs, exp, args.out, progress=not args.no_progress, **options)
@@ -41,8 +39,16 @@ def _predict(args: argparse.Namespace) -> int:
 
 def _external(args: argparse.Namespace) -> int:
 
-    run_external(args.exp, args.data, name=args.set, layout=args.layout, annotations=args.annotations,
-                 area=args.area, folds=args.folds, progress=not args.no_progress)  # fmt: skip
+    run_external(
+        args.exp,
+        args.data,
+        name=args.set,
+        layout=args.layout,
+        annotations=args.annotations,
+        area=args.area,
+        folds=args.folds,
+        progress=not args.no_progress,
+    )
     return 0
 
 

@@ -109,7 +109,9 @@ def _gate(exp: Experiment) -> str:
 def _report(exp: Experiment) -> str:
 
     r = exp.report
-    res = build_report(exp.folder, resamples=r.resamples, seed=r.seed, gallery=r.gallery, gates=crossfit_gates)
+    res = build_report(
+        exp.folder, resamples=r.resamples, seed=r.seed, gallery=r.gallery, gates=crossfit_gates
+    )
     print(res["summary_markdown"], flush=True)
     for line in res["outcomes"]:
         print(f"[report  ] {line}", flush=True)

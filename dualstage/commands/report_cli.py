@@ -16,8 +16,15 @@ def _report(args: argparse.Namespace) -> int:
 
     exp = open_experiment(args.exp)
     r = override(exp, "report", resamples=args.resamples, seed=args.seed, gallery=args.gallery).report
-    res = build_report(exp.folder, out=args.out, resamples=r.resamples, seed=r.seed, gallery=r.gallery,
-                       allow_partial=args.allow_partial, gates=crossfit_gates)  # fmt: skip
+    res = build_report(
+        exp.folder,
+        out=args.out,
+        resamples=r.resamples,
+        seed=r.seed,
+        gallery=r.gallery,
+        allow_partial=args.allow_partial,
+        gates=crossfit_gates,
+    )
     for bad in res["bad_inputs"]:
         print(f"PARTIAL REPORT (--allow-partial): rows missing, bad input: {bad}", file=sys.stderr)
     print(res["summary_markdown"])
@@ -47,10 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=None, help="bootstrap seed (report.seed)")
     parser.add_argument("--gallery", type=int, default=None, help="studies in the gallery (report.gallery)")
     parser.add_argument(
-        "--allow-partial", action="store_true",
+        "--allow-partial",
+        action="store_true",
         help="write the report even when a row cannot be computed because an input file is bad (a banner at "
         "the top and summary.json say so); default: stop with the file's name, exit 2",
-    )  # fmt: skip
+    )
     parser.set_defaults(func=_report)
     return parser
 

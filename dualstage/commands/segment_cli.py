@@ -35,9 +35,18 @@ def _prepare(args: argparse.Namespace) -> int:
 
     if args.exp:
         exp = with_max_pixels(open_experiment(args.exp, data=args.data), args.max_pixels)
-        exp = override(exp, "data", sizes=args.sizes, layout=args.layout, annotations=args.annotations,
-                       workers=args.workers, n_folds=args.folds, split_seed=args.seed,
-                       test_fraction=args.test_fraction, val_fraction=args.val_fraction)  # fmt: skip
+        exp = override(
+            exp,
+            "data",
+            sizes=args.sizes,
+            layout=args.layout,
+            annotations=args.annotations,
+            workers=args.workers,
+            n_folds=args.folds,
+            split_seed=args.seed,
+            test_fraction=args.test_fraction,
+            val_fraction=args.val_fraction,
+        )
         record_experiment(exp)
         summary = prepare_experiment(exp, strict=args.strict, progress=not args.no_progress)
         out = exp.dir.prepared
@@ -58,9 +67,13 @@ def _train(args: argparse.Namespace) -> int:
     record_experiment(exp)
     fold = args.fold or {"main": "main", "all": "all", "both": "main"}[exp.train.folds]
     results = train(
-        exp, fold=fold, resume=args.resume, stop_after=args.stop_after, device=args.device,
+        exp,
+        fold=fold,
+        resume=args.resume,
+        stop_after=args.stop_after,
+        device=args.device,
         progress=not args.no_progress,
-    )  # fmt: skip
+    )
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(results, indent=2))
     return 0
@@ -82,24 +95,47 @@ def _predict(args: argparse.Namespace) -> int:
     if args.input and args.set:
         check_input_set_name(args.set)
     exp = with_max_pixels(open_experiment(args.exp), args.max_pixels)
-    p = override(exp, "predict", tta=args.tta or None, checkpoint=args.checkpoint,
-                 batch_size=args.batch_size, workers=args.workers,
-                 precision=args.precision).predict  # fmt: skip
+    p = override(
+        exp,
+        "predict",
+        tta=args.tta or None,
+        checkpoint=args.checkpoint,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        precision=args.precision,
+    ).predict
     if args.input and not args.out and not args.folds and _crossfit_only(exp):
         if args.shard or args.merge or torchrun_shard():
-            raise ValueError("--shard/--merge/torchrun with new images of a cross-fitted experiment: "
-                             "name one model (--folds fold_K) or --out, one set per run")  # fmt: skip
+            raise ValueError(
+                "--shard/--merge/torchrun with new images of a cross-fitted experiment: "
+                "name one model (--folds fold_K) or --out, one set per run"
+            )
         return _predict_per_fold(exp, args, p)
     out = args.out or exp.dir.prediction_set(default_set_name(args.split, args.folds, args.set))
     only = args.folds
     if only is None and args.split in ("val", "test") and exp.train.folds in ("main", "both"):
         only = ["main"]  # the holdout view: test maps of the kind its rules are chosen on (val, main)
-    summary = dispatch("predict", dict(
-        exp_dir=exp.folder, out=out, split=args.split, input_dir=args.input, tta=p.tta,
-        checkpoint=p.checkpoint or exp.train.checkpoint,
-        batch_size=p.batch_size, workers=p.workers, device=args.device, progress=not args.no_progress,
-        only=only, strict=args.strict, precision=p.precision, max_pixels=exp.data.max_pixels,
-    ), shard=args.shard, merge=args.merge)  # fmt: skip
+    summary = dispatch(
+        "predict",
+        dict(
+            exp_dir=exp.folder,
+            out=out,
+            split=args.split,
+            input_dir=args.input,
+            tta=p.tta,
+            checkpoint=p.checkpoint or exp.train.checkpoint,
+            batch_size=p.batch_size,
+            workers=p.workers,
+            device=args.device,
+            progress=not args.no_progress,
+            only=only,
+            strict=args.strict,
+            precision=p.precision,
+            max_pixels=exp.data.max_pixels,
+        ),
+        shard=args.shard,
+        merge=args.merge,
+    )
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun rank 0 prints the merged summary
     print(json.dumps({**summary, "out": str(out)}, indent=2))
@@ -121,11 +157,20 @@ def _predict_per_fold(exp, args: argparse.Namespace, p) -> int:
     results = {}
     for k, set_name in fold_set_names(exp.dir, name).items():
         results[set_name] = predict(
-            exp.folder, exp.dir.prediction_set(set_name), input_dir=args.input, tta=p.tta,
-            checkpoint=p.checkpoint or exp.train.checkpoint, batch_size=p.batch_size, workers=p.workers,
-            device=args.device, progress=not args.no_progress, only=[f"fold_{k}"], strict=args.strict,
-            precision=p.precision, max_pixels=exp.data.max_pixels,
-        )  # fmt: skip
+            exp.folder,
+            exp.dir.prediction_set(set_name),
+            input_dir=args.input,
+            tta=p.tta,
+            checkpoint=p.checkpoint or exp.train.checkpoint,
+            batch_size=p.batch_size,
+            workers=p.workers,
+            device=args.device,
+            progress=not args.no_progress,
+            only=[f"fold_{k}"],
+            strict=args.strict,
+            precision=p.precision,
+            max_pixels=exp.data.max_pixels,
+        )
     print(json.dumps(results, indent=2))
     return 0
 

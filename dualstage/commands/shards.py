@@ -40,6 +40,7 @@ from dualstage.segment.predict import input_jobs, predict, split_jobs
 
 __all__ = ["predict_shard", "merge_predict", "features_shard", "merge_features", "run_sharded", "dispatch"]
 
+
 def _check_cover(records: list[dict], ids: list[str], done: Callable[[str], bool], where: Path) -> None:
     """ValueError unless every id of the run is done, or was skipped (unreadable) by a shard."""
     skipped = {i for r in records for i in r.get("skipped", [])}
@@ -51,10 +52,11 @@ def _check_cover(records: list[dict], ids: list[str], done: Callable[[str], bool
     for i in lacking:
         by_shard.setdefault(owner.get(i, "none"), []).append(i)
     parts = [
-        f"shard {k} did not write {len(v)} images (e.g. {v[:3]})" if k != "none"
+        f"shard {k} did not write {len(v)} images (e.g. {v[:3]})"
+        if k != "none"
         else f"{len(v)} images are in no shard (e.g. {v[:3]})"
         for k, v in sorted(by_shard.items())
-    ]  # fmt: skip
+    ]
     raise ValueError(f"{where}: {'; '.join(parts)}; rerun the shards (same I/N) before --merge")
 
 
@@ -87,13 +89,22 @@ def _model_files(run: dict) -> dict[str, list]:
 
 def _predict_run(kwargs: dict) -> dict:
     """The settings every shard of one predict run shares (the batch size too: the shares are batches)."""
-    paths = {k: str(Path(kwargs[k]).resolve()) if kwargs.get(k) is not None else None
-             for k in ("exp_dir", "input_dir")}  # fmt: skip
+    paths = {
+        k: str(Path(kwargs[k]).resolve()) if kwargs.get(k) is not None else None
+        for k in ("exp_dir", "input_dir")
+    }
     get = kwargs.get
-    run = {**paths, "split": get("split"), "tta": bool(get("tta")), "strict": bool(get("strict")),
-           "checkpoint": get("checkpoint", "best"), "only": sorted(get("only")) if get("only") else None,
-           "batch_size": int(get("batch_size", 8)), "precision": get("precision", "auto"),
-           "max_pixels": get("max_pixels")}  # fmt: skip
+    run = {
+        **paths,
+        "split": get("split"),
+        "tta": bool(get("tta")),
+        "strict": bool(get("strict")),
+        "checkpoint": get("checkpoint", "best"),
+        "only": sorted(get("only")) if get("only") else None,
+        "batch_size": int(get("batch_size", 8)),
+        "precision": get("precision", "auto"),
+        "max_pixels": get("max_pixels"),
+    }
     return {**run, "models": _model_files(run)}
 
 
@@ -107,9 +118,19 @@ def predict_shard(shard: Shard, out: str | Path, **kwargs) -> dict:
     summary.update(
         seconds=round(time.perf_counter() - t0, 2), device=str(pick_device(kwargs.get("device", "auto")))
     )
-    write_record(Path(out), "predict", shard, run, {
-        "ids": summary["ids"], "skipped": summary["failed"], "predicted_now": summary["predicted_now"],
-        "seconds": summary["seconds"], "device": summary["device"]})  # fmt: skip
+    write_record(
+        Path(out),
+        "predict",
+        shard,
+        run,
+        {
+            "ids": summary["ids"],
+            "skipped": summary["failed"],
+            "predicted_now": summary["predicted_now"],
+            "seconds": summary["seconds"],
+            "device": summary["device"],
+        },
+    )
     return summary
 
 
@@ -138,11 +159,21 @@ def merge_predict(out: str | Path, device: str = "auto", progress: bool = False,
     ids, truth = _predict_ids(run)
     _check_cover(records, ids, lambda i: pset.is_done(i, i in truth), pset.folder / "shards")
     summary = predict(
-        run["exp_dir"], out, split=run["split"], input_dir=run["input_dir"], tta=run["tta"],
-        checkpoint=run["checkpoint"], only=run["only"], strict=run["strict"], device=device,
-        progress=progress, workers=workers, batch_size=run["batch_size"], precision=run["precision"],
+        run["exp_dir"],
+        out,
+        split=run["split"],
+        input_dir=run["input_dir"],
+        tta=run["tta"],
+        checkpoint=run["checkpoint"],
+        only=run["only"],
+        strict=run["strict"],
+        device=device,
+        progress=progress,
+        workers=workers,
+        batch_size=run["batch_size"],
+        precision=run["precision"],
         max_pixels=run.get("max_pixels"),
-    )  # fmt: skip
+    )
     summary = _merged_summary(summary, records, "predicted_now", t0)
     pset.write_info(summary)
     _remove(records)
@@ -158,12 +189,16 @@ def _features_run(pred_dir: str | Path, kwargs: dict) -> dict:
     return {
         "pred_dir": str(pset.folder.resolve()),
         "prepared": str(Path(prepared).resolve()) if prepared is not None else None,
-        "setting": {**describe_weights(kwargs.get("weights", "imagenet")),
-                    "image_size": int(kwargs.get("image_size", 224)), "version": _FEATURE_VERSION},
+        "setting": {
+            **describe_weights(kwargs.get("weights", "imagenet")),
+            "image_size": int(kwargs.get("image_size", 224)),
+            "version": _FEATURE_VERSION,
+        },
         "index_sha256": sha256_file(pset.index_path) if pset.index_path.is_file() else None,
-        "batch_size": int(kwargs.get("batch_size", 16)), "precision": kwargs.get("precision", "auto"),
+        "batch_size": int(kwargs.get("batch_size", 16)),
+        "precision": kwargs.get("precision", "auto"),
         "max_pixels": kwargs.get("max_pixels"),
-    }  # fmt: skip
+    }
 
 
 @_locked("classify features --shard", shared=True, folder="out_dir")
@@ -175,9 +210,19 @@ def features_shard(shard: Shard, pred_dir: str | Path, out_dir: str | Path, **kw
     summary.update(
         seconds=round(time.perf_counter() - t0, 2), device=str(pick_device(kwargs.get("device", "auto")))
     )
-    write_record(Path(out_dir), "features", shard, run, {
-        "ids": summary["ids"], "skipped": summary["rejected_ids"], "extracted_now": summary["extracted_now"],
-        "seconds": summary["seconds"], "device": summary["device"]})  # fmt: skip
+    write_record(
+        Path(out_dir),
+        "features",
+        shard,
+        run,
+        {
+            "ids": summary["ids"],
+            "skipped": summary["rejected_ids"],
+            "extracted_now": summary["extracted_now"],
+            "seconds": summary["seconds"],
+            "device": summary["device"],
+        },
+    )
     return summary
 
 
@@ -190,17 +235,23 @@ def merge_features(
     t0, out_dir = time.perf_counter(), Path(out_dir)
     records = read_records(out_dir, "features")
     run = records[0]["run"]
-    kwargs = {"prepared": run["prepared"], "weights": run["setting"]["weights"],
-              "image_size": run["setting"]["image_size"], "batch_size": run["batch_size"],
-              "precision": run["precision"], "max_pixels": run.get("max_pixels")}  # fmt: skip
+    kwargs = {
+        "prepared": run["prepared"],
+        "weights": run["setting"]["weights"],
+        "image_size": run["setting"]["image_size"],
+        "batch_size": run["batch_size"],
+        "precision": run["precision"],
+        "max_pixels": run.get("max_pixels"),
+    }
     if _features_run(run["pred_dir"], kwargs) != run:
         raise ValueError(
             f"{out_dir}/shards: the predictions or weights changed since the shards ran; rerun the shards"
         )
     ids = PredictionSet(run["pred_dir"]).index()["image_id"].tolist()
     _check_cover(records, ids, lambda i: (out_dir / "parts" / f"{i}.npy").is_file(), out_dir / "shards")
-    summary = extract_features(run["pred_dir"], out_dir, device=device, progress=progress, workers=workers,
-                               **kwargs)  # fmt: skip
+    summary = extract_features(
+        run["pred_dir"], out_dir, device=device, progress=progress, workers=workers, **kwargs
+    )
     summary = _merged_summary(summary, records, "extracted_now", t0)
     write_json_atomic(out_dir / "features.json", summary)
     _remove(records)
@@ -241,7 +292,6 @@ def run_sharded(device: str, work: Callable[[Shard, str], dict], merge: Callable
     """Under ``torchrun``: each rank runs ``work(shard, its device)``, then rank 0 merges after a
     barrier (the others wait for it). Rank 0 returns the merged summary, the others their own.
     An error on any rank stops every rank with that one line; the group is left at exit."""
-
 
     if not dist.is_initialized():  # once per process: several sets share the group
         atexit.register(teardown)

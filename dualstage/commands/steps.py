@@ -42,9 +42,14 @@ def phantom_data(exp: Experiment, progress: bool = False) -> tuple[Path, str]:
     """Generate the experiment's phantom dataset once; (its folder, a status line)."""
 
     d, folder = exp.data, exp.dir.phantoms
-    params = {"n": d.phantom_n, "size": d.phantom_size, "layout": d.phantom_layout, "seed": d.phantom_seed,
-              "lesion_contrast": d.phantom_lesion_contrast,
-              "subtle_share": d.phantom_subtle_share}  # fmt: skip
+    params = {
+        "n": d.phantom_n,
+        "size": d.phantom_size,
+        "layout": d.phantom_layout,
+        "seed": d.phantom_seed,
+        "lesion_contrast": d.phantom_lesion_contrast,
+        "subtle_share": d.phantom_subtle_share,
+    }
     marker = folder / "phantom.json"
     if marker.exists() and json.loads(marker.read_text()) == params:
         return folder, f"phantoms done already: {folder}"
@@ -91,11 +96,19 @@ def prepare_experiment(exp: Experiment, strict: bool = False, progress: bool = F
 def prepare_folder(args: argparse.Namespace, progress: bool = False) -> dict:
     """``segment prepare --data D --out O`` without an experiment: the config's defaults + flags."""
 
-    exp = override(Experiment(name="dataset", data=DataConfig(source=str(args.data))), "data",
-                   sizes=args.sizes, layout=args.layout, annotations=args.annotations, workers=args.workers,
-                   n_folds=args.folds, split_seed=args.seed, test_fraction=args.test_fraction,
-                   val_fraction=args.val_fraction,
-                   max_pixels=getattr(args, "max_pixels", None))  # fmt: skip
+    exp = override(
+        Experiment(name="dataset", data=DataConfig(source=str(args.data))),
+        "data",
+        sizes=args.sizes,
+        layout=args.layout,
+        annotations=args.annotations,
+        workers=args.workers,
+        n_folds=args.folds,
+        split_seed=args.seed,
+        test_fraction=args.test_fraction,
+        val_fraction=args.val_fraction,
+        max_pixels=getattr(args, "max_pixels", None),
+    )
     return _prepare(args.data, args.out, exp.data, args.strict, progress)
 
 
@@ -103,10 +116,20 @@ def _prepare(source, out, d, strict: bool, progress: bool) -> dict:
     """``data.prepare.prepare`` of ``source`` into ``out`` with the ``data`` section ``d``."""
 
     return prepare(
-        source, out, sizes=d.sizes, layout=d.layout, annotations=d.annotations, strict=strict,
-        workers=d.workers, n_folds=d.n_folds, seed=d.split_seed, test_fraction=d.test_fraction,
-        val_fraction=d.val_fraction, progress=progress, max_pixels=d.max_pixels,
-    )  # fmt: skip
+        source,
+        out,
+        sizes=d.sizes,
+        layout=d.layout,
+        annotations=d.annotations,
+        strict=strict,
+        workers=d.workers,
+        n_folds=d.n_folds,
+        seed=d.split_seed,
+        test_fraction=d.test_fraction,
+        val_fraction=d.val_fraction,
+        progress=progress,
+        max_pixels=d.max_pixels,
+    )
 
 
 def crossfit(exp: Experiment) -> bool:
@@ -133,10 +156,17 @@ def predict_experiment(exp: Experiment, split: str, progress: bool = False) -> d
     p = exp.predict
     only = ["main"] if split in ("val", "test") and holdout(exp) else None
     return predict(
-        exp.folder, exp.dir.prediction_set(split), split=split, tta=p.tta, checkpoint=p.checkpoint or
-        exp.train.checkpoint, batch_size=p.batch_size, workers=p.workers, progress=progress, only=only,
+        exp.folder,
+        exp.dir.prediction_set(split),
+        split=split,
+        tta=p.tta,
+        checkpoint=p.checkpoint or exp.train.checkpoint,
+        batch_size=p.batch_size,
+        workers=p.workers,
+        progress=progress,
+        only=only,
         precision=p.precision,
-    )  # fmt: skip
+    )
 
 
 def sweep_experiment(exp: Experiment, progress: bool = False) -> dict:
@@ -154,10 +184,14 @@ def sweep_experiment(exp: Experiment, progress: bool = False) -> dict:
     if holdout(exp) and (d.prediction_set("val") / "histograms.npz").is_file():
         select = "val" if exp.sweep.select_on == "auto" else exp.sweep.select_on
         out["holdout"] = run_sweep(
-            d.predictions, d.root, select_on=select, lcc=exp.sweep.lcc,
-            truth=d.masks_csv if exp.sweep.lcc else None, progress=progress,
+            d.predictions,
+            d.root,
+            select_on=select,
+            lcc=exp.sweep.lcc,
+            truth=d.masks_csv if exp.sweep.lcc else None,
+            progress=progress,
             default_threshold=exp.train.val_threshold,
-        )  # fmt: skip
+        )
     if not out:
         raise FileNotFoundError(f"{d.predictions}: no oof or val predictions; run `segment predict` first")
     return out
@@ -176,19 +210,34 @@ def features_experiment(
 
     d, f = exp.dir, exp.features
     pset = d.require(d.prediction_set(pred_set), f"segment predict (set {pred_set})")
-    return dispatch("features", dict(
-        pred_dir=pset, out_dir=d.feature_set(pred_set), prepared=d.prepared if d.prepared.is_dir() else None,
-        weights=f.weights, image_size=f.image_size, batch_size=f.batch_size, workers=f.workers,
-        progress=progress, device=device, precision=f.precision, max_pixels=exp.data.max_pixels,
-    ), shard=shard, merge=merge)  # fmt: skip
+    return dispatch(
+        "features",
+        dict(
+            pred_dir=pset,
+            out_dir=d.feature_set(pred_set),
+            prepared=d.prepared if d.prepared.is_dir() else None,
+            weights=f.weights,
+            image_size=f.image_size,
+            batch_size=f.batch_size,
+            workers=f.workers,
+            progress=progress,
+            device=device,
+            precision=f.precision,
+            max_pixels=exp.data.max_pixels,
+        ),
+        shard=shard,
+        merge=merge,
+    )
 
 
 def tune_done(exp: Experiment) -> bool:
     """Whether every classifier ``tune`` makes exists (per-fold gates; the holdout classifier)."""
     d = exp.dir
     folds = d.crossfit_folds()
-    done_cf = not crossfit(exp) or bool(folds) and all(
-        (d.crossfit_fold(k) / "classifier" / "gate.json").is_file() for k in folds
+    done_cf = (
+        not crossfit(exp)
+        or bool(folds)
+        and all((d.crossfit_fold(k) / "classifier" / "gate.json").is_file() for k in folds)
     )
     return bool(done_cf and (not holdout(exp) or (d.classifier / "model.ubj").is_file()))
 
@@ -201,10 +250,19 @@ def tune_experiment(exp: Experiment, progress: bool = False) -> dict:
         out["crossfit"] = crossfit_classifier(exp, progress)
     if holdout(exp) and (d.feature_set("val") / "features.npz").is_file():
         out["holdout"] = tune(
-            exp.folder, n_iter=t.n_iter, scoring=t.scoring, seed=t.seed, n_jobs=t.n_jobs, max_bin=t.max_bin,
-            dice_rule=t.dice_rule, threads=t.threads, progress=progress, train_set="val", search=t.search,
+            exp.folder,
+            n_iter=t.n_iter,
+            scoring=t.scoring,
+            seed=t.seed,
+            n_jobs=t.n_jobs,
+            max_bin=t.max_bin,
+            dice_rule=t.dice_rule,
+            threads=t.threads,
+            progress=progress,
+            train_set="val",
+            search=t.search,
             halving=(t.halving_eta, t.halving_min_rounds),
-        )  # fmt: skip
+        )
     if not out:
         raise FileNotFoundError(f"{d.features}: no oof or val features; run `classify features` first")
     return out

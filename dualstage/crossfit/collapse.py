@@ -32,9 +32,7 @@ def _max_probability(hist: np.ndarray) -> np.ndarray:
     return top / 255.0
 
 
-def collapse_check(
-    hist: gating.Histograms, folds: np.ndarray, threshold: float, lowest: float
-) -> list[dict]:
+def collapse_check(hist: gating.Histograms, folds: np.ndarray, threshold: float, lowest: float) -> list[dict]:
     """One record per fold model on its own out-of-fold studies.
 
     ``hist``: histograms of every study (N,); ``folds`` (N,) int; ``threshold``: the default threshold;

@@ -81,9 +81,15 @@ def crossfit_apply(exp_dir: str | Path, name: str, mode: str, progress: bool = F
     write_csv_atomic(pd.DataFrame(rows), dst / "decisions.csv")
     first = PredictionSet(exp.prediction_set(next(iter(sets.values()))))
     segs = write_segs(dst, ids, seg_sources(exp.root, first), progress=progress)
-    summary = {"set": name, "mode": mode, "protocol": "crossfit: majority of the fold pipelines",
-               "n": len(ids), "n_nonempty": int(sum(r["decision"] for r in rows)),
-               "thresholds": {str(k): v for k, v in thresholds.items()}, "out_dir": str(dst),
-               **segs}  # fmt: skip
+    summary = {
+        "set": name,
+        "mode": mode,
+        "protocol": "crossfit: majority of the fold pipelines",
+        "n": len(ids),
+        "n_nonempty": int(sum(r["decision"] for r in rows)),
+        "thresholds": {str(k): v for k, v in thresholds.items()},
+        "out_dir": str(dst),
+        **segs,
+    }
     write_json_atomic(dst / "summary.json", summary)
     return summary

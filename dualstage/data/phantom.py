@@ -218,7 +218,6 @@ def generate(
     specs = plan_cases(n, seed, jpeg_share, lesion_contrast, subtle_share)
     bar = progress_iter(total=n, desc=f"phantom {layout} {size}px", unit="img", enabled=progress)
     if workers > 1:
-
         jobs = Parallel(n_jobs=workers, return_as="generator", batch_size=4)(
             delayed(_make_one)(s, out, size, layout, where) for s in specs
         )
@@ -254,7 +253,6 @@ def generate(
 def _read_back(out_dir: Path, row: pd.Series, layout: str, rle_rows: dict[str, list[str]]) -> tuple:
     """Image uint8 (H, W) and union mask bool (H, W) read from the written files."""
     if layout == "siim":
-
         ds = pydicom.dcmread(out_dir / row["path"])
         image = ds.pixel_array
         image = 255 - image if ds.PhotometricInterpretation == "MONOCHROME1" else image
@@ -354,10 +352,12 @@ def main(argv: list[str] | None = None) -> int:
         help="share of positives kept at the default look (contrast 1)",
     )
     ap.add_argument(
-        "--site", default=None, choices=sorted(SITES),
+        "--site",
+        default=None,
+        choices=sorted(SITES),
         help="a second hospital's look (exposure, contrast, noise, portrait size, MONOCHROME1, subtler "
         "lesions, support lines; dualstage/data/phantom_site.py); default: the source look",
-    )  # fmt: skip
+    )
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     ap.set_defaults(func=_generate_cmd)

@@ -300,15 +300,40 @@ def prepare(
         raise PrepareError(f"{rejected[0]['item']}: {rejected[0]['reason']}")
     with holding(out, "segment prepare"):  # nothing is written before the scan found the data
         limit = limits.resolve(max_pixels)
-        return _prepare_locked(data, out, sizes, layout, (items, rejected), strict, workers, n_folds, seed,
-                               progress, test_fraction, val_fraction, limit, t0)  # fmt: skip
+        return _prepare_locked(
+            data,
+            out,
+            sizes,
+            layout,
+            (items, rejected),
+            strict,
+            workers,
+            n_folds,
+            seed,
+            progress,
+            test_fraction,
+            val_fraction,
+            limit,
+            t0,
+        )
 
 
 def _prepare_locked(
-    data: Path, out: Path, sizes: list[int], layout: str, scanned: tuple, strict: bool, workers: int,
-    n_folds: int, seed: int, progress: bool, test_fraction: float, val_fraction: float, max_pixels: int,
+    data: Path,
+    out: Path,
+    sizes: list[int],
+    layout: str,
+    scanned: tuple,
+    strict: bool,
+    workers: int,
+    n_folds: int,
+    seed: int,
+    progress: bool,
+    test_fraction: float,
+    val_fraction: float,
+    max_pixels: int,
     t0: float,
-) -> dict:  # fmt: skip
+) -> dict:
     """:func:`prepare` once its options are checked, the data scanned and the output folder locked."""
     items, rejected = scanned
     out.mkdir(parents=True, exist_ok=True)

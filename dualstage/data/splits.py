@@ -19,7 +19,6 @@ from dualstage.config import PAPER_TEST_FRACTION, PAPER_VAL_FRACTION
 __all__ = ["make_splits", "read_folds", "inner_split"]
 
 
-
 def _group_keys(manifest: pd.DataFrame) -> pd.Series:
     """Patient id where known, else the image id (each image its own group)."""
     pid = manifest.get("patient_id", pd.Series("", index=manifest.index))

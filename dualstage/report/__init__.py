@@ -135,13 +135,20 @@ def _how(cmp: dict, op: OperatingPoints | None) -> str:
 
 def _per_fold_table(cmp: dict) -> Table:
     rows = [
-        {"Gate": cmp["gates"][k]["name"], "Mean Dice, mean over folds": f"{v['mean']:.3f}",
-         "sd": f"{v['sd']:.3f}", "Folds": v["n_folds"],
-         **{f"fold {f}": f"{x:.3f}" for f, x in v["folds"].items()}}
+        {
+            "Gate": cmp["gates"][k]["name"],
+            "Mean Dice, mean over folds": f"{v['mean']:.3f}",
+            "sd": f"{v['sd']:.3f}",
+            "Folds": v["n_folds"],
+            **{f"fold {f}": f"{x:.3f}" for f, x in v["folds"].items()},
+        }
         for k, v in cmp["per_fold"].items()
-    ]  # fmt: skip
-    return Table("per_fold", "Mean Dice per fold (each fold a test fold once): mean and sd over folds",
-                 pd.DataFrame(rows))  # fmt: skip
+    ]
+    return Table(
+        "per_fold",
+        "Mean Dice per fold (each fold a test fold once): mean and sd over folds",
+        pd.DataFrame(rows),
+    )
 
 
 def _comparison_section(
@@ -238,8 +245,9 @@ def _comparisons(
     try:
         if gates is None:
             raise FileNotFoundError("no cross-fitted gate table was asked for")
-        cross = guarded(lambda: compare_counts(gates(exp), resamples, seed, split="crossfit"),
-                        allow_partial, bad, None)  # fmt: skip
+        cross = guarded(
+            lambda: compare_counts(gates(exp), resamples, seed, split="crossfit"), allow_partial, bad, None
+        )
     except FileNotFoundError as exc:
         errors.append(f"cross-fitted view not run: {exc}")
     try:

@@ -128,8 +128,16 @@ def load_gates(exp_dir: str | Path) -> dict:
         gates.append(Gate(spec.key, gate_name(spec, rule), text, rule, inter, area, decision))
     frame = pset.index() if pset.exists() else pd.DataFrame()
     fold_model = sorted(frame["fold_model"].astype(str).unique().tolist()) if "fold_model" in frame else []
-    return gate_table(hist.image_id, true_area, n_pix, gates, skipped, op.chosen_on if op else None,
-                      fold_model, pred_set="test")  # fmt: skip
+    return gate_table(
+        hist.image_id,
+        true_area,
+        n_pix,
+        gates,
+        skipped,
+        op.chosen_on if op else None,
+        fold_model,
+        pred_set="test",
+    )
 
 
 def point_metrics(inter, pred_area, true_area, n_pixels) -> dict[str, float]:
@@ -219,8 +227,12 @@ def _per_fold(per_image: pd.DataFrame, keys: list[str]) -> dict:
     out = {}
     for key in keys:
         by = per_image.groupby("fold")[f"{key}_dice"].mean()
-        out[key] = {"mean": float(by.mean()), "sd": float(by.std(ddof=1)) if len(by) > 1 else float("nan"),
-                    "n_folds": int(len(by)), "folds": {str(k): float(v) for k, v in by.items()}}  # fmt: skip
+        out[key] = {
+            "mean": float(by.mean()),
+            "sd": float(by.std(ddof=1)) if len(by) > 1 else float("nan"),
+            "n_folds": int(len(by)),
+            "folds": {str(k): float(v) for k, v in by.items()},
+        }
     return out
 
 

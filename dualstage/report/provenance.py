@@ -82,8 +82,13 @@ def inputs_read(exp: Path, split: str) -> list[str]:
         return [*DATA, *HOLDOUT]
     d = ExperimentDir(exp)
     folds = [f"crossfit/fold_{k}/{f}" for k in d.crossfit_folds() for f in FOLD_FILES]
-    return [*DATA, "predictions/oof/histograms.npz", "predictions/oof/index.csv", *folds,
-            "crossfit/gate_thresholds.json"]  # fmt: skip
+    return [
+        *DATA,
+        "predictions/oof/histograms.npz",
+        "predictions/oof/index.csv",
+        *folds,
+        "crossfit/gate_thresholds.json",
+    ]
 
 
 def _gate_chosen_on(exp: Path, split: str) -> list[str]:

@@ -120,8 +120,10 @@ def _backbone_rows(exp: Path, notes: list[str]) -> tuple[dict | None, dict | Non
         return None, None
     op = OperatingPoints.read_or_none(ExperimentDir(exp).operating_point) if maps == HOLDOUT else None
     if maps == HOLDOUT and op is None:
-        notes.append(f"{exp.name}: Table 2's chosen operating point not available: "
-                     f"{ExperimentDir(exp).operating_point} missing; run `segment sweep`")  # fmt: skip
+        notes.append(
+            f"{exp.name}: Table 2's chosen operating point not available: "
+            f"{ExperimentDir(exp).operating_point} missing; run `segment sweep`"
+        )
     default_point = default_rule(configured_threshold(exp))
     default = _scores(test, default_point)
     row2 = {
@@ -219,8 +221,12 @@ def _cv_summary(exp: Path, notes: list[str]) -> pd.DataFrame | None:
     index = pd.read_csv(oof_dir / "index.csv", dtype={"image_id": str}) if oof is not None else None
     rows = []
     for fold in folds:
-        row = {"fold": fold, "inner_val_mean_dice": _kept_val_dice(exp / "segmenter" / fold, checkpoint),
-               "oof_mean_dice": np.nan, "n_oof": 0}  # fmt: skip
+        row = {
+            "fold": fold,
+            "inner_val_mean_dice": _kept_val_dice(exp / "segmenter" / fold, checkpoint),
+            "oof_mean_dice": np.nan,
+            "n_oof": 0,
+        }
         if oof is not None:
             keep = np.isin(oof.image_id, index.loc[index["fold_model"] == fold, "image_id"].to_numpy())
             if keep.any():

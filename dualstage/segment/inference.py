@@ -16,8 +16,13 @@ from dualstage.segment import models
 from dualstage.segment.checkpoint import inference_resolution, load_checkpoint
 
 __all__ = [
-    "LoadedModel", "select_models", "load_models", "probabilities", "autocast_context", "fold_batchnorm"
-]  # fmt: skip
+    "LoadedModel",
+    "select_models",
+    "load_models",
+    "probabilities",
+    "autocast_context",
+    "fold_batchnorm",
+]
 
 CHECKPOINTS = {"best": ("best.pt",), "last": ("last.pt",), "both": ("best.pt", "last.pt")}
 

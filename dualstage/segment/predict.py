@@ -316,7 +316,12 @@ def _index(rows: list[dict], table: pd.DataFrame, truth_rle: dict) -> pd.DataFra
 
 
 def _setup(
-    exp: ExperimentDir, loaded: dict, split: str | None, input_dir, strict: bool, max_pixels: int,
+    exp: ExperimentDir,
+    loaded: dict,
+    split: str | None,
+    input_dir,
+    strict: bool,
+    max_pixels: int,
     prepared: str | Path | None = None,
 ) -> dict:
     """The run's image table, model groups, rejected rows and truth (everything but the models);
@@ -331,8 +336,14 @@ def _setup(
         table, groups = split_jobs(split, exp, list(loaded), Path(prepared) if prepared else None)
         truth = read_rle_csv(Path(prepared or exp.prepared) / "masks.csv")
         truth_rle = dict(zip(truth["image_id"], truth["rle"], strict=True))
-    return {"table": table, "groups": groups, "rejected": rejected, "path_of": path_of, "truth": truth_rle,
-            "prepared": prepared or exp.prepared}  # fmt: skip
+    return {
+        "table": table,
+        "groups": groups,
+        "rejected": rejected,
+        "path_of": path_of,
+        "truth": truth_rle,
+        "prepared": prepared or exp.prepared,
+    }
 
 
 def _predict_groups(ctx: dict, loaded: dict, shard: Shard | None, label: str) -> tuple[list[dict], int]:
@@ -383,9 +394,20 @@ def predict(
         dtype = inference_dtype(precision, dev)  # an unknown choice fails before models load
         loaded = load_models(select_models(exp, only), checkpoint, dev)
         ctx = _setup(exp, loaded, split, input_dir, strict, limits.resolve(max_pixels), prepared)
-        ctx.update(exp=exp, pset=pset, info=ctx["table"].set_index("image_id"), batch_size=batch_size,
-                   workers=workers, device=dev, tta=tta, progress=progress, amp=autocast_context(dtype, dev),
-                   failed=set(), strict=strict, max_pixels=limits.resolve(max_pixels))  # fmt: skip
+        ctx.update(
+            exp=exp,
+            pset=pset,
+            info=ctx["table"].set_index("image_id"),
+            batch_size=batch_size,
+            workers=workers,
+            device=dev,
+            tta=tta,
+            progress=progress,
+            amp=autocast_context(dtype, dev),
+            failed=set(),
+            strict=strict,
+            max_pixels=limits.resolve(max_pixels),
+        )
         rows, done_now = _predict_groups(ctx, loaded, shard, split or "input")
         if shard is not None:  # one share: the shards command records it; the merge writes the files
             return {"rows": rows, "failed": sorted(ctx["failed"]), "predicted_now": done_now}

@@ -42,9 +42,24 @@ from dualstage.core.progress import progress as progress_iter
 from dualstage.core.tolerance import TOL, tied_mask
 from dualstage.data.annotations import masks_from_rows, read_rle_csv
 
-__all__ = ["run_sweep", "find_sets", "selection_set", "lcc_sweep", "truth_from_rle_csv", "sweep_tables",
-           "write_tables", "choose_rules", "score_rules", "best_rule", "make_grids", "grid_record", "COARSE",
-           "GRID", "FINE", "MIN_AREAS"]  # fmt: skip
+__all__ = [
+    "run_sweep",
+    "find_sets",
+    "selection_set",
+    "lcc_sweep",
+    "truth_from_rle_csv",
+    "sweep_tables",
+    "write_tables",
+    "choose_rules",
+    "score_rules",
+    "best_rule",
+    "make_grids",
+    "grid_record",
+    "COARSE",
+    "GRID",
+    "FINE",
+    "MIN_AREAS",
+]
 
 COARSE = np.round(np.arange(1, 10) / 10, 2)  # the paper's Table 3 rows (reported, never chosen on)
 GRID = np.round(np.arange(1, 50) * 0.02, 2)  # THE threshold grid of every tuned pixel rule
@@ -266,8 +281,14 @@ def make_grids(
     """The searched grids as float arrays; ``thresholds`` is the one grid of every tuned pixel rule
     (``fine``, ``tops`` and ``bottoms`` are that same array)."""
     grid = np.asarray(thresholds, dtype=np.float64)
-    values = {"coarse": thresholds_coarse, "fine": grid, "min_areas": min_areas, "tops": grid,
-              "bottoms": grid, "lcc": lcc_thresholds}  # fmt: skip
+    values = {
+        "coarse": thresholds_coarse,
+        "fine": grid,
+        "min_areas": min_areas,
+        "tops": grid,
+        "bottoms": grid,
+        "lcc": lcc_thresholds,
+    }
     return {k: np.asarray(v, dtype=np.float64) for k, v in values.items()}
 
 

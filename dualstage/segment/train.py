@@ -195,8 +195,7 @@ def collapse_on_validation(log_csv: Path, checkpoint: str) -> dict:
     bad = metrics.collapsed_on_validation(pos, neg)
     epoch = int(row["epoch"])
     why = f"validation positive-case Dice {pos:.3f}, negative-case {neg:.3f} at kept epoch {epoch}"
-    return {"epoch": epoch, "pos_dice": pos, "neg_dice": neg, "collapsed": bad,
-            "why": why if bad else ""}  # fmt: skip
+    return {"epoch": epoch, "pos_dice": pos, "neg_dice": neg, "collapsed": bad, "why": why if bad else ""}
 
 
 def train(
