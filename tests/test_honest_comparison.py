@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from dualstage.artifacts.layout import ExperimentDir
+from dualstage.artifacts.prediction_set import check_input_set_name
 from dualstage.classify.gate import choose_gate
 from dualstage.core import gating
 from dualstage.core.metrics import collapsed_on_validation
@@ -17,7 +18,7 @@ from dualstage.core.tolerance import plateau_middle
 from dualstage.crossfit.collapse import collapse_check
 from dualstage.report.compare import Gate, compare_counts, gate_table
 from dualstage.report.outcomes import outcomes, same_masks, vacuous_folds
-from dualstage.segment.predict import check_input_set_name, refuse_seen
+from dualstage.segment.predict import refuse_seen
 from dualstage.segment.train import collapse_on_validation
 
 THR = {"rule": "threshold", "threshold": 0.5}

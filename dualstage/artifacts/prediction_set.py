@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,7 @@ from dualstage.core.io import (
     write_png_atomic,
 )
 
-__all__ = ["PredictionSet", "INDEX_COLUMNS"]
+__all__ = ["PredictionSet", "INDEX_COLUMNS", "SPLITS", "check_input_set_name", "find_sets"]
 
 INDEX_COLUMNS = (
     "image_id",
@@ -191,3 +192,35 @@ class PredictionSet:
             )
         counts = np.stack(gating.rule_counts(hist.hist, hist.height, hist.width, rule), axis=1)
         return counts[pos.to_numpy(dtype=np.int64)]
+
+
+SPLITS = ("oof", "val", "test", "all")  # the set names the pipeline owns
+
+
+def check_input_set_name(name: str) -> str:
+    """``name`` for a set of new images; ValueError when the pipeline owns it (a split such as
+    ``oof`` or ``test``, or a name derived from one such as ``oof_fold_0`` / ``test_fold_3``)."""
+    if name in SPLITS or any(name.startswith(f"{s}_") for s in SPLITS):
+        raise ValueError(
+            f"--set {name!r}: the pipeline owns this set name ({', '.join(SPLITS)} and names starting "
+            "with them); give new images their own name, e.g. --set new"
+        )
+    return name
+
+
+def find_sets(pred_root: str | Path) -> dict[str, int]:
+    """{set name: number of images with truth} for every prediction set folder under ``pred_root``."""
+    root = Path(pred_root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: predictions folder not found")
+    sets = {}
+    for d in sorted(p for p in root.iterdir() if p.is_dir()):
+        if (d / "histograms.npz").is_file():
+            try:
+                with np.load(d / "histograms.npz", allow_pickle=False) as z:
+                    sets[d.name] = int(z["image_id"].shape[0]) if "image_id" in z.files else 0
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+                raise ValueError(f"{d / 'histograms.npz'}: unreadable histograms file: {exc}") from None
+        elif (d / "index.csv").is_file() or (d / "maps").is_dir():
+            sets[d.name] = 0
+    return sets

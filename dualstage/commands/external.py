@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from dualstage.artifacts.operating_points import configured_threshold
+from dualstage.artifacts.prediction_set import check_input_set_name
 from dualstage.classify.features import extract_features
 from dualstage.commands.experiment import open_experiment
 from dualstage.config import Experiment
@@ -32,7 +33,7 @@ from dualstage.report import build_report
 from dualstage.report.document import markdown_table
 from dualstage.report.external import transfer_frame
 from dualstage.report.readme import LABELS
-from dualstage.segment.predict import check_input_set_name, predict
+from dualstage.segment.predict import predict
 
 __all__ = ["run_external", "check_set_name"]
 

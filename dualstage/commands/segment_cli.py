@@ -11,6 +11,7 @@ import json
 import os
 import sys
 
+from dualstage.artifacts.prediction_set import check_input_set_name
 from dualstage.artifacts.shard_records import parse_shard, torchrun_shard
 from dualstage.commands.experiment import (
     add_experiment_argument,
@@ -27,7 +28,7 @@ from dualstage.config import override
 from dualstage.core.cli import run_cli
 from dualstage.crossfit.deploy import fold_set_names
 from dualstage.segment.evaluate import evaluate
-from dualstage.segment.predict import check_input_set_name, predict
+from dualstage.segment.predict import predict
 from dualstage.segment.train import train
 
 

@@ -35,9 +35,9 @@ from dualstage.crossfit.external import (
     study_masks,
     usable_gates,
 )
+from dualstage.data.annotations import truth_from_rle_csv
 from dualstage.data.spacing import grid_pixel_mm2
 from dualstage.data.splits import read_folds
-from dualstage.segment.sweep import truth_from_rle_csv
 
 __all__ = ["evaluate_set", "load_set"]
 

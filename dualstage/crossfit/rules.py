@@ -15,6 +15,7 @@ from dualstage.artifacts.prediction_set import PredictionSet
 from dualstage.config import Experiment
 from dualstage.core import gating
 from dualstage.core.progress import progress as progress_iter
+from dualstage.data.annotations import truth_from_rle_csv
 from dualstage.data.splits import read_folds
 from dualstage.segment.sweep import (
     best_rule,
@@ -23,7 +24,6 @@ from dualstage.segment.sweep import (
     make_grids,
     score_rules,
     sweep_tables,
-    truth_from_rle_csv,
     write_tables,
 )
 

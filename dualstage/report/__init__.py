@@ -16,7 +16,6 @@ with a main model, the papers' holdout view on the ``test`` split follows as a s
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,7 +30,6 @@ from dualstage.core.tolerance import GATE_TIE_RULE
 from dualstage.report import figures as F
 from dualstage.report.compare import compare, compare_counts
 from dualstage.report.document import (
-    Code,
     Figure,
     Note,
     Paragraph,
@@ -44,7 +42,7 @@ from dualstage.report.external import external_sections
 from dualstage.report.gallery import gallery as draw_gallery
 from dualstage.report.html import render_html
 from dualstage.report.partial import bad_rows, banner, guarded, partial_fields, stop_unless_partial
-from dualstage.report.provenance import provenance
+from dualstage.report.provenance import provenance, provenance_section
 from dualstage.report.summary import summary_json, threshold_table
 from dualstage.report.tables import comparison_display, comparison_frame, paper_tables, rules_method
 
@@ -193,45 +191,6 @@ def _comparison_section(
     return sec
 
 
-def _provenance_section(prov: dict) -> Section:
-    n = prov["numbers"]
-    rows = [
-        ("split", n["split"]),
-        ("studies scored", n["n_images"]),
-        ("model", n["model"]),
-        ("operating points chosen on", n["operating_points_chosen_on"]),
-        ("classifier threshold chosen on", ", ".join(n["classifier_threshold_chosen_on"]) or "-"),
-        ("bootstrap", n["bootstrap"]),
-        *((f"sha256 {k}", v or "missing") for k, v in prov["inputs_sha256"].items()),
-        ("report generated (UTC)", prov["generated"]),
-        *((f"modified (UTC) {k}", v) for k, v in prov["dates"].items()),
-        ("segmenter models", ", ".join(prov["segmenter_models"]) or "-"),
-        ("report libraries", ", ".join(f"{k} {v}" for k, v in prov["report_versions"].items() if v)),
-        (
-            "training libraries",
-            ", ".join(f"{k} {v}" for k, v in (prov["training_versions"] or {}).items()) or "-",
-        ),
-    ]
-    frame = pd.DataFrame(rows, columns=["Item", "Value"]).astype(str)
-    sec = Section("Provenance", [Table("provenance", "Where the numbers come from", frame)])
-    if prov.get("normalisation"):
-        sec.blocks.append(Paragraph(prov["normalisation"]))
-    if prov["configs_differ_from_first"]:
-        sec.blocks.append(
-            Note(
-                "resolved configs differ from the first model's in: "
-                + "; ".join(prov["configs_differ_from_first"])
-            )
-        )
-    if prov["config"] is not None:
-        sec.blocks.append(
-            Code("Resolved config (segmenter/*/config.json)", json.dumps(prov["config"], indent=2))
-        )
-    else:
-        sec.blocks.append(Note("not run: no segmenter/*/config.json"))
-    return sec
-
-
 def _comparisons(
     exp: Path, resamples: int, seed: int, allow_partial: bool, bad: list[str], gates: Callable | None
 ) -> tuple[dict | None, dict | None, str | None]:
@@ -371,7 +330,7 @@ def _write_report(exp: Path, out: Path, op, views: tuple, settings: tuple, bad: 
         Section("The papers' tables", [*tables, *(Note(n) for n in eval_notes)]),
         Section("Figures", figs),
         Section("Gallery: where the gates disagree", [gal]),
-        _provenance_section(prov),
+        provenance_section(prov),
     ]
     _write_summary(exp, out, cmp, holdout, bad, ext_summary)
     title = f"dualstage report: {exp.name}" + (" (PARTIAL: an input is bad)" if bad else "")

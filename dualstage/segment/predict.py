@@ -28,7 +28,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from dualstage.artifacts.layout import ExperimentDir
-from dualstage.artifacts.prediction_set import PredictionSet
+from dualstage.artifacts.prediction_set import SPLITS, PredictionSet
 from dualstage.artifacts.shard_records import Shard, shard_jobs
 from dualstage.core import rle
 from dualstage.core.locks import holding
@@ -37,8 +37,7 @@ from dualstage.data import limits
 from dualstage.data.annotations import read_rle_csv
 from dualstage.data.dataset import load_split_table
 from dualstage.data.ids import check_image_id
-from dualstage.data.images import image_shape, is_dicom_file, read_image_file
-from dualstage.data.layouts import IMAGE_EXTS
+from dualstage.data.images import find_images, image_id_of, image_shape, read_image_file
 from dualstage.data.prepare import load_cached_image
 from dualstage.runtime.distributed import pick_device
 from dualstage.runtime.precision import inference_dtype, precision_name
@@ -52,16 +51,11 @@ from dualstage.segment.inference import (
 
 __all__ = [
     "predict",
-    "SPLITS",
-    "check_input_set_name",
     "refuse_seen",
     "seen_studies",
     "maps_on_grids",
-    "find_images",
-    "image_id_of",
 ]
 
-SPLITS = ("oof", "val", "test", "all")
 Jobs = list[tuple[list[str], list[str]]]  # [(model names, image ids)]
 
 
@@ -143,17 +137,6 @@ def split_jobs(
     raise ValueError(f"--split {split!r}: expected one of {', '.join(SPLITS)}")
 
 
-def check_input_set_name(name: str) -> str:
-    """``name`` for a set of new images; ValueError when the pipeline owns it (a split such as
-    ``oof`` or ``test``, or a name derived from one such as ``oof_fold_0`` / ``test_fold_3``)."""
-    if name in SPLITS or any(name.startswith(f"{s}_") for s in SPLITS):
-        raise ValueError(
-            f"--set {name!r}: the pipeline owns this set name ({', '.join(SPLITS)} and names starting "
-            "with them); give new images their own name, e.g. --set new"
-        )
-    return name
-
-
 def seen_studies(exp: ExperimentDir, model: str, ids: list[str]) -> int:
     """How many of ``ids`` model ``model`` trained on or chose its epoch on (its ``split.json``)."""
     path = exp.segmenter / model / "split.json"
@@ -178,40 +161,6 @@ def refuse_seen(exp: ExperimentDir, models: list[str], ids: list[str], what: str
             "number; use --split oof (every study by the fold model that never saw it) or --folds with "
             "models that never saw these studies (e.g. main)"
         )
-
-
-def _in_folder(folder: Path) -> list[Path]:
-    """Image files under ``folder``: DICOM / PNG / JPEG names, and DICOM files of a study or series
-    folder named without those extensions (the 'DICM' marker; DICOMDIR indexes are left out)."""
-    found = []
-    for p in sorted(folder.rglob("*")):
-        if not p.is_file() or p.name.upper() == "DICOMDIR" or p.name.startswith("."):
-            continue
-        if p.suffix.lower() in IMAGE_EXTS or is_dicom_file(p):
-            found.append(p)
-    return found
-
-
-def find_images(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
-    """The image files of ``inputs``: files as given, folders searched recursively (duplicates once).
-
-    FileNotFoundError naming a path that does not exist, or saying no image was found."""
-    items = [inputs] if isinstance(inputs, str | Path) else list(inputs)
-    paths: dict[Path, None] = {}
-    for item in map(Path, items):
-        if not item.exists():
-            raise FileNotFoundError(f"--input {item}: no such file or folder")
-        for p in [item] if item.is_file() else _in_folder(item):
-            paths.setdefault(p, None)
-    if not paths:
-        names = ", ".join(map(str, items))
-        raise FileNotFoundError(f"--input {names}: no DICOM/PNG/JPEG images found")
-    return list(paths)
-
-
-def image_id_of(path: Path) -> str:
-    """A file's image id: its name without a DICOM / PNG / JPEG extension."""
-    return path.stem if path.suffix.lower() in IMAGE_EXTS else path.name
 
 
 def input_jobs(
