@@ -1,8 +1,6 @@
 """``python -m dualstage``: its parsers and steps are :mod:`dualstage.commands.main`."""
 
-import sys
-
 from dualstage.commands.main import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -69,7 +69,6 @@ def package_version() -> str:
 
 def _read_source(source: Path):
     """The source header (no pixels), with empty Type 2 patient / study attributes it lacks."""
-
     try:
         ds = pydicom.dcmread(source, stop_before_pixels=True)
     except InvalidDicomError:  # no preamble / file meta: as the readers do
@@ -87,7 +86,6 @@ def _read_source(source: Path):
 def _clean_dates(ds) -> None:
     """Old ACR-NEMA separators ('14:04:38', '1993.02.18') removed from the dates and times the
     SEG copies; a value that still does not parse becomes empty (they are Type 2)."""
-
     for keyword, kind, seps in (
         ("StudyDate", DA, "-./"),
         ("PatientBirthDate", DA, "-./"),
@@ -133,7 +131,6 @@ def _frames(ds, mask: np.ndarray, frame: int) -> np.ndarray:
 
 def _uid(*parts: object) -> str:
     """A UID determined by ``parts`` (the same SEG content gets the same UIDs on a rerun)."""
-
     return generate_uid(entropy_srcs=[str(p) for p in parts])
 
 

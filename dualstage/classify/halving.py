@@ -251,7 +251,6 @@ def _table(candidates: Sequence[dict], scores: np.ndarray, sizes: list[int], eta
 def halving_like_random(X, y, folds, dims, scoring_parts, make, n_iter, seed, eta=3, min_rounds=10):
     """``random_search``'s (search, default-parameter CV scores, seconds) by successive halving:
     same candidates, folds (n,), scoring (``scorer_for``'s parts) and base estimator ``make()``."""
-
     scorer, fit_params, ctx, _ = scoring_parts
     est = make()
     base = {"seed": est.random_state, "max_bin": est.max_bin, "device": est.device, "threads": est.n_jobs}

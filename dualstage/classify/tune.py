@@ -214,6 +214,21 @@ def check_labels(y: np.ndarray, folds: np.ndarray, source: str) -> tuple[int, in
     return n_pos, n_neg
 
 
+def _data_record(y: np.ndarray, folds: np.ndarray, names: np.ndarray, n_pos: int, n_neg: int) -> dict:
+    """The training rows in numbers: per-fold sizes and positives, rows, classes, features."""
+    sizes = [
+        {"fold": int(f), "n": int((folds == f).sum()), "n_pos": int(y[folds == f].sum())}
+        for f in np.unique(folds)
+    ]
+    return {
+        "fold_sizes": sizes,
+        "n_rows": int(y.size),
+        "n_pos": n_pos,
+        "n_neg": n_neg,
+        "n_features": int(names.size),
+    }
+
+
 def tune(
     exp_dir: str | Path,
     out_dir: str | Path | None = None,
@@ -268,51 +283,29 @@ def tune(
     write_json_atomic(out / "feature_names.json", names.tolist())
     _save_search(out, search.cv_results_, dims)
     test_metrics = table2(exp, out, names, {"default": default, "tuned": tuned})
-    fold_sizes = [
-        {"fold": int(f), "n": int((folds == f).sum()), "n_pos": int(y[folds == f].sum())}
-        for f in np.unique(folds)
-    ]
+    settings = {"scoring": scoring, "rule": scoring_parts[3], "n_iter": n_iter, "seed": seed}
+    settings.update(n_jobs=n_jobs, threads=xgb_jobs, device=device, max_bin=max_bin)
     run = {
-        "scoring": scoring,
-        "rule": scoring_parts[3],
-        "n_iter": n_iter,
-        "seed": seed,
-        "n_jobs": n_jobs,
-        "threads": xgb_jobs,
-        "device": device,
-        "max_bin": max_bin,
+        **settings,
+        **_data_record(y, folds, names, n_pos, n_neg),
         "base_device": make().device,
         "search": kind,
         "features": read_settings(oof_dir),
-        "fold_sizes": fold_sizes,
-        "n_rows": int(y.size),
-        "n_pos": n_pos,
-        "n_neg": n_neg,
-        "n_features": int(names.size),
         "search_seconds": search_seconds,
         "start": start,
     }
     params = _params_record(search, default_cv, dims, run)
     write_json_atomic(out / "params.json", params)
-    metrics = {
-        "threshold": 0.5,
-        "test": test_metrics,
-        "cv": {"scoring": scoring, "default": params["default_cv_score"], "tuned": params["best_cv_score"]},
-        "paper_table2": PAPER_TABLE2,
-        "paper_table2_columns": ["precision", "recall", "f1"],
-    }
-    write_json_atomic(out / "metrics.json", metrics)
-    return {
-        "out_dir": str(out),
-        "best_params": params["best_params"],
-        "best_cv_score": params["best_cv_score"],
-        "default_cv_score": params["default_cv_score"],
-        "test": test_metrics
-        if isinstance(test_metrics, str)
-        else {k: v["roc_auc"] for k, v in test_metrics.items()},
-        "search_seconds": params["search_seconds"],
-        "seconds": params["seconds"],
-    }
+    cv = {"scoring": scoring, "default": params["default_cv_score"], "tuned": params["best_cv_score"]}
+    metrics = {"threshold": 0.5, "test": test_metrics, "cv": cv, "paper_table2": PAPER_TABLE2}
+    write_json_atomic(
+        out / "metrics.json", {**metrics, "paper_table2_columns": ["precision", "recall", "f1"]}
+    )
+    keys = ("best_params", "best_cv_score", "default_cv_score", "search_seconds", "seconds")
+    aucs = (
+        test_metrics if isinstance(test_metrics, str) else {k: v["roc_auc"] for k, v in test_metrics.items()}
+    )
+    return {"out_dir": str(out), **{k: params[k] for k in keys}, "test": aucs}
 
 
 def _params_record(search, default_cv, dims: dict, run: dict) -> dict:

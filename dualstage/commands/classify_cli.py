@@ -33,7 +33,6 @@ from dualstage.crossfit.final import crossfit_final
 
 
 def _features(args: argparse.Namespace) -> int:
-
     if args.shard is not None:
         parse_shard(args.shard)  # a bad --shard fails before anything is loaded
     exp = with_max_pixels(open_experiment(args.exp), args.max_pixels)
@@ -68,7 +67,6 @@ def _features(args: argparse.Namespace) -> int:
 
 def _with_fold_sets(exp, name: str) -> list[str]:
     """``[name]``, or its per-fold sets ``<name>_fold_<k>`` when new images went through every fold."""
-
     if exp.dir.prediction_set(name).is_dir():
         return [name]
     per_fold = list(fold_set_names(exp.dir, name).values())
@@ -76,7 +74,6 @@ def _with_fold_sets(exp, name: str) -> list[str]:
 
 
 def _tune(args: argparse.Namespace) -> int:
-
     exp = override(
         open_experiment(args.exp),
         "tune",
@@ -118,7 +115,6 @@ def steps_crossfit_only(exp) -> bool:
 
 
 def _gate(args: argparse.Namespace) -> int:
-
     exp = open_experiment(args.exp)
     modes = list(exp.gate.modes) if args.mode in (None, "both") else [args.mode]
     if args.action == "fit" and steps_crossfit_only(exp):

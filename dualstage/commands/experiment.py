@@ -131,7 +131,6 @@ def add_max_pixels_argument(parser: argparse.ArgumentParser) -> None:
 
 def with_max_pixels(exp: Experiment, value: int | None) -> Experiment:
     """``exp`` with ``data.max_pixels`` overridden by ``--max-pixels`` (when given), in force here."""
-
     exp = override(exp, "data", max_pixels=value)
     set_max_pixels(exp.data.max_pixels)
     return exp

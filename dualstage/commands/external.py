@@ -16,6 +16,7 @@ Steps (each resumable; finished work is skipped):
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -23,12 +24,12 @@ from dualstage.artifacts.operating_points import configured_threshold
 from dualstage.artifacts.prediction_set import check_input_set_name
 from dualstage.classify.features import extract_features
 from dualstage.commands.experiment import open_experiment
+from dualstage.commands.steps import predict_options, prepare_data
 from dualstage.config import Experiment
 from dualstage.crossfit.compare import crossfit_gates
 from dualstage.crossfit.external import AREA_MODES, Pipeline, deployed_pipelines
 from dualstage.crossfit.external_eval import evaluate_set
 from dualstage.data.ids import check_image_id
-from dualstage.data.prepare import prepare
 from dualstage.report import build_report
 from dualstage.report.document import markdown_table
 from dualstage.report.external import transfer_frame
@@ -45,44 +46,23 @@ def check_set_name(name: str) -> str:
 
 
 def _prepare(exp: Experiment, data: Path, name: str, opts: dict, progress: bool) -> str:
-
-    d = exp.data
-    s = prepare(
-        data,
-        exp.dir.external_prepared(name),
-        sizes=d.sizes,
-        layout=opts["layout"],
-        annotations=opts["annotations"],
-        workers=d.workers,
-        n_folds=opts["folds"] or d.n_folds,
-        seed=d.split_seed,
-        progress=progress,
-    )
+    d = dataclasses.replace(exp.data, layout=opts["layout"], annotations=opts["annotations"])
+    d = dataclasses.replace(d, n_folds=opts["folds"] or d.n_folds)
+    s = prepare_data(data, exp.dir.external_prepared(name), d, False, progress)
     return f"{s['images']} studies ({s['positive']} positive, {s['rejected']} rejected), layout {s['layout']}"
 
 
 def _predict(exp: Experiment, name: str, pipes: list[Pipeline], progress: bool) -> str:
-
-    p, parts = exp.predict, []
+    parts, prepared = [], exp.dir.external_prepared(name)
     for pipe in pipes:
-        s = predict(
-            exp.folder,
-            exp.dir.prediction_set(pipe.set_name(name)),
-            split="all",
-            only=[pipe.name],
-            checkpoint=p.checkpoint or exp.train.checkpoint,
-            batch_size=p.batch_size,
-            workers=p.workers,
-            progress=progress,
-            precision=p.precision,
-            prepared=exp.dir.external_prepared(name),
-        )
+        out = exp.dir.prediction_set(pipe.set_name(name))
+        opts = {"split": "all", "only": [pipe.name], "progress": progress, "prepared": prepared}
+        s = predict(exp.folder, out, **opts, **predict_options(exp))
         parts.append(f"{pipe.name} {s['predicted_now']} new")
     return ", ".join(parts)
 
 
 def _features(exp: Experiment, name: str, pipes: list[Pipeline], progress: bool) -> str:
-
     f, parts = exp.features, []
     if not all((pipe.classifier / "model.ubj").is_file() for pipe in pipes):
         return "no classifier: classifier gates not scored"
@@ -103,7 +83,6 @@ def _features(exp: Experiment, name: str, pipes: list[Pipeline], progress: bool)
 
 
 def _report(exp: Experiment, name: str) -> tuple[str, dict]:
-
     r = exp.report
     res = build_report(
         exp.folder, resamples=r.resamples, seed=r.seed, gallery=r.gallery, gates=crossfit_gates

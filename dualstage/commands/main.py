@@ -20,13 +20,11 @@ from dualstage.core.cli import run_cli
 
 
 def _run(args: argparse.Namespace) -> int:
-
     run_pipeline(args.experiment, steps=args.steps, data=args.data)
     return 0
 
 
 def _predict(args: argparse.Namespace) -> int:
-
     exp = args.exp
     if Path(exp).suffix.lower() in (".yaml", ".yml"):
         exp = load_experiment(exp).folder
@@ -38,7 +36,6 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _external(args: argparse.Namespace) -> int:
-
     run_external(
         args.exp,
         args.data,
@@ -53,7 +50,6 @@ def _external(args: argparse.Namespace) -> int:
 
 
 def _external_parser(sub) -> None:
-
     p = sub.add_parser("external", help="validate a trained experiment on another annotated dataset")
     add_experiment_argument(p)
     p.add_argument("--data", required=True, help="the external dataset folder (any layout prepare reads)")
@@ -67,7 +63,6 @@ def _external_parser(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-
     parser = argparse.ArgumentParser(
         prog="python -m dualstage",
         description=steps_doc,

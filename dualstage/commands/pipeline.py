@@ -43,7 +43,6 @@ def _data(exp: Experiment) -> str:
 
 
 def _train(exp: Experiment) -> str:
-
     runs = []
     for fold in {"main": ["main"], "all": ["all"], "both": ["main", "all"]}[exp.train.folds]:
         resume = any(exp.dir.segmenter.glob("*/last.pt"))
@@ -73,7 +72,6 @@ def _sweep(exp: Experiment) -> str:
 
 
 def _evaluate(exp: Experiment) -> str:
-
     return f"tables in {evaluate([exp.folder])['out']}"
 
 
@@ -107,7 +105,6 @@ def _gate(exp: Experiment) -> str:
 
 
 def _report(exp: Experiment) -> str:
-
     r = exp.report
     res = build_report(
         exp.folder, resamples=r.resamples, seed=r.seed, gallery=r.gallery, gates=crossfit_gates

@@ -13,7 +13,6 @@ from dualstage.report import build_report
 
 
 def _report(args: argparse.Namespace) -> int:
-
     exp = open_experiment(args.exp)
     r = override(exp, "report", resamples=args.resamples, seed=args.seed, gallery=args.gallery).report
     res = build_report(

@@ -23,7 +23,13 @@ from dualstage.commands.experiment import (
     with_max_pixels,
 )
 from dualstage.commands.shards import dispatch
-from dualstage.commands.steps import prepare_experiment, prepare_folder, sweep_experiment
+from dualstage.commands.steps import (
+    predict_options,
+    prepare_experiment,
+    prepare_folder,
+    sweep_experiment,
+    with_data_flags,
+)
 from dualstage.config import override
 from dualstage.core.cli import run_cli
 from dualstage.crossfit.deploy import fold_set_names
@@ -33,21 +39,9 @@ from dualstage.segment.train import train
 
 
 def _prepare(args: argparse.Namespace) -> int:
-
     if args.exp:
         exp = with_max_pixels(open_experiment(args.exp, data=args.data), args.max_pixels)
-        exp = override(
-            exp,
-            "data",
-            sizes=args.sizes,
-            layout=args.layout,
-            annotations=args.annotations,
-            workers=args.workers,
-            n_folds=args.folds,
-            split_seed=args.seed,
-            test_fraction=args.test_fraction,
-            val_fraction=args.val_fraction,
-        )
+        exp = with_data_flags(exp, args)
         record_experiment(exp)
         summary = prepare_experiment(exp, strict=args.strict, progress=not args.no_progress)
         out = exp.dir.prepared
@@ -63,7 +57,6 @@ def _prepare(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-
     exp = open_experiment(args.exp)
     record_experiment(exp)
     fold = args.fold or {"main": "main", "all": "all", "both": "main"}[exp.train.folds]
@@ -90,13 +83,12 @@ def default_set_name(split: str | None, folds: list[str] | None, name: str | Non
 
 
 def _predict(args: argparse.Namespace) -> int:
-
     if args.shard is not None:
         parse_shard(args.shard)  # a bad --shard fails before anything is loaded
     if args.input and args.set:
         check_input_set_name(args.set)
     exp = with_max_pixels(open_experiment(args.exp), args.max_pixels)
-    p = override(
+    exp = override(
         exp,
         "predict",
         tta=args.tta or None,
@@ -104,14 +96,14 @@ def _predict(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         workers=args.workers,
         precision=args.precision,
-    ).predict
+    )
     if args.input and not args.out and not args.folds and _crossfit_only(exp):
         if args.shard or args.merge or torchrun_shard():
             raise ValueError(
                 "--shard/--merge/torchrun with new images of a cross-fitted experiment: "
                 "name one model (--folds fold_K) or --out, one set per run"
             )
-        return _predict_per_fold(exp, args, p)
+        return _predict_per_fold(exp, args)
     out = args.out or exp.dir.prediction_set(default_set_name(args.split, args.folds, args.set))
     only = args.folds
     if only is None and args.split in ("val", "test") and exp.train.folds in ("main", "both"):
@@ -123,16 +115,11 @@ def _predict(args: argparse.Namespace) -> int:
             out=out,
             split=args.split,
             input_dir=args.input,
-            tta=p.tta,
-            checkpoint=p.checkpoint or exp.train.checkpoint,
-            batch_size=p.batch_size,
-            workers=p.workers,
             device=args.device,
             progress=not args.no_progress,
             only=only,
             strict=args.strict,
-            precision=p.precision,
-            max_pixels=exp.data.max_pixels,
+            **predict_options(exp),
         ),
         shard=args.shard,
         merge=args.merge,
@@ -151,33 +138,21 @@ def _crossfit_only(exp) -> bool:
     return bool(exp.dir.crossfit_folds()) and "main" not in trained
 
 
-def _predict_per_fold(exp, args: argparse.Namespace, p) -> int:
+def _predict_per_fold(exp, args: argparse.Namespace) -> int:
     """``--input`` in a cross-fitted experiment: one map set per fold model, ``<set>_fold_<k>``."""
-
     name = args.set or "input"
     results = {}
     for k, set_name in fold_set_names(exp.dir, name).items():
+        out = exp.dir.prediction_set(set_name)
+        opts = {"device": args.device, "progress": not args.no_progress, "strict": args.strict}
         results[set_name] = predict(
-            exp.folder,
-            exp.dir.prediction_set(set_name),
-            input_dir=args.input,
-            tta=p.tta,
-            checkpoint=p.checkpoint or exp.train.checkpoint,
-            batch_size=p.batch_size,
-            workers=p.workers,
-            device=args.device,
-            progress=not args.no_progress,
-            only=[f"fold_{k}"],
-            strict=args.strict,
-            precision=p.precision,
-            max_pixels=exp.data.max_pixels,
+            exp.folder, out, input_dir=args.input, only=[f"fold_{k}"], **opts, **predict_options(exp)
         )
     print(json.dumps(results, indent=2))
     return 0
 
 
 def _sweep(args: argparse.Namespace) -> int:
-
     exp = override(open_experiment(args.exp), "sweep", select_on=args.select_on, lcc=args.lcc or None)
     summary = sweep_experiment(exp, progress=not args.no_progress)
     print(json.dumps(summary, indent=2, default=str))
@@ -185,7 +160,6 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-
     folders = [open_experiment(e).folder for e in args.exp]
     summary = evaluate(folders, out=args.out)
     print(summary["text"])

@@ -78,7 +78,6 @@ def _remove(records: list[dict]) -> None:
 # -- segment predict ------------------------------------------------------------------------------
 def _model_files(run: dict) -> dict[str, list]:
     """{checkpoint path: [size, mtime_ns]} of the models a predict run uses (its identity)."""
-
     out = {}
     for folder in select_models(ExperimentDir(run["exp_dir"]), run["only"]).values():
         for name in CHECKPOINTS.get(run["checkpoint"], ()):
@@ -111,7 +110,6 @@ def _predict_run(kwargs: dict) -> dict:
 @_locked("segment predict --shard", shared=True)
 def predict_shard(shard: Shard, out: str | Path, **kwargs) -> dict:
     """``segment predict`` of one shard into ``out`` (maps, hists) plus its record; its summary."""
-
     t0, run = time.perf_counter(), _predict_run(kwargs)  # the models it is about to use
     summary = predict(out=out, shard=shard, **kwargs)
     summary["ids"] = [r["image_id"] for r in summary.pop("rows")] + summary["failed"]
@@ -136,7 +134,6 @@ def predict_shard(shard: Shard, out: str | Path, **kwargs) -> dict:
 
 def _predict_ids(run: dict) -> tuple[list[str], set[str]]:
     """(every id a predict run covers, the ids with truth), recomputed from the experiment."""
-
     exp = ExperimentDir(run["exp_dir"])
     names = list(select_models(exp, run["only"]))
     if run["input_dir"] is not None:
@@ -149,7 +146,6 @@ def _predict_ids(run: dict) -> tuple[list[str], set[str]]:
 @_locked("segment predict --merge")
 def merge_predict(out: str | Path, device: str = "auto", progress: bool = False, workers: int = 0) -> dict:
     """Merge the shards of a predict run in ``out``: the set's files as one process writes them."""
-
     t0, pset = time.perf_counter(), PredictionSet(out)
     records = read_records(out, "predict")
     run = records[0]["run"]
@@ -183,7 +179,6 @@ def merge_predict(out: str | Path, device: str = "auto", progress: bool = False,
 # -- classify features ----------------------------------------------------------------------------
 def _features_run(pred_dir: str | Path, kwargs: dict) -> dict:
     """The settings every shard of one features run shares (the batch size too: the shares are batches)."""
-
     pset = PredictionSet(pred_dir)
     prepared = kwargs.get("prepared")
     return {
@@ -204,7 +199,6 @@ def _features_run(pred_dir: str | Path, kwargs: dict) -> dict:
 @_locked("classify features --shard", shared=True, folder="out_dir")
 def features_shard(shard: Shard, pred_dir: str | Path, out_dir: str | Path, **kwargs) -> dict:
     """``classify features`` of one shard (``parts/``) plus its record; its summary."""
-
     t0, run = time.perf_counter(), _features_run(pred_dir, kwargs)
     summary = extract_features(pred_dir, out_dir, shard=shard, **kwargs)
     summary.update(
@@ -231,7 +225,6 @@ def merge_features(
     out_dir: str | Path, device: str = "auto", progress: bool = False, workers: int = 0
 ) -> dict:
     """Merge the shards of a features run in ``out_dir``: the set's files as one process writes them."""
-
     t0, out_dir = time.perf_counter(), Path(out_dir)
     records = read_records(out_dir, "features")
     run = records[0]["run"]
@@ -263,7 +256,6 @@ def dispatch(step: str, kwargs: dict, shard: str | None = None, merge: bool = Fa
     """Run ``step`` (``predict``: :func:`~dualstage.segment.predict.predict` keywords; ``features``:
     :func:`~dualstage.classify.features.extract_features` keywords) as asked: one process, one
     ``--shard I/N``, the ``--merge`` of finished shards, or every rank of ``torchrun`` then the merge."""
-
     single, one_shard, merger, folder = {
         "predict": (predict, predict_shard, merge_predict, "out"),
         "features": (extract_features, features_shard, merge_features, "out_dir"),
@@ -292,7 +284,6 @@ def run_sharded(device: str, work: Callable[[Shard, str], dict], merge: Callable
     """Under ``torchrun``: each rank runs ``work(shard, its device)``, then rank 0 merges after a
     barrier (the others wait for it). Rank 0 returns the merged summary, the others their own.
     An error on any rank stops every rank with that one line; the group is left at exit."""
-
     if not dist.is_initialized():  # once per process: several sets share the group
         atexit.register(teardown)
     runtime = setup_runtime(device)
@@ -307,7 +298,6 @@ class _Failed:
     """What :func:`_attempt` returns instead of a result: the error, its line, whether a bug."""
 
     def __init__(self, exc: Exception):
-
         line = describe_error(exc)
         self.exc, self.bug, self.message = exc, line is None, line or f"{type(exc).__name__}: {exc}"
 
@@ -323,7 +313,6 @@ def _attempt(func: Callable, *args) -> dict | _Failed:
 def _stop_on_failure(outcome: dict | _Failed, runtime) -> None:
     """Gather every rank's outcome (a barrier); raise the first failure's line on every rank
     (a rank's own bug keeps its traceback), so no rank waits for one that stopped."""
-
     failed = isinstance(outcome, _Failed)
     lines = all_gather_objects(outcome.message if failed else None, runtime)
     if failed and outcome.bug:

@@ -40,7 +40,6 @@ __all__ = [
 
 def phantom_data(exp: Experiment, progress: bool = False) -> tuple[Path, str]:
     """Generate the experiment's phantom dataset once; (its folder, a status line)."""
-
     d, folder = exp.data, exp.dir.phantoms
     params = {
         "n": d.phantom_n,
@@ -72,7 +71,6 @@ def prepare_experiment(exp: Experiment, strict: bool = False, progress: bool = F
     When the source folder is absent but a prepare with the same settings finished, that prepare is
     used (a dataset may be unmounted after preparing it); otherwise the error names ``data.source``.
     """
-
     d, out = exp.data, exp.dir.prepared
     record = out / "prepare.json"
     if d.source == "phantom":
@@ -87,7 +85,7 @@ def prepare_experiment(exp: Experiment, strict: bool = False, progress: bool = F
                 f"data.source {str(source)!r} is not a folder: set data.source in the experiment YAML "
                 "to your dataset folder, or pass --data DIR"
             )
-    summary = _prepare(source, out, d, strict, progress)
+    summary = prepare_data(source, out, d, strict, progress)
     summary["settings"] = _prepare_settings(exp)
     write_json_atomic(record, summary)
     return summary
@@ -95,26 +93,20 @@ def prepare_experiment(exp: Experiment, strict: bool = False, progress: bool = F
 
 def prepare_folder(args: argparse.Namespace, progress: bool = False) -> dict:
     """``segment prepare --data D --out O`` without an experiment: the config's defaults + flags."""
-
-    exp = override(
-        Experiment(name="dataset", data=DataConfig(source=str(args.data))),
-        "data",
-        sizes=args.sizes,
-        layout=args.layout,
-        annotations=args.annotations,
-        workers=args.workers,
-        n_folds=args.folds,
-        split_seed=args.seed,
-        test_fraction=args.test_fraction,
-        val_fraction=args.val_fraction,
-        max_pixels=getattr(args, "max_pixels", None),
-    )
-    return _prepare(args.data, args.out, exp.data, args.strict, progress)
+    exp = with_data_flags(Experiment(name="dataset", data=DataConfig(source=str(args.data))), args)
+    return prepare_data(args.data, args.out, exp.data, args.strict, progress)
 
 
-def _prepare(source, out, d, strict: bool, progress: bool) -> dict:
+def with_data_flags(exp: Experiment, args: argparse.Namespace) -> Experiment:
+    """``exp`` with ``segment prepare``'s flags over its ``data`` section (one spelling of them)."""
+    flags = {"sizes": args.sizes, "layout": args.layout, "annotations": args.annotations}
+    flags.update(workers=args.workers, n_folds=args.folds, split_seed=args.seed)
+    flags.update(test_fraction=args.test_fraction, val_fraction=args.val_fraction)
+    return override(exp, "data", **flags, max_pixels=getattr(args, "max_pixels", None))
+
+
+def prepare_data(source, out, d, strict: bool, progress: bool) -> dict:
     """``data.prepare.prepare`` of ``source`` into ``out`` with the ``data`` section ``d``."""
-
     return prepare(
         source,
         out,
@@ -152,21 +144,18 @@ def prediction_sets(exp: Experiment) -> list[str]:
 def predict_experiment(exp: Experiment, split: str, progress: bool = False) -> dict:
     """``segment predict --split <split>`` into ``predictions/<split>`` with the experiment's options
     (val and test with the main model only: matched with the maps its rules are chosen on)."""
-
-    p = exp.predict
     only = ["main"] if split in ("val", "test") and holdout(exp) else None
-    return predict(
-        exp.folder,
-        exp.dir.prediction_set(split),
-        split=split,
-        tta=p.tta,
-        checkpoint=p.checkpoint or exp.train.checkpoint,
-        batch_size=p.batch_size,
-        workers=p.workers,
-        progress=progress,
-        only=only,
-        precision=p.precision,
-    )
+    out = exp.dir.prediction_set(split)
+    return predict(exp.folder, out, split=split, progress=progress, only=only, **predict_options(exp))
+
+
+def predict_options(exp: Experiment) -> dict:
+    """The one spelling of ``predict``'s settings from the experiment's ``predict`` section (the
+    checkpoint falls back to ``train.checkpoint``; the pixel limit is ``data.max_pixels``)."""
+    p = exp.predict
+    checkpoint = p.checkpoint or exp.train.checkpoint
+    options = {"tta": p.tta, "checkpoint": checkpoint, "batch_size": p.batch_size, "workers": p.workers}
+    return {**options, "precision": p.precision, "max_pixels": exp.data.max_pixels}
 
 
 def sweep_experiment(exp: Experiment, progress: bool = False) -> dict:
@@ -174,7 +163,6 @@ def sweep_experiment(exp: Experiment, progress: bool = False) -> dict:
 
     ``default`` is ``train.val_threshold``.
     """
-
     d = exp.dir
     if exp.sweep.lcc:
         d.require(d.masks_csv, "segment prepare")
@@ -207,7 +195,6 @@ def features_experiment(
 ) -> dict:
     """``classify features`` of ``predictions/<set>`` into ``features/<set>`` with ``features.*``;
     ``shard`` (``"I/N"``) / ``merge`` / ``torchrun``: see :mod:`dualstage.commands.shards`."""
-
     d, f = exp.dir, exp.features
     pset = d.require(d.prediction_set(pred_set), f"segment predict (set {pred_set})")
     return dispatch(
@@ -244,7 +231,6 @@ def tune_done(exp: Experiment) -> bool:
 
 def tune_experiment(exp: Experiment, progress: bool = False) -> dict:
     """Per-fold classifiers (cross-fitting) and the holdout classifier (on val), with ``tune.*``."""
-
     d, t, out = exp.dir, exp.tune, {}
     if crossfit(exp) and (d.feature_set("oof") / "features.npz").is_file():
         out["crossfit"] = crossfit_classifier(exp, progress)
@@ -271,7 +257,6 @@ def tune_experiment(exp: Experiment, progress: bool = False) -> dict:
 def gate_experiment(exp: Experiment, progress: bool = False) -> dict:
     """Final masks: cross-fitted over every study (final/oof/<mode>/) and the holdout view's
     gate fitted on val, applied to test (final/test/<mode>/)."""
-
     out = {}
     if crossfit(exp) and exp.dir.crossfit_folds():
         out["crossfit"] = crossfit_final(exp, progress)

@@ -82,7 +82,6 @@ def _describe_os(exc: OSError) -> str:
 
 def describe_error(exc: BaseException) -> str | None:
     """One line for an error bad input causes; ``None`` for anything else (a bug)."""
-
     if isinstance(exc, yaml.YAMLError):
         return _describe_yaml(exc)
     if isinstance(exc, UnicodeDecodeError):

@@ -135,7 +135,6 @@ def write_png_atomic(path: str | Path, array: np.ndarray) -> Path:
     zlib level 1 with its run-length strategy: 3-4x faster than PIL's default (level 6) on
     probability maps and masks, and no larger (benchmarks/bench_predict_ratio.py); lossless.
     """
-
     image = Image.fromarray(np.ascontiguousarray(array))
     return atomic_write(
         path, lambda tmp: image.save(tmp, format="PNG", compress_level=1, compress_type=_Z_RLE)

@@ -165,7 +165,6 @@ TruthFn = Callable[[str, int, int], np.ndarray]  # (image id, height, width) -> 
 
 def truth_from_rle_csv(path: str | Path) -> TruthFn:
     """Truth loader ``(image_id, height, width) -> bool mask`` from an RLE CSV (prepare's masks.csv)."""
-
     groups = dict(tuple(read_rle_csv(path).groupby("image_id")))
 
     def load(image_id: str, height: int, width: int) -> np.ndarray:

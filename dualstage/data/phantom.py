@@ -200,7 +200,6 @@ def generate(
     ``out_dir`` are left alone. ``site``: a key of :data:`SITES` (a second hospital's look, see
     :mod:`dualstage.data.phantom_site`); None or ``source`` changes nothing.
     """
-
     if layout not in ("siim", "png"):
         raise ValueError(f"layout must be 'siim' or 'png', got {layout!r}")
     if n < 1 or not 64 <= size <= 4096:

@@ -66,7 +66,6 @@ class CaseSpec:
 
 
 def _uid(seed: int, index: int, kind: str) -> str:
-
     return str(generate_uid(UID_PREFIX, entropy_srcs=["dualstage-phantom", str(seed), str(index), kind]))
 
 

@@ -22,7 +22,6 @@ REF_PIXELS = 1024 * 1024
 
 def pixel_spacing(path: str | Path) -> tuple[float, float] | None:
     """(row mm, column mm) of a DICOM file's PixelSpacing (else ImagerPixelSpacing); None without."""
-
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
     except Exception:  # noqa: BLE001 - an unreadable header simply has no spacing here

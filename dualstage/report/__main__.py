@@ -1,8 +1,6 @@
 """``python -m dualstage.report``: its parsers and steps are :mod:`dualstage.commands.report_cli`."""
 
-import sys
-
 from dualstage.commands.report_cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())
