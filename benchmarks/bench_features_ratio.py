@@ -27,7 +27,7 @@ from dualstage.classify.features import extract_features, load_densenet
 from dualstage.data.cache import pick_cache_size
 from dualstage.data.prepare import cache_paths
 from dualstage.runtime.precision import autocast, inference_dtype, precision_name
-from dualstage.segment.models import IMAGENET_MEAN, IMAGENET_STD
+from dualstage.runtime.weights import IMAGENET_MEAN, IMAGENET_STD
 from dualstage.segment.predict import predict
 
 

@@ -28,6 +28,9 @@ __all__ = [
     "file_unet",
 ]
 
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)  # what ImageNet weights expect
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
 WEIGHT_SUFFIXES: tuple[str, ...] = (".pth", ".pt", ".bin", ".safetensors")
 
 # torchvision's pre-0.4 DenseNet keys ("denselayer1.norm.1.weight"): groups 1 + 2 give today's key

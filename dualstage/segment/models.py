@@ -13,7 +13,15 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from dualstage.runtime.weights import WEIGHT_SUFFIXES, WeightsReport, file_unet, imagenet_unet, load_weights
+from dualstage.runtime.weights import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    WEIGHT_SUFFIXES,
+    WeightsReport,
+    file_unet,
+    imagenet_unet,
+    load_weights,
+)
 from dualstage.segment.encoders import (
     ENCODERS,
     GROUPS,
@@ -53,8 +61,6 @@ UNFREEZE_PHASES: tuple[str, ...] = ("decoder", "block4", "block3", "block2", "bl
 NORMALIZATION_MODES: tuple[str, ...] = ("dataset", "encoder")
 
 # Hard-coded: smp's get_preprocessing_params downloads a config file from the Hugging Face hub.
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 
 # --------------------------------------------------------------------------- building
