@@ -84,3 +84,46 @@ def gated(tmp_path_factory) -> Path:
         proc = call("dualstage.classify", *args, "--exp", exp)
         assert proc.returncode == 0, proc.stderr[-2000:]
     return exp
+
+
+@pytest.fixture(scope="session")
+def e2e_prepared(tmp_path_factory) -> tuple[Path, Path]:
+    """(YAML, folder) of the tiny end-to-end experiment (helpers/e2e.py) after ``dualstage run
+    --steps data`` (phantoms -> prepare), no model trained. Read-only: link ``prepared`` to train."""
+    from helpers.commands import run
+    from helpers.e2e import e2e_yaml
+
+    tmp = tmp_path_factory.mktemp("e2e")
+    cfg = e2e_yaml(tmp, tmp / "models")
+    run("-m", "dualstage", "run", cfg, "--steps", "data")
+    return cfg, tmp / "models" / "tiny"
+
+
+@pytest.fixture(scope="session")
+def e2e_trained(tmp_path_factory, e2e_prepared) -> tuple[Path, Path]:
+    """(YAML, folder): ``e2e_prepared`` (its ``prepared`` linked) with the main model trained
+    uninterrupted, then the three fold models; oof / val / test predicted; swept with ``--lcc``.
+    Read-only: ``helpers.e2e.linked_copy`` for a test that writes."""
+    from helpers.commands import cli
+    from helpers.e2e import linked_copy
+
+    cfg, exp = linked_copy(e2e_prepared[1], tmp_path_factory.mktemp("e2e_trained"))
+    for fold in ("main", "all"):
+        cli("dualstage.segment", "train", "--exp", cfg, "--fold", fold, "--no-progress")
+    for split in ("oof", "val", "test"):
+        cli("dualstage.segment", "predict", "--exp", exp, "--split", split, "--workers", "0")
+    cli("dualstage.segment", "sweep", "--exp", exp, "--lcc")
+    return cfg, exp
+
+
+@pytest.fixture(scope="session")
+def crossfit_base(tmp_path_factory):
+    """(labels, Experiment): the synthetic cross-fitted experiment of helpers/crossfit.py (labels of
+    seed 7, maps carrying the labels) after the per-fold sweep, classifier and final decisions.
+    Read-only: ``helpers.crossfit.copy_crossfit`` for a test that writes."""
+    import numpy as np
+
+    from helpers.crossfit import N, run_crossfit
+
+    labels = (np.random.default_rng(7).random(N) < 0.35).astype(int)
+    return labels, run_crossfit(tmp_path_factory.mktemp("cf"), labels)

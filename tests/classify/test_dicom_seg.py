@@ -218,12 +218,12 @@ def test_sources_without_spacing_or_patient_module(applied, tmp_path) -> None:
     assert pydicom.dcmread(tmp_path / "seg_bare.dcm").StudyTime == "140438"
 
 
-def test_crossfit_final_writes_segs(tmp_path) -> None:
+def test_crossfit_final_writes_segs(crossfit_base, tmp_path) -> None:
     """``gate apply --set oof`` (cross-fitted): SEGs for the studies whose prepared source is DICOM."""
     from dualstage.crossfit.final import crossfit_final
-    from helpers.crossfit import SIDE, N, run_crossfit
+    from helpers.crossfit import SIDE, copy_crossfit
 
-    exp = run_crossfit(tmp_path / "cf", (np.random.default_rng(7).random(N) < 0.35).astype(int))
+    exp = copy_crossfit(crossfit_base[1], tmp_path / "cf")
     final = exp.dir.final("oof", "classifier")
     area = pd.read_csv(final / "decisions.csv", dtype={"image_id": str}).set_index("image_id")["mask_area_px"]
     ids = [*area.index[area > 0][:2], area.index[area == 0][0]]  # two masks, one empty decision

@@ -5,21 +5,19 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from helpers.commands import run
 
 ROOT = Path(__file__).resolve().parents[2]
 PAPER = ROOT / "experiments" / "progressive_resnet34.yaml"
 
 
-def _run(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run(
-        [sys.executable, *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=300
-    )
+def _run(cwd: Path, *args: str):
+    """``python ARGS`` in ``cwd`` with this checkout importable; the exit status is the test's to check."""
+    return run(*args, expect=None, env={"PYTHONPATH": str(ROOT)}, cwd=cwd, timeout=300)
 
 
 @pytest.fixture(scope="module")

@@ -69,7 +69,8 @@ def substitute(cmd: str, ctx: dict) -> list[str]:
     return out
 
 
-def _run(argv: list[str], where: str) -> str:
+def run_line(argv: list[str], where: str) -> str:
+    """One README command line (argv), in this process (torchrun: a subprocess); its stdout."""
     if argv[0] == "torchrun":
         nproc = argv[argv.index("--nproc_per_node") + 1]
         rest = argv[argv.index("--nproc_per_node") + 2 :]
@@ -102,8 +103,16 @@ def _tiny(tmp: Path) -> dict:
     cfg = {
         "name": "tiny",
         "output_root": str(tmp / "models"),
-        "data": {"source": "phantom", "phantom_n": 36, "phantom_size": 128, "sizes": [64], "n_folds": 3,
-                 "workers": 0, "val_fraction": 0.25, "test_fraction": 0.25},  # fmt: skip
+        "data": {
+            "source": "phantom",
+            "phantom_n": 36,
+            "phantom_size": 128,
+            "sizes": [64],
+            "n_folds": 3,
+            "workers": 0,
+            "val_fraction": 0.25,
+            "test_fraction": 0.25,
+        },  # fmt: skip
         "model": {"encoder": "resnet18", "weights": "none", "decoder_channels": [16, 16, 8, 8, 8]},
         "train": {"batch_size": {64: 8}, "workers": 0, "amp": "off", "phases": [phase], "folds": "both"},
         "features": {"weights": "none", "image_size": 64, "workers": 0},
@@ -149,17 +158,17 @@ def test_every_readme_command_block_runs_in_order(tmp_path, monkeypatch):
     ctx = _tiny(tmp_path)
     blocks = readme_blocks(README.read_text())
     assert len(blocks) >= 6
-    _run(["python", "-m", "dualstage", "run", str(ctx["yaml"]), "--steps", "data"], "set-up: phantoms")
+    run_line(["python", "-m", "dualstage", "run", str(ctx["yaml"]), "--steps", "data"], "set-up: phantoms")
     ran = 0
     for line, cmds, skip in blocks:
         if skip:
             continue
         for cmd in cmds:
-            _run(substitute(cmd, ctx), f"README.md line {line}")
+            run_line(substitute(cmd, ctx), f"README.md line {line}")
             ran += 1
     assert ran >= 15
     # the promise of `run`: finished steps are skipped, not redone
-    again = _run(["python", "-m", "dualstage", "run", str(ctx["yaml"])], "re-run")
+    again = run_line(["python", "-m", "dualstage", "run", str(ctx["yaml"])], "re-run")
     assert re.search(r"\[train\s*\].*done before", again) and re.search(r"\[tune\s*\].*done before", again)
 
 
@@ -167,4 +176,4 @@ def test_a_broken_block_fails(tmp_path):
     ctx = _tiny(tmp_path)
     argv = substitute("python -m dualstage.segment predict --exp models/<exp> --split tset", ctx)
     with pytest.raises(AssertionError, match="exited 2"):
-        _run(argv, "README.md line 0")
+        run_line(argv, "README.md line 0")

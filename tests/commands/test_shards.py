@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import shutil
@@ -22,6 +21,7 @@ from dualstage.config import load_experiment, to_dict
 from dualstage.segment import models
 from dualstage.segment.checkpoint import FORMAT, save_checkpoint
 from dualstage.shards import Shard, dispatch, parse_shard, shard_jobs, shard_rows
+from helpers.commands import call
 
 MODELS = ("main", "fold_0", "fold_1", "fold_2")
 FEATURES = {"weights": "none", "image_size": 32, "batch_size": 4, "workers": 0, "progress": False}
@@ -165,18 +165,11 @@ def test_merge_refuses_missing_changed_and_foreign_shards(tiny, tmp_path):
         dispatch("predict", kwargs, shard="0/3", merge=True)
 
 
-def _cli(module: str, *args: str) -> tuple[int, str]:
-    main = {"segment": "dualstage.segment.__main__", "classify": "dualstage.classify.__main__"}[module]
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        code = __import__(main, fromlist=["main"]).main(list(args))
-    return code, err.getvalue()
-
-
 @pytest.mark.parametrize("bad", ["3/2", "0/0", "a/b", "1", "-1/2", "2/2"])
 def test_bad_shard_syntax_is_one_line(tmp_path, bad):
     for module, args in (("segment", ["predict", "--split", "test"]), ("classify", ["features"])):
-        code, err = _cli(module, *args, "--exp", str(tmp_path / "nowhere.yaml"), f"--shard={bad}")
+        proc = call(f"dualstage.{module}", *args, "--exp", tmp_path / "nowhere.yaml", f"--shard={bad}")
+        code, err = proc.returncode, proc.stderr
         assert err.startswith(f"error: --shard {bad!r}: expected I/N") and err.count("\n") == 1, err
         assert code == 2
 
@@ -205,7 +198,12 @@ def _threads(n: int):
 def test_torchrun_two_processes_predict_and_features(tiny, tmp_path):
     """torchrun: ranks take shards, rank 0 merges after the barrier; equal to one process at the
     same threads per process (1: OMP_NUM_THREADS of the ranks)."""
-    exp, path, _ = tiny
+    shared, shared_yaml, _ = tiny  # a private copy: this test writes the test prediction and feature sets
+    root = tmp_path / "models"
+    shutil.copytree(shared.folder, root / shared.name, symlinks=True)
+    path = tmp_path / "shardy.yaml"
+    path.write_text(yaml.safe_dump({**yaml.safe_load(shared_yaml.read_text()), "output_root": str(root)}))
+    exp = load_experiment(path)
     one = tmp_path / "one"
     with _threads(1):
         dispatch("predict", _predict_kwargs(exp, one, split="test", only=["main"]))
@@ -216,7 +214,6 @@ def test_torchrun_two_processes_predict_and_features(tiny, tmp_path):
             "device": "cpu",
         }
         single = dispatch("features", {**features, **FEATURES})
-    shutil.rmtree(exp.dir.prediction_set("test"), ignore_errors=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     run = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531"]
     commands = (

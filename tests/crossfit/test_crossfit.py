@@ -13,17 +13,11 @@ from PIL import Image
 from dualstage import gating
 from dualstage.crossfit.compare import crossfit_gates
 from dualstage.report.compare import compare_counts
-from helpers.crossfit import SIDE, K, N, run_crossfit
+from helpers.crossfit import SIDE, K, N, copy_crossfit, run_crossfit
 
 
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    labels = (np.random.default_rng(7).random(N) < 0.35).astype(int)
-    return labels, run_crossfit(tmp_path_factory.mktemp("cf"), labels)
-
-
-def test_nothing_is_fitted_on_the_study_it_decides(base):
-    labels, exp = base
+def test_nothing_is_fitted_on_the_study_it_decides(crossfit_base):
+    labels, exp = crossfit_base
     d = exp.dir
     splits = pd.read_csv(d.splits_csv, dtype={"image_id": str})
     for k in range(K):
@@ -40,8 +34,8 @@ def test_nothing_is_fitted_on_the_study_it_decides(base):
     assert len(decisions) == N and (decisions["fold"] == decisions["image_id"].str[1:].astype(int) % K).all()
 
 
-def test_own_label_cannot_change_own_decision(base, tmp_path):
-    labels, exp = base
+def test_own_label_cannot_change_own_decision(crossfit_base, tmp_path):
+    labels, exp = crossfit_base
     s = 4  # a study of fold 1
     flipped = labels.copy()
     flipped[s] = 1 - flipped[s]
@@ -61,8 +55,8 @@ def test_own_label_cannot_change_own_decision(base, tmp_path):
             assert {x: ra[x] for x in ra if x != "grid"} == {x: rb[x] for x in rb if x != "grid"}
 
 
-def test_comparison_covers_every_study_with_per_fold_spread(base):
-    _, exp = base
+def test_comparison_covers_every_study_with_per_fold_spread(crossfit_base):
+    _, exp = crossfit_base
     cmp = compare_counts(crossfit_gates(exp.folder), resamples=200, seed=0, split="crossfit")
     assert cmp["n"] == N and cmp["split"] == "crossfit"
     assert set(cmp["gates"]) >= {"default", "threshold", "threshold_area", "triplet", "classifier", "empty"}
@@ -84,10 +78,10 @@ def test_comparison_covers_every_study_with_per_fold_spread(base):
     assert row["threshold_area_pred_area"] == area[0]
 
 
-def test_table2_cross_fitted_over_every_study(base):
+def test_table2_cross_fitted_over_every_study(crossfit_base):
     from dualstage.crossfit.table2 import MODELS, _f1_threshold
 
-    _, exp = base
+    _, exp = crossfit_base
     table = pd.read_csv(exp.dir.crossfit / "table2.csv")
     assert set(table["model"]) == set(MODELS) and len(table) == 2 * len(MODELS)
     assert (table.groupby("model")["support"].sum() == N).all()
@@ -98,13 +92,13 @@ def test_table2_cross_fitted_over_every_study(base):
     assert _f1_threshold(np.array([0.1, 0.6, 0.55, 0.9]), np.array([0, 0, 1, 1])) == 0.11
 
 
-def test_new_images_go_through_every_fold_pipeline_and_vote(base):
+def test_new_images_go_through_every_fold_pipeline_and_vote(crossfit_base, tmp_path):
     """New images in a cross-fitted experiment: fold pipeline k (its map, classifier, threshold,
     rule) each decides, the final mask keeps the pixels more than half of them keep."""
     from dualstage.classify.tune import load_classifier
     from dualstage.crossfit.deploy import crossfit_apply
 
-    _, exp = base
+    exp = copy_crossfit(crossfit_base[1], tmp_path)  # this test writes new sets and final decisions
     d = exp.dir
     feats = np.load(d.feature_set("oof") / "features.npz")
     pick = [f"s{i:03d}" for i in (0, 1, 2, 5, 9)]

@@ -47,9 +47,17 @@ def test_every_experiment_builds_its_losses(name):
     from dualstage.segment import losses, models
 
     exp = load_experiment(EXPERIMENTS / f"{name}.yaml")
-    models.get_spec(exp.model.encoder)
+    assert models.get_spec(exp.model.encoder).key == exp.model.encoder
+    assert exp.train.phases
+    torch.manual_seed(0)
+    logits = torch.randn(2, 1, 8, 8, requires_grad=True)
+    target = (torch.rand(2, 1, 8, 8) > 0.7).float()
     for phase in exp.train.phases:
-        losses.build_loss(phase.loss)
+        loss = losses.build_loss(phase.loss)
+        wanted = phase.loss if isinstance(phase.loss, str) else phase.loss["name"]
+        assert loss.name == wanted, (loss.name, phase.loss)
+        value = loss(logits, target)
+        assert value.ndim == 0 and torch.isfinite(value) and value.requires_grad, (phase.loss, value)
 
 
 def test_unknown_key_lists_valid_ones(tmp_path):

@@ -71,3 +71,10 @@ def run_crossfit(root: Path, labels: np.ndarray, signal: np.ndarray | None = Non
     crossfit_classifier(exp)
     crossfit_final(exp)
     return exp
+
+
+def copy_crossfit(exp: Experiment, root: Path) -> Experiment:
+    """A private copy under ``root`` of a (shared) cross-fitted experiment, for a test that writes."""
+    copy = Experiment(name=exp.name, output_root=str(root), tune=exp.tune)
+    shutil.copytree(exp.folder, copy.folder, symlinks=True)
+    return copy

@@ -8,8 +8,6 @@ file. The marker must never appear and the error must be one line naming the fil
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import shutil
 import subprocess
@@ -28,6 +26,7 @@ from dualstage.segment.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from helpers.commands import cli
 
 PHASES = [  # the first phase at 64 px, the last at 96 px: best/last after epoch 1 are 64 px models
     {"name": "decoder", "resolution": 64, "unfreeze": "decoder", "loss": "soft_dice", "epochs": 1},
@@ -58,15 +57,9 @@ def _experiment(folder: Path, root: Path, weights: str = "none") -> Path:
     return path
 
 
-def _cli(*args: str, expect: int = 0) -> str:
+def _cli(*args: object, expect: int = 0) -> str:
     """``python -m dualstage.segment ARGS`` in this process; returns stderr."""
-    from dualstage.segment.__main__ import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(list(args))
-    assert code == expect, f"{args}\nstdout:\n{out.getvalue()[-2000:]}\nstderr:\n{err.getvalue()[-2000:]}"
-    return err.getvalue()
+    return cli("dualstage.segment", *args, expect=expect).stderr
 
 
 @pytest.fixture(scope="module")

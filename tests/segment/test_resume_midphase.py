@@ -6,8 +6,6 @@ values and against the same experiment run uninterrupted."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 from pathlib import Path
 
@@ -16,6 +14,8 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+
+from helpers.commands import cli
 
 # One optimizer step per epoch (every training image fits one batch of 32). One phase of 3 epochs,
 # cycle_epochs unset: one triangle per phase of 3 steps, 1 up (3 // 2) and 2 down:
@@ -43,18 +43,9 @@ def _yaml(folder: Path, root: Path) -> Path:
     return path
 
 
-def _cli(main, args: list[str]) -> None:
-    """A command's ``main(args)`` in this process (same entry point as ``python -m``, no start-up)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(args)
-    assert code == 0, f"{args}\n{err.getvalue()[-2000:]}"
-
-
 def _train(cfg: Path, *args: str) -> None:
-    from dualstage.segment.__main__ import main
-
-    _cli(main, ["train", "--exp", str(cfg), *args, "--fold", "main", "--no-progress", "--device", "cpu"])
+    args = ("train", "--exp", cfg, *args, "--fold", "main", "--no-progress", "--device", "cpu")
+    cli("dualstage.segment", *args)
 
 
 @pytest.fixture
@@ -67,10 +58,8 @@ def one_thread():
 
 
 def test_resume_in_the_middle_of_a_cyclic_phase_continues_its_triangle(tmp_path, one_thread) -> None:
-    from dualstage.__main__ import main as run
-
     cfg = _yaml(tmp_path, tmp_path / "models")
-    _cli(run, ["run", str(cfg), "--steps", "data"])  # phantoms -> prepare
+    cli("dualstage", "run", cfg, "--steps", "data")  # phantoms -> prepare
     exp = tmp_path / "models" / "midphase"
     splits = pd.read_csv(exp / "prepared" / "splits.csv")
     assert 1 <= (splits["split"] == "train").sum() <= 32  # one batch: one step per epoch
