@@ -66,6 +66,14 @@ def tiny_model(tmp_path_factory, tiny_prepared) -> Path:
     return exp.folder
 
 
+@pytest.fixture
+def own_tiny_model(tiny_model, tmp_path) -> Path:
+    """A private copy of ``tiny_model`` (its prepared data and model linked) for a test that writes."""
+    from helpers.commands import copy_exp
+
+    return copy_exp(tiny_model, tmp_path / "models", tiny_model.name, link=("prepared", "segmenter"))
+
+
 @pytest.fixture(scope="session")
 def gated(tmp_path_factory) -> Path:
     """A tuned and gated synthetic experiment folder (features, maps, classifier, gate.json), holdout

@@ -76,29 +76,29 @@ def _features(exp: Path) -> subprocess.CompletedProcess:
     return run("dualstage.classify", *args, timeout=180)
 
 
-def test_second_writer_stops_naming_the_holder(tiny_model: Path, tmp_path: Path, holder) -> None:
+def test_second_writer_stops_naming_the_holder(own_tiny_model: Path, tmp_path: Path, holder) -> None:
     folder = _images(tmp_path / "a", 3, 1)
-    target = tiny_model / "predictions" / "new"
+    target = own_tiny_model / "predictions" / "new"
     h = holder(target)
     line = assert_error(
-        _predict(tiny_model, folder), str(target), "in use by", f"pid {h.proc.pid}", "started"
+        _predict(own_tiny_model, folder), str(target), "in use by", f"pid {h.proc.pid}", "started"
     )
     assert "python -c import sys, time" in line and "segment predict" in line
     assert not (target / "maps").exists() and not (target / "index.csv").exists()
-    line = assert_error(_features(tiny_model), str(target), "in use by", f"pid {h.proc.pid}")
+    line = assert_error(_features(own_tiny_model), str(target), "in use by", f"pid {h.proc.pid}")
     assert "classify features" in line  # a reader never sees a set while it is written
     h.kill()  # kill -9: the kernel drops the lock; the lock file stays and means nothing
     assert lock_path(target).is_file()
-    assert_ok(_predict(tiny_model, folder))
+    assert_ok(_predict(own_tiny_model, folder))
     assert sorted(pd.read_csv(target / "index.csv")["image_id"]) == sorted(p.stem for p in folder.iterdir())
     assert lock_path(target).stat().st_size == 0  # never written: no stale holder to trust
 
 
-def test_shards_share_a_set_but_exclude_a_whole_run(tiny_model: Path, tmp_path: Path, holder) -> None:
+def test_shards_share_a_set_but_exclude_a_whole_run(own_tiny_model: Path, tmp_path: Path, holder) -> None:
     folder = _images(tmp_path / "b", 2, 2)
-    target = tiny_model / "predictions" / "shared"
+    target = own_tiny_model / "predictions" / "shared"
     h = holder(target, shared=True)  # a --shard run of this set
-    args = ("predict", "--exp", tiny_model, "--input", folder, "--set", "shared", "--workers", "0",
+    args = ("predict", "--exp", own_tiny_model, "--input", folder, "--set", "shared", "--workers", "0",
             "--no-progress", "--device", "cpu")  # fmt: skip
     assert_ok(run("dualstage.segment", *args, "--shard", "0/2", timeout=180))
     assert_error(run("dualstage.segment", *args, timeout=180), str(target), f"pid {h.proc.pid}")
@@ -108,16 +108,16 @@ def test_shards_share_a_set_but_exclude_a_whole_run(tiny_model: Path, tmp_path: 
     assert_ok(run("dualstage.segment", *args, "--merge", timeout=180))
 
 
-def test_two_predict_runs_on_one_set(tiny_model: Path, tmp_path: Path) -> None:
+def test_two_predict_runs_on_one_set(own_tiny_model: Path, tmp_path: Path) -> None:
     """Started together: both sets of images, or the second refused in one line; never a mix. Then
     ``classify features`` covers exactly what the set's index lists."""
     a, b = _images(tmp_path / "A", 6, 3), _images(tmp_path / "B", 6, 4)
-    cmd = [sys.executable, "-m", "dualstage.segment", "predict", "--exp", str(tiny_model), "--set", "new",
+    cmd = [sys.executable, "-m", "dualstage.segment", "predict", "--exp", str(own_tiny_model), "--set", "new",
            "--workers", "0", "--no-progress", "--device", "cpu", "--input"]  # fmt: skip
     pipe = subprocess.PIPE
     procs = [subprocess.Popen([*cmd, str(f)], stdout=pipe, stderr=pipe, text=True, env=ENV) for f in (a, b)]
     results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
-    target = tiny_model / "predictions" / "new"
+    target = own_tiny_model / "predictions" / "new"
     index = sorted(pd.read_csv(target / "index.csv")["image_id"])
     ids = {f: sorted(p.stem for p in f.iterdir()) for f in (a, b)}
     codes = [code for code, _ in results]
@@ -129,8 +129,8 @@ def test_two_predict_runs_on_one_set(tiny_model: Path, tmp_path: Path) -> None:
         assert index == ids[(a, b)[codes.index(0)]]
     else:  # one after the other: the set is the last run's images
         assert codes == [0, 0] and index in (ids[a], ids[b])
-    assert_ok(_features(tiny_model))
-    features = pd.read_csv(tiny_model / "features" / "new" / "index.csv", dtype={"image_id": str})
+    assert_ok(_features(own_tiny_model))
+    features = pd.read_csv(own_tiny_model / "features" / "new" / "index.csv", dtype={"image_id": str})
     assert sorted(features["image_id"]) == index
 
 

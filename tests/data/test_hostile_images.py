@@ -62,15 +62,15 @@ def _check_rows(rows: pd.DataFrame, sizes: dict[str, tuple[int, int]], limit: in
         assert f"pixel limit of {limit:,}" in reason and "\n" not in reason
 
 
-def test_predict_input_over_the_issues_hostile_folder(tiny_model: Path, tmp_path: Path) -> None:
+def test_predict_input_over_the_issues_hostile_folder(own_tiny_model: Path, tmp_path: Path) -> None:
     folder = tmp_path / "new"
     sizes = hostile_images(folder)
     _good(folder)
-    args = ("predict", "--exp", tiny_model, "--input", folder, "--set", "hostile", "--workers", "0",
+    args = ("predict", "--exp", own_tiny_model, "--input", folder, "--set", "hostile", "--workers", "0",
             "--no-progress", "--device", "cpu")  # fmt: skip
     proc = run("dualstage.segment", *args, timeout=180)
     assert_ok(proc)
-    out = tiny_model / "predictions" / "hostile"
+    out = own_tiny_model / "predictions" / "hostile"
     assert sorted(pd.read_csv(out / "index.csv")["image_id"]) == sorted(GOOD)
     rows = rejected_rows(out)
     assert set(rows["stage"]) == {"header"}

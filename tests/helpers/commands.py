@@ -93,8 +93,16 @@ def run(
     return proc
 
 
-def copy_exp(source: Path, tmp: Path, name: str = "exp") -> Path:
-    """A private copy ``tmp/name`` of a shared (session) experiment folder, for a test that writes."""
+def copy_exp(source: Path, tmp: Path, name: str = "exp", link: tuple[str, ...] = ()) -> Path:
+    """A private copy ``tmp/name`` of a shared (session) experiment folder, for a test that writes;
+    the entries named in ``link`` (inputs the test only reads) are symbolic links to the shared ones."""
     exp = tmp / name
-    shutil.copytree(source, exp, symlinks=True)
+    exp.mkdir(parents=True)
+    for entry in source.iterdir():
+        if entry.name in link:
+            os.symlink(entry, exp / entry.name)
+        elif entry.is_dir():
+            shutil.copytree(entry, exp / entry.name, symlinks=True)
+        else:
+            shutil.copy2(entry, exp / entry.name)
     return exp

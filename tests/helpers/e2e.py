@@ -4,11 +4,11 @@ session fixtures ``e2e_prepared`` and ``e2e_trained`` in ``tests/conftest.py``."
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import yaml
+
+from helpers.commands import copy_exp
 
 PHASES = [
     {"name": "decoder", "resolution": 64, "unfreeze": "decoder", "epochs": 1, "base_lr": 1e-4, "max_lr": 1e-3,
@@ -51,14 +51,5 @@ def linked_copy(
 ) -> tuple[Path, Path]:
     """(YAML, folder): a private copy of the experiment folder ``exp`` as ``tmp/models/<name>``; the
     folders named in ``link`` (read-only inputs) are symbolic links to the shared ones."""
-    root = tmp / "models"
-    folder = root / name
-    folder.mkdir(parents=True)
-    for entry in exp.iterdir():
-        if entry.name in link:
-            os.symlink(entry, folder / entry.name)
-        elif entry.is_dir():
-            shutil.copytree(entry, folder / entry.name, symlinks=True)
-        else:
-            shutil.copy2(entry, folder / entry.name)
-    return e2e_yaml(tmp, root, name), folder
+    folder = copy_exp(exp, tmp / "models", name, link)
+    return e2e_yaml(tmp, tmp / "models", name), folder
