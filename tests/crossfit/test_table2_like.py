@@ -14,7 +14,7 @@ from dualstage.config import Experiment, TuneConfig
 from dualstage.crossfit.classifier import crossfit_classifier
 from dualstage.crossfit.rules import crossfit_sweep
 from dualstage.report.tables import paper_tables
-from helpers.crossfit import N, write_oof
+from helpers.crossfit import REPORT, N, write_oof
 
 SHARED = ("max_bin", "tree_method", "device", "random_state", "eval_metric", "n_jobs")
 
@@ -23,7 +23,7 @@ SHARED = ("max_bin", "tree_method", "device", "random_state", "eval_metric", "n_
 def fitted(tmp_path_factory):
     """A cross-fitted experiment whose classifiers were fitted with every XGBoost fit recorded."""
     exp = Experiment(name="t2", output_root=str(tmp_path_factory.mktemp("t2")),
-                     tune=TuneConfig(n_iter=2, threads=1, max_bin=32))  # fmt: skip
+                     tune=TuneConfig(n_iter=2, threads=1, max_bin=32), report=REPORT)  # fmt: skip
     labels = (np.random.default_rng(7).random(N) < 0.35).astype(int)
     write_oof(exp.folder, labels, labels)
     crossfit_sweep(exp)

@@ -11,12 +11,13 @@ import pandas as pd
 from PIL import Image
 
 from dualstage import gating
-from dualstage.config import Experiment, TuneConfig
+from dualstage.config import Experiment, ReportConfig, TuneConfig
 from dualstage.crossfit.classifier import crossfit_classifier
 from dualstage.crossfit.final import crossfit_final
 from dualstage.crossfit.rules import crossfit_sweep
 
 SIDE, N, K = 32, 90, 3
+REPORT = ReportConfig(resamples=200)  # Table 2's bootstrap CI: 2000 resamples by default, 200 here
 
 
 def _study(rng, signal: bool, positive: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -64,7 +65,7 @@ def write_oof(exp: Path, labels: np.ndarray, signal: np.ndarray, seed: int = 0) 
 
 
 def run_crossfit(root: Path, labels: np.ndarray, signal: np.ndarray | None = None) -> Experiment:
-    exp = Experiment(name="cf", output_root=str(root), tune=TuneConfig(n_iter=2, threads=1))
+    exp = Experiment(name="cf", output_root=str(root), tune=TuneConfig(n_iter=2, threads=1), report=REPORT)
     shutil.rmtree(exp.folder, ignore_errors=True)
     write_oof(exp.folder, labels, labels if signal is None else signal)
     crossfit_sweep(exp)
@@ -75,6 +76,6 @@ def run_crossfit(root: Path, labels: np.ndarray, signal: np.ndarray | None = Non
 
 def copy_crossfit(exp: Experiment, root: Path) -> Experiment:
     """A private copy under ``root`` of a (shared) cross-fitted experiment, for a test that writes."""
-    copy = Experiment(name=exp.name, output_root=str(root), tune=exp.tune)
+    copy = Experiment(name=exp.name, output_root=str(root), tune=exp.tune, report=exp.report)
     shutil.copytree(exp.folder, copy.folder, symlinks=True)
     return copy

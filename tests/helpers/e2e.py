@@ -39,6 +39,7 @@ def e2e_yaml(tmp: Path, root: Path, name: str = "tiny") -> Path:
         "model": {"encoder": "resnet18", "weights": "none", "decoder_channels": [32, 16, 16, 8, 8]},
         "train": {"batch_size": {64: 8}, "workers": 0, "amp": "off", "phases": PHASES, "folds": "both"},
         "features": {"weights": "none", "image_size": 64},
+        "report": {"resamples": 100},  # bootstrap CIs (2000 by default)
     }
     tmp.mkdir(parents=True, exist_ok=True)
     path = tmp / f"{name}.yaml"
