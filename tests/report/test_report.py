@@ -63,7 +63,76 @@ def _maps(rng: np.random.Generator) -> tuple[list[str], np.ndarray, np.ndarray]:
     return ids, np.stack(maps), np.stack(truths)
 
 
-def make_experiment(root: Path) -> Path:
+def _sweep_tables(exp: Path, hist: np.ndarray) -> None:
+    """sweep/{test,oof}: fine thresholds and Table 4 grids."""
+    # the tables (the selection set reuses the test histograms: only the layout matters here)
+    fine = np.round(np.arange(1, 100) / 100, 2)
+    for split in ("test", "oof"):
+        d = exp / "sweep" / split
+        d.mkdir(parents=True)
+        pd.DataFrame({"threshold": fine, **gating.sweep_threshold(hist, fine)}).to_csv(
+            d / "thresholds_fine.csv", index=False
+        )
+        areas = np.arange(0, 5001, 500)
+        res = gating.sweep_threshold_area(hist, [SIDE] * N, [SIDE] * N, fine, areas)
+        t, a = np.meshgrid(fine, areas, indexing="ij")
+        pd.DataFrame(
+            {"threshold": t.ravel(), "min_area": a.ravel(), **{k: np.ravel(v) for k, v in res.items()}}
+        ).to_csv(d / "table4_threshold_area.csv", index=False)
+
+
+def _classifier_outputs(exp: Path, ids, present: np.ndarray, hist: np.ndarray, rng) -> None:
+    """classifier/ (probabilities, gate.json, Table 2) and final/test/<mode>/ decisions."""
+    # classifier + gate decisions
+    tuned = np.clip(present * 0.5 + rng.uniform(0, 0.5, N), 0, 1)
+    tuned[0], tuned[7] = 0.1, 0.45  # one missed positive, one kept negative
+    cls = exp / "classifier"
+    cls.mkdir(parents=True)
+    pd.DataFrame(
+        {"image_id": ids, "has_pneumothorax": present, "default": rng.uniform(0, 1, N), "tuned": tuned}
+    ).to_csv(cls / "test_probabilities.csv", index=False)
+    gate = {}
+    for mode, key, folder in (
+        ("classifier", "threshold", "test/classifier"),
+        ("classifier_and_area", "threshold_area", "test/classifier_and_area"),
+    ):
+        rule = {k: v for k, v in OP[key].items()}
+        gate[mode] = {"mode": mode, "threshold": GATE_THRESHOLD, "chosen_on": "oof", "pixel_rule": rule}
+        keep = (tuned >= GATE_THRESHOLD).astype(int)
+        area = gating.rule_counts(hist, [SIDE] * N, [SIDE] * N, rule)[1]
+        d = exp / "final" / folder
+        d.mkdir(parents=True)
+        pd.DataFrame(
+            {"image_id": ids, "probability": tuned, "decision": keep, "mask_area_px": area * keep}
+        ).to_csv(d / "decisions.csv", index=False)
+        (d / "summary.json").write_text(json.dumps({"pixel_rule": rule, "threshold": GATE_THRESHOLD}))
+    (cls / "gate.json").write_text(json.dumps(gate))
+    rows = [(m, c, 0.8, 0.7, 0.75, 6) for m in ("default", "tuned") for c in ("absent", "present")]
+    pd.DataFrame(rows, columns=["model", "class", "precision", "recall", "f1", "support"]).to_csv(
+        cls / "table2.csv", index=False
+    )
+
+
+def _segmenter_log(exp: Path) -> None:
+    """segmenter/main: a log with two phases, config, versions."""
+    # one segmenter model: log with two phases, config, versions
+    seg = exp / "segmenter" / "main"
+    seg.mkdir(parents=True)
+    pd.DataFrame(
+        {
+            "phase": [0, 0, 1, 1],
+            "phase_name": ["bce", "bce", "dice", "dice"],
+            "epoch": [0, 1, 2, 3],
+            "train_loss": [0.9, 0.7, 0.5, 0.4],
+            "val_loss": [0.95, 0.8, 0.6, 0.55],
+            "val_mean_dice": [0.2, 0.4, 0.5, 0.6],
+        }
+    ).to_csv(seg / "log.csv", index=False)
+    (seg / "config.json").write_text(json.dumps({"name": "syn", "model": {"encoder": "resnet18"}}))
+    (seg / "versions.json").write_text(json.dumps({"python": "3.11", "torch": "x"}))
+
+
+def reported_experiment(root: Path) -> Path:
     """A complete synthetic experiment folder ``root/models/syn`` (evaluate run, as the pipeline does)."""
     rng = np.random.default_rng(0)
     exp = root / "models" / "syn"
@@ -94,63 +163,9 @@ def make_experiment(root: Path) -> Path:
     (exp / "prepared" / "masks.csv").write_text("ImageId,EncodedPixels\n")
     rules = {k: OP[k] for k in ("default", "threshold", "threshold_area", "triplet")}
     OperatingPoints("oof", OP["n_images"], OP["best_rule"], rules).write(exp / "operating_point.json")
-    # sweep tables (the selection set reuses the test histograms: only the layout matters here)
-    fine = np.round(np.arange(1, 100) / 100, 2)
-    for split in ("test", "oof"):
-        d = exp / "sweep" / split
-        d.mkdir(parents=True)
-        pd.DataFrame({"threshold": fine, **gating.sweep_threshold(hist, fine)}).to_csv(
-            d / "thresholds_fine.csv", index=False
-        )
-        areas = np.arange(0, 5001, 500)
-        res = gating.sweep_threshold_area(hist, [SIDE] * N, [SIDE] * N, fine, areas)
-        t, a = np.meshgrid(fine, areas, indexing="ij")
-        pd.DataFrame(
-            {"threshold": t.ravel(), "min_area": a.ravel(), **{k: np.ravel(v) for k, v in res.items()}}
-        ).to_csv(d / "table4_threshold_area.csv", index=False)
-    # classifier + gate decisions
-    tuned = np.clip(present * 0.5 + rng.uniform(0, 0.5, N), 0, 1)
-    tuned[0], tuned[7] = 0.1, 0.45  # one missed positive, one kept negative
-    cls = exp / "classifier"
-    cls.mkdir(parents=True)
-    pd.DataFrame(
-        {"image_id": ids, "has_pneumothorax": present, "default": rng.uniform(0, 1, N), "tuned": tuned}
-    ).to_csv(cls / "test_probabilities.csv", index=False)
-    gate = {}
-    for mode, key, folder in (
-        ("classifier", "threshold", "test/classifier"),
-        ("classifier_and_area", "threshold_area", "test/classifier_and_area"),
-    ):
-        rule = {k: v for k, v in OP[key].items()}
-        gate[mode] = {"mode": mode, "threshold": GATE_THRESHOLD, "chosen_on": "oof", "pixel_rule": rule}
-        keep = (tuned >= GATE_THRESHOLD).astype(int)
-        area = gating.rule_counts(hist, [SIDE] * N, [SIDE] * N, rule)[1]
-        d = exp / "final" / folder
-        d.mkdir(parents=True)
-        pd.DataFrame(
-            {"image_id": ids, "probability": tuned, "decision": keep, "mask_area_px": area * keep}
-        ).to_csv(d / "decisions.csv", index=False)
-        (d / "summary.json").write_text(json.dumps({"pixel_rule": rule, "threshold": GATE_THRESHOLD}))
-    (cls / "gate.json").write_text(json.dumps(gate))
-    rows = [(m, c, 0.8, 0.7, 0.75, 6) for m in ("default", "tuned") for c in ("absent", "present")]
-    pd.DataFrame(rows, columns=["model", "class", "precision", "recall", "f1", "support"]).to_csv(
-        cls / "table2.csv", index=False
-    )
-    # one segmenter model: log with two phases, config, versions
-    seg = exp / "segmenter" / "main"
-    seg.mkdir(parents=True)
-    pd.DataFrame(
-        {
-            "phase": [0, 0, 1, 1],
-            "phase_name": ["bce", "bce", "dice", "dice"],
-            "epoch": [0, 1, 2, 3],
-            "train_loss": [0.9, 0.7, 0.5, 0.4],
-            "val_loss": [0.95, 0.8, 0.6, 0.55],
-            "val_mean_dice": [0.2, 0.4, 0.5, 0.6],
-        }
-    ).to_csv(seg / "log.csv", index=False)
-    (seg / "config.json").write_text(json.dumps({"name": "syn", "model": {"encoder": "resnet18"}}))
-    (seg / "versions.json").write_text(json.dumps({"python": "3.11", "torch": "x"}))
+    _sweep_tables(exp, hist)
+    _classifier_outputs(exp, ids, present, hist, rng)
+    _segmenter_log(exp)
     record_experiment(
         Experiment(name="syn", model=ModelConfig(encoder="resnet18"), output_root=str(root / "models"))
     )
@@ -160,7 +175,7 @@ def make_experiment(root: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    exp = make_experiment(tmp_path_factory.mktemp("report"))
+    exp = reported_experiment(tmp_path_factory.mktemp("report"))
     return exp, build_report(exp, resamples=1000, seed=3, gallery=4)
 
 
@@ -332,7 +347,7 @@ def test_metrics_json_has_intervals(built):
 
 
 def test_missing_inputs_give_not_run_notes(tmp_path):
-    exp = make_experiment(tmp_path)
+    exp = reported_experiment(tmp_path)
     shutil.rmtree(exp / "final" / "test" / "classifier_and_area")
     shutil.rmtree(exp / "classifier")
     res = build_report(exp, out=tmp_path / "out", resamples=1000, gallery=2)
@@ -366,7 +381,7 @@ def test_paper_siblings_found_by_saved_config(tmp_path):
     """A paper experiment under any folder name joins the backbone table through its saved config."""
     from dualstage.config import ReportConfig
 
-    exp = make_experiment(tmp_path)
+    exp = reported_experiment(tmp_path)
     sib = Experiment(
         name="renamed_run",
         model=ModelConfig(encoder="se_resnext50_32x4d"),
