@@ -18,7 +18,8 @@ import pandas as pd
 import pytest
 
 from dualstage.locks import Busy, holding, lock_path, locked
-from helpers.bad_inputs import ENV, assert_error, assert_ok, gray, run, save_png
+from helpers.bad_inputs import ENV, assert_error, assert_ok, gray, save_png
+from helpers.commands import call
 
 HOLD = (
     "import sys, time\n"
@@ -67,13 +68,13 @@ def _images(folder: Path, n: int, seed: int) -> Path:
 def _predict(exp: Path, folder: Path, *extra: object) -> subprocess.CompletedProcess:
     args = ("predict", "--exp", exp, "--input", folder, "--set", "new", "--workers", "0", "--no-progress",
             "--device", "cpu", *extra)  # fmt: skip
-    return run("dualstage.segment", *args, timeout=180)
+    return call("dualstage.segment", *args)  # in this process; the holders are other processes
 
 
 def _features(exp: Path) -> subprocess.CompletedProcess:
     args = ("features", "--exp", exp, "--set", "new", "--weights", "none", "--image-size", "32",
             "--workers", "0", "--no-progress", "--device", "cpu")  # fmt: skip
-    return run("dualstage.classify", *args, timeout=180)
+    return call("dualstage.classify", *args)
 
 
 def test_second_writer_stops_naming_the_holder(own_tiny_model: Path, tmp_path: Path, holder) -> None:
@@ -100,12 +101,12 @@ def test_shards_share_a_set_but_exclude_a_whole_run(own_tiny_model: Path, tmp_pa
     h = holder(target, shared=True)  # a --shard run of this set
     args = ("predict", "--exp", own_tiny_model, "--input", folder, "--set", "shared", "--workers", "0",
             "--no-progress", "--device", "cpu")  # fmt: skip
-    assert_ok(run("dualstage.segment", *args, "--shard", "0/2", timeout=180))
-    assert_error(run("dualstage.segment", *args, timeout=180), str(target), f"pid {h.proc.pid}")
-    assert_error(run("dualstage.segment", *args, "--merge", timeout=180), str(target), "in use by")
+    assert_ok(call("dualstage.segment", *args, "--shard", "0/2"))
+    assert_error(call("dualstage.segment", *args), str(target), f"pid {h.proc.pid}")
+    assert_error(call("dualstage.segment", *args, "--merge"), str(target), "in use by")
     h.kill()
-    assert_ok(run("dualstage.segment", *args, "--shard", "1/2", timeout=180))
-    assert_ok(run("dualstage.segment", *args, "--merge", timeout=180))
+    assert_ok(call("dualstage.segment", *args, "--shard", "1/2"))
+    assert_ok(call("dualstage.segment", *args, "--merge"))
 
 
 def test_two_predict_runs_on_one_set(own_tiny_model: Path, tmp_path: Path) -> None:

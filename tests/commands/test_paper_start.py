@@ -9,15 +9,22 @@ from pathlib import Path
 
 import pytest
 
-from helpers.commands import run
+from helpers.commands import call
 
 ROOT = Path(__file__).resolve().parents[2]
 PAPER = ROOT / "experiments" / "progressive_resnet34.yaml"
 
 
 def _run(cwd: Path, *args: str):
-    """``python ARGS`` in ``cwd`` with this checkout importable; the exit status is the test's to check."""
-    return run(*args, expect=None, env={"PYTHONPATH": str(ROOT)}, cwd=cwd, timeout=300)
+    """``python -m MODULE ARGS`` run from ``cwd``, in this process (same entry point, no start-up);
+    the exit status is the test's to check."""
+    assert args[0] == "-m", args
+    before = os.getcwd()
+    os.chdir(cwd)
+    try:
+        return call(args[1], *args[2:])
+    finally:
+        os.chdir(before)
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,10 @@ CONFIG = {
 def call(module: str, *args: object) -> subprocess.CompletedProcess:
     """``python -m module args...`` through its ``main(argv)`` in this process; an exception that
     escapes the command's error handling becomes a traceback on stderr and exit 1."""
-    main = importlib.import_module(f"{module}.__main__").main
+    try:
+        main = importlib.import_module(f"{module}.__main__").main
+    except ModuleNotFoundError:  # a module, not a package: its own main (``dualstage.data.phantom``)
+        main = importlib.import_module(module).main
     argv = [str(a) for a in args]
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
