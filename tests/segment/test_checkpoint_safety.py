@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -67,9 +65,7 @@ def trained(tmp_path_factory) -> Path:
     """A tiny experiment stopped after its first epoch: segmenter/main/{last,best}.pt, no done.json."""
     tmp = tmp_path_factory.mktemp("ckpt")
     cfg = _experiment(tmp, tmp / "models")
-    command = [sys.executable, "-m", "dualstage", "run", str(cfg), "--steps", "data"]
-    proc = subprocess.run(command, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    cli("dualstage", "run", cfg, "--steps", "data")
     _cli("train", "--exp", str(cfg), "--fold", "main", "--stop-after", "1", "--no-progress")
     return tmp / "models" / "tiny"
 
