@@ -1,7 +1,7 @@
 """Bad options, output folders, other commands and interrupts: one line, exit 2 (130 interrupted).
 
 Cases run the public commands (``segment prepare``, ``data.phantom``, ``dualstage run``);
-helpers: ``tests/bad_input_kit.py``. Dataset cases: ``tests/test_bad_inputs.py``.
+helpers: ``tests/helpers/bad_inputs.py``. Dataset cases: ``tests/data/test_bad_inputs.py``.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Cases run the public commands' entry points (``python -m dualstage run``, ``dualstage.segment
 train | predict``, ``dualstage.classify tune | gate``, ``dualstage.report``); most in this process
 through the same ``main(argv)`` (an escaping exception fails the case as a traceback would), a few
-as real processes. Helpers: ``tests/bad_input_kit.py``. Dataset cases: ``tests/test_bad_inputs.py``.
+as real processes. Helpers: ``tests/helpers/bad_inputs.py``. Dataset cases: ``tests/data/test_bad_inputs.py``.
 """
 
 from __future__ import annotations

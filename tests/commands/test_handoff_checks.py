@@ -3,7 +3,7 @@ and the field; a report that cannot compute a row because an input is bad stops 
 ``--allow-partial``, says so in a banner at the top and in summary.json.
 
 Each case mistypes or truncates one file of a tuned and gated synthetic experiment (the ``gated``
-fixture of ``tests/test_bad_inputs_experiment.py``) and runs the public command that reads it.
+session fixture in ``tests/conftest.py``) and runs the public command that reads it.
 """
 
 from __future__ import annotations

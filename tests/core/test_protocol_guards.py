@@ -2,7 +2,7 @@
 independently computed values: patient-grouped and stratified splits and inner validations,
 the paired 95 % bootstrap and its sign, the sweep's best rule and tie-breaks, one LR triangle
 per phase, and ImageIds stripped of spaces. The classifier gate's out-of-fold threshold and the
-mid-phase resume are in ``tests/test_protocol_guards_fit.py``."""
+mid-phase resume are in ``tests/crossfit/test_protocol_guards_fit.py``."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Issue 17, item 4: ``train.val_threshold`` is the one source of the un-tuned rule ("no gate") in
 every table, label and fallback; a missing operating point names `segment sweep`, never a silent 0.5.
 
-A cross-fitted synthetic experiment (tests/test_crossfit.py's builder) saved with val_threshold 0.4.
+A cross-fitted synthetic experiment (tests/helpers/crossfit.py) saved with val_threshold 0.4.
 """
 
 from __future__ import annotations

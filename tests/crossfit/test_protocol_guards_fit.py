@@ -2,7 +2,7 @@
 threshold is chosen on out-of-fold probabilities (``classify gate fit`` and the cross-fitted
 ``fit_fold``), never on in-sample ones. Expected values are computed independently: out-of-fold
 probabilities by fitting XGBoost fold by fold here, the threshold by a plain numpy Dice sweep.
-The mid-phase resume guard is in ``tests/test_resume_midphase.py``."""
+The mid-phase resume guard is in ``tests/segment/test_resume_midphase.py``."""
 
 from __future__ import annotations
 

@@ -3,8 +3,8 @@
 Each case runs the public command on tiny inputs and asserts the exit code, that stderr is
 one ``error: ...`` line without a traceback naming the file / row / key, the
 ``rejected.csv`` rows where bad items are skipped (the batch goes on), and that nothing
-changed outside the output folder. Helpers: ``tests/bad_input_kit.py``; option, output
-folder, other-command and interrupt cases: ``tests/test_bad_inputs_commands.py``.
+changed outside the output folder. Helpers: ``tests/helpers/bad_inputs.py``; option, output
+folder, other-command and interrupt cases: ``tests/commands/test_bad_inputs_commands.py``.
 """
 
 from __future__ import annotations

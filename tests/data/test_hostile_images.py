@@ -5,7 +5,7 @@ claiming 50000 x 50000, a zero-filled 12000 x 12000 PNG, a PNG bomb) beside two 
 through the public commands (``segment predict --input``, ``segment prepare``): exit 0, one
 ``rejected.csv`` row each naming the file, its declared size and the limit, the good ones done.
 Compressed payloads that decode to more than their header says are refused before decoding too.
-Builders: ``tests/bad_input_kit.py``.
+Builders: ``tests/helpers/bad_inputs.py``.
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ def test_predict_input_with_a_small_limit(tiny_model: Path, tmp_path: Path, thro
 
 
 def run_code(code: str, *args: object):
-    """``python -c code args...`` with this checkout importable (as :func:`bad_input_kit.run`)."""
+    """``python -c code args...`` with this checkout importable (as :func:`helpers.bad_inputs.run`)."""
     import subprocess
 
     from helpers.bad_inputs import ENV

@@ -3,7 +3,7 @@ table names its inner validation and its out-of-fold Dice; no caption, heading, 
 provenance of a cross-fitted run speaks of a test split; provenance hashes the inputs the comparison
 read; the probability figure shows each fold's own gate threshold.
 
-A cross-fitted synthetic experiment (tests/test_crossfit.py's builder) with hand-written fold logs
+A cross-fitted synthetic experiment (tests/helpers/crossfit.py) with hand-written fold logs
 and hand-written per-fold classifier outputs (thresholds 0, 0.9 and 0.08, as in the issue's demo).
 """
 
