@@ -1,4 +1,4 @@
-"""Helpers of the bad-input suites (``tests/test_bad_inputs*.py``): run the public commands,
+"""Helpers of the bad-input suites (``test_bad_inputs*.py``): run the public commands,
 check their one-line errors, snapshot a folder, and build tiny inputs.
 
 A case: build its input with :func:`good_siim` / :func:`siim_layout` / :func:`png_layout`,

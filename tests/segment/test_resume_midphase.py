@@ -1,5 +1,5 @@
 """``segment train --resume`` from the middle of a multi-epoch cyclic phase continues its LR triangle
-(issue 9, item 8): the kill test in ``tests/test_segment_e2e.py`` stops only at phase boundaries,
+(issue 9, item 8): the kill test in ``tests/segment/test_segment_e2e.py`` stops only at phase boundaries,
 where the scheduler starts afresh anyway; here the run stops inside the phase, so a resume that
 skipped the scheduler's state would restart the triangle. The LRs are checked against hand-computed
 values and against the same experiment run uninterrupted."""
