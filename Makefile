@@ -48,7 +48,7 @@ demo-external: $(BIN)/.installed
 demo-external-reference: $(BIN)/.installed
 	$(BIN)/python -m dualstage.report.readme accept --block demo-external models/demo/report/summary.json
 
-test: $(BIN)/.installed
+test: lint
 	$(BIN)/python -m pytest -q
 
 test-all: $(BIN)/.installed
@@ -69,8 +69,10 @@ bench-full: $(BIN)/.installed
 	$(BIN)/python benchmarks/scale.py --studies 12000 --size 1024
 	$(BIN)/python benchmarks/results_md.py
 
+# the formatter owns the layout: `ruff format dualstage tests benchmarks` before a commit
 lint: $(BIN)/.installed
 	$(BIN)/ruff check dualstage tests benchmarks
+	$(BIN)/ruff format --check dualstage tests benchmarks
 
 clean-venv:
 	rm -rf $(VENV)

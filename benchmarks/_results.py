@@ -152,7 +152,7 @@ def machine() -> dict:
     """CPU model, cores, torch threads, bf16 support and library versions of this machine."""
     import torch
 
-    from dualstage.segment.precision import cpu_bf16_supported
+    from dualstage.runtime.precision import cpu_bf16_supported
 
     info = {
         "cpu": cpu_model(),

@@ -17,8 +17,8 @@ from dualstage.config import Experiment, load_experiment
 from dualstage.data.dataset import load_split_table
 from dualstage.data.phantom import generate
 from dualstage.data.prepare import prepare
+from dualstage.runtime.distributed import setup_runtime
 from dualstage.segment.checkpoint import inference_checkpoint, save_checkpoint
-from dualstage.segment.distributed import setup_runtime
 from dualstage.segment.loop import FoldData, Trainer
 
 __all__ = ["phantom_experiment", "save_model"]
@@ -42,8 +42,9 @@ def phantom_experiment(
     """
     data = root / "data"
     if not data.is_dir():
-        generate(data, n, size=source_size, layout="png", seed=0, workers=2, progress=False,
-                 lesion_contrast=2.5)  # fmt: skip
+        generate(
+            data, n, size=source_size, layout="png", seed=0, workers=2, progress=False, lesion_contrast=2.5
+        )
     cfg = {
         "name": f"bench_{encoder}_{resolution}",
         "output_root": str(root / "models"),

@@ -28,14 +28,14 @@ import numpy as np
 from _results import alternate, machine, record
 from _setup import phantom_experiment
 
-from dualstage import gating
+from dualstage.artifacts.layout import ExperimentDir
+from dualstage.artifacts.operating_points import OperatingPoints
+from dualstage.artifacts.prediction_set import PredictionSet
+from dualstage.core import gating
 from dualstage.crossfit.rules import read_fold_rules
 from dualstage.data.splits import read_folds
-from dualstage.layout import ExperimentDir
-from dualstage.segment.operating_points import OperatingPoints
-from dualstage.segment.precision import cpu_bf16_supported
+from dualstage.runtime.precision import cpu_bf16_supported
 from dualstage.segment.predict import predict
-from dualstage.segment.prediction_set import PredictionSet
 from dualstage.segment.sweep import run_sweep
 from dualstage.segment.train import train
 
@@ -58,8 +58,13 @@ def compare(fp32: PredictionSet, bf16: PredictionSet, rule_of) -> dict:
         same.append(bool(a.any()) == bool(b.any()))
         nonempty += bool(a.any())
         diffs.append(float(np.abs(qa.astype(np.int16) - qb.astype(np.int16)).mean()))
-    return {"mean_dice": float(np.mean(dices)), "agreement": float(np.mean(same)), "studies": len(dices),
-            "nonempty_fp32": nonempty, "map_mean_abs_diff": float(np.mean(diffs))}  # fmt: skip
+    return {
+        "mean_dice": float(np.mean(dices)),
+        "agreement": float(np.mean(same)),
+        "studies": len(dices),
+        "nonempty_fp32": nonempty,
+        "map_mean_abs_diff": float(np.mean(diffs)),
+    }
 
 
 def stress_rule(pset: PredictionSet, share: float = 0.002) -> dict:
@@ -73,14 +78,27 @@ def stress_rule(pset: PredictionSet, share: float = 0.002) -> dict:
 def trained_phantom(root: Path):
     """A freshly trained small phantom experiment and its rule (chosen on val, fp32 maps)."""
     phases = [
-        {"name": "bce", "resolution": 128, "unfreeze": "all",
-         "loss": {"name": "weighted_bce", "pos_weight": 5.0}, "epochs": 8,
-         "base_lr": 3.0e-4, "max_lr": 3.0e-3, "positive_share": 0.5},
-    ]  # fmt: skip
+        {
+            "name": "bce",
+            "resolution": 128,
+            "unfreeze": "all",
+            "loss": {"name": "weighted_bce", "pos_weight": 5.0},
+            "epochs": 8,
+            "base_lr": 3.0e-4,
+            "max_lr": 3.0e-3,
+            "positive_share": 0.5,
+        },
+    ]
     exp = phantom_experiment(
-        root, 120, 512, 128, "resnet18", decoder_channels=[128, 64, 32, 16, 8], batch_size=16,
+        root,
+        120,
+        512,
+        128,
+        "resnet18",
+        decoder_channels=[128, 64, 32, 16, 8],
+        batch_size=16,
         train={"phases": phases, "max_val_images": 24},
-    )  # fmt: skip
+    )
     train(exp, progress=False)
     preds = exp.folder / "predictions"
     predict(exp.folder, preds / "val", split="val", workers=0, device="cpu", progress=False, precision="fp32")
@@ -121,8 +139,16 @@ def main() -> None:
         sets = {p: PredictionSet(root / f"all_{p}") for p in ("fp32", "bf16")}
 
         def run(precision: str, out: Path) -> None:
-            predict(folder, out, split=split, batch_size=8, workers=0, device="cpu", progress=False,
-                    precision=precision)  # fmt: skip
+            predict(
+                folder,
+                out,
+                split=split,
+                batch_size=8,
+                workers=0,
+                device="cpu",
+                progress=False,
+                precision=precision,
+            )
 
         for precision, pset in sets.items():  # the kept sets (also the warm-up)
             run(precision, pset.folder)
@@ -153,8 +179,15 @@ def main() -> None:
         f"stress rule {stress['rule']}: mean Dice {stress['mean_dice']:.4f}, same presence "
         f"{stress['agreement']:.2%} ({stress['nonempty_fp32']} studies with a fp32 mask)"
     )
-    info = {**c, "stress": stress, "rule": rule or "each study's fold rule (crossfit/fold_k)", "model": model,
-            "seconds_fp32": times["fp32"], "seconds_bf16": times["bf16"], **machine()}  # fmt: skip
+    info = {
+        **c,
+        "stress": stress,
+        "rule": rule or "each study's fold rule (crossfit/fold_k)",
+        "model": model,
+        "seconds_fp32": times["fp32"],
+        "seconds_bf16": times["bf16"],
+        **machine(),
+    }
     record("bf16_inference_speedup", speedup, 1.0, "fp32 s / bf16 s (segment predict)", op=">", **info)
     record("bf16_vs_fp32_mask_dice", c["mean_dice"], 0.995, "mean Dice", **info)
     record("bf16_vs_fp32_presence_agreement", c["agreement"], 0.99, "share of studies", **info)

@@ -88,10 +88,18 @@ def main() -> None:
     print("before: best.pt = the resumable size; 3 folds kept 2 copies each")
     print(json.dumps({"checkpoint_size": rows}))
     for key, (name, r) in zip(("demo", "se_resnext50"), rows.items(), strict=True):
-        record(f"checkpoint_inference_share_{key}", r["inference_mb"] / r["resumable_mb"], 0.5,
-               "best.pt MB / last.pt MB (weights only vs optimizer + RNG state)", op="<=", model=name,
-               params=r["params"], before_mb=r["resumable_mb"], after_mb=r["inference_mb"],
-               note="before: best.pt was as large as last.pt (it carried Adam's state)")  # fmt: skip
+        record(
+            f"checkpoint_inference_share_{key}",
+            r["inference_mb"] / r["resumable_mb"],
+            0.5,
+            "best.pt MB / last.pt MB (weights only vs optimizer + RNG state)",
+            op="<=",
+            model=name,
+            params=r["params"],
+            before_mb=r["resumable_mb"],
+            after_mb=r["inference_mb"],
+            note="before: best.pt was as large as last.pt (it carried Adam's state)",
+        )
 
 
 if __name__ == "__main__":

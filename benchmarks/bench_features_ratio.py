@@ -22,13 +22,13 @@ import torch
 from _results import alternate, machine, ratio, record
 from _setup import phantom_experiment, save_model
 
+from dualstage.artifacts.prediction_set import PredictionSet
 from dualstage.classify.features import extract_features, load_densenet
 from dualstage.data.cache import pick_cache_size
 from dualstage.data.prepare import cache_paths
-from dualstage.segment.models import IMAGENET_MEAN, IMAGENET_STD
-from dualstage.segment.precision import autocast, inference_dtype, precision_name
+from dualstage.runtime.precision import autocast, inference_dtype, precision_name
+from dualstage.runtime.weights import IMAGENET_MEAN, IMAGENET_STD
 from dualstage.segment.predict import predict
-from dualstage.segment.prediction_set import PredictionSet
 
 
 def _inputs(pset: PredictionSet, prepared: Path, size: int, batch: int) -> list[torch.Tensor]:
@@ -78,8 +78,18 @@ def main() -> None:
         def real() -> None:
             runs["n"] += 1
             out = root / f"features_{runs['n']}"
-            extract_features(pred, out, prepared=prepared, weights="none", image_size=size, batch_size=batch,
-                             workers=0, device="cpu", progress=False, precision=precision)  # fmt: skip
+            extract_features(
+                pred,
+                out,
+                prepared=prepared,
+                weights="none",
+                image_size=size,
+                batch_size=batch,
+                workers=0,
+                device="cpu",
+                progress=False,
+                precision=precision,
+            )
             shutil.rmtree(out)
 
         times = alternate({"bare": bare, "features": real}, rounds=3)
@@ -92,12 +102,22 @@ def main() -> None:
         f"ratio {ratios['best']:.3f} (median of rounds {ratios['median']:.3f}, CPU {ratios['cpu']:.3f})"
     )
     record(
-        "features_vs_bare_forward", ratios["best"], 0.90, "bare s / features s",
-        rows=n, image_size=size, source_size=source, batch_size=batch, precision=precision_name(dtype),
-        channels_last=True, workers=0, seconds={k: [round(t, 2) for t in v] for k, v in times.items()},
-        ratio_median_of_rounds=round(ratios["median"], 3), ratio_cpu_seconds=round(ratios["cpu"], 3),
+        "features_vs_bare_forward",
+        ratios["best"],
+        0.90,
+        "bare s / features s",
+        rows=n,
+        image_size=size,
+        source_size=source,
+        batch_size=batch,
+        precision=precision_name(dtype),
+        channels_last=True,
+        workers=0,
+        seconds={k: [round(t, 2) for t in v] for k, v in times.items()},
+        ratio_median_of_rounds=round(ratios["median"], 3),
+        ratio_cpu_seconds=round(ratios["cpu"], 3),
         **machine(),
-    )  # fmt: skip
+    )
 
 
 if __name__ == "__main__":

@@ -67,7 +67,7 @@ def _model(root: Path) -> tuple[str, list[str]]:
     """(experiment folder, --folds) of a demo-shaped untrained U-Net."""
     from _setup import phantom_experiment, save_model
 
-    from dualstage.experiment import record_experiment
+    from dualstage.commands.experiment import record_experiment
 
     exp = phantom_experiment(root, 12, 128, 128, encoder="resnet18", decoder_channels=[128, 64, 32, 16, 8])
     save_model(exp, "main")
@@ -94,10 +94,35 @@ def main() -> None:
         for name, data in (("hostile", hostile.parent), ("good", good.parent)):
             _siim(data)
             out = root / f"pred_{name}"
-            predict = ["predict", "--exp", exp, *folds, "--input", str(data / "images"), "--out", str(out),
-                       "--workers", "0", "--no-progress", "--device", "cpu"]  # fmt: skip
-            prepare = ["prepare", "--data", str(data), "--out", str(root / f"prep_{name}"), "--sizes", "256",
-                       "--folds", "2", "--workers", "0", "--no-progress"]  # fmt: skip
+            predict = [
+                "predict",
+                "--exp",
+                exp,
+                *folds,
+                "--input",
+                str(data / "images"),
+                "--out",
+                str(out),
+                "--workers",
+                "0",
+                "--no-progress",
+                "--device",
+                "cpu",
+            ]
+            prepare = [
+                "prepare",
+                "--data",
+                str(data),
+                "--out",
+                str(root / f"prep_{name}"),
+                "--sizes",
+                "256",
+                "--folds",
+                "2",
+                "--workers",
+                "0",
+                "--no-progress",
+            ]
             for step, args in (("predict", predict), ("prepare", prepare)):
                 gb, seconds, code, line = peak_rss(args, root)
                 figures[(step, name)] = gb
@@ -108,8 +133,17 @@ def main() -> None:
         model = exp if opts.exp else "demo-shaped untrained U-Net"
         for step in ("predict", "prepare"):
             good_gb = round(figures[(step, "good")], 3)
-            record(f"peak_rss_{step}_hostile_gb", figures[(step, "hostile")], TARGET_GB, "GB peak RSS",
-                   op="<=", files=6, good_images=opts.good, good_folder_gb=good_gb, model=model)  # fmt: skip
+            record(
+                f"peak_rss_{step}_hostile_gb",
+                figures[(step, "hostile")],
+                TARGET_GB,
+                "GB peak RSS",
+                op="<=",
+                files=6,
+                good_images=opts.good,
+                good_folder_gb=good_gb,
+                model=model,
+            )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """``python -m dualstage predict`` end to end vs the bare loop of the same models, on 1024 px images.
 
 Claim ``predict_new_vs_bare_models`` (benchmarks/results.json): bare seconds / command seconds on
-the same images, target >= 0.80. Command: :func:`dualstage.new_images.predict_new` with the demo's
+the same images, target >= 0.80. Command: :func:`dualstage.commands.new_images.predict_new` with the demo's
 predictor (set up once, as the front door is meant to be used; the set-up's seconds are recorded
 beside) over a folder of 1024 px phantom PNGs: header scan, decode, resize, every fold pipeline's
 U-Net, maps back on the 1024 grid, map statistics, the DenseNet trunk on the image and on each
@@ -31,10 +31,10 @@ import torch
 from _results import alternate, machine, ratio, record
 
 from dualstage.classify.densenet import embed
+from dualstage.commands.new_images import predict_new
+from dualstage.commands.predictor import Predictor, resize
 from dualstage.data.images import read_image_file
 from dualstage.data.phantom import generate
-from dualstage.new_images import predict_new
-from dualstage.predictor import Predictor, resize
 from dualstage.segment.inference import probabilities
 
 ROOT = Path(__file__).resolve().parents[1]

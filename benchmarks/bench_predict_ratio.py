@@ -30,12 +30,12 @@ from _results import alternate, machine, ratio, record
 from _setup import phantom_experiment, save_model
 from torch.utils.flop_counter import FlopCounterMode
 
+from dualstage.artifacts.layout import ExperimentDir
 from dualstage.data.dataset import load_split_table
 from dualstage.data.prepare import load_cached
-from dualstage.layout import ExperimentDir
+from dualstage.runtime.precision import autocast, inference_dtype, precision_name
 from dualstage.segment import models
 from dualstage.segment.inference import load_models, select_models
-from dualstage.segment.precision import autocast, inference_dtype, precision_name
 from dualstage.segment.predict import predict
 
 
@@ -93,8 +93,16 @@ def main() -> None:
         def real() -> None:
             runs["n"] += 1
             out = root / f"pred_{runs['n']}"
-            predict(exp.folder, out, split="all", batch_size=batch, workers=0, device="cpu",
-                    progress=False, precision=precision)  # fmt: skip
+            predict(
+                exp.folder,
+                out,
+                split="all",
+                batch_size=batch,
+                workers=0,
+                device="cpu",
+                progress=False,
+                precision=precision,
+            )
             shutil.rmtree(out)
 
         rate = matmul_rate(dtype or torch.float32)  # best of before and after: the least disturbed
@@ -105,12 +113,19 @@ def main() -> None:
     ratios = ratio(times, "bare", "predict")
     achieved = flops * n / t_real
     info = {
-        "images": n, "encoder": encoder, "resolution": res, "source_size": source, "batch_size": batch,
-        "precision": precision_name(dtype), "channels_last": True, "workers": 0,
+        "images": n,
+        "encoder": encoder,
+        "resolution": res,
+        "source_size": source,
+        "batch_size": batch,
+        "precision": precision_name(dtype),
+        "channels_last": True,
+        "workers": 0,
         "seconds": {k: [round(t, 2) for t in v] for k, v in times.items()},
-        "ratio_median_of_rounds": round(ratios["median"], 3), "ratio_cpu_seconds": round(ratios["cpu"], 3),
+        "ratio_median_of_rounds": round(ratios["median"], 3),
+        "ratio_cpu_seconds": round(ratios["cpu"], 3),
         **machine(),
-    }  # fmt: skip
+    }
     print(
         f"U-Net {encoder} at {res} px (maps back to {source} px), {n} images, batch {batch}, "
         f"{precision_name(dtype)}, {torch.get_num_threads()} threads: bare {t_bare:.2f}s "
@@ -125,11 +140,17 @@ def main() -> None:
     )
     record("predict_vs_bare_forward", ratios["best"], 0.90, "bare s / predict s", **info)
     record(
-        "predict_flops_share_of_matmul", achieved / rate, 0.6, "achieved FLOP/s / best matmul FLOP/s",
-        gflops_per_image=round(flops / 1e9, 2), predict_gflops_per_s=round(achieved / 1e9, 1),
-        bare_gflops_per_s=round(flops * n / t_bare / 1e9, 1), matmul_gflops_per_s=round(rate / 1e9, 1),
-        bare_share=round(flops * n / t_bare / rate, 3), **info,
-    )  # fmt: skip
+        "predict_flops_share_of_matmul",
+        achieved / rate,
+        0.6,
+        "achieved FLOP/s / best matmul FLOP/s",
+        gflops_per_image=round(flops / 1e9, 2),
+        predict_gflops_per_s=round(achieved / 1e9, 1),
+        bare_gflops_per_s=round(flops * n / t_bare / 1e9, 1),
+        matmul_gflops_per_s=round(rate / 1e9, 1),
+        bare_share=round(flops * n / t_bare / rate, 3),
+        **info,
+    )
 
 
 if __name__ == "__main__":

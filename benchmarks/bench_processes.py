@@ -44,22 +44,49 @@ def _experiment(folder: Path, name: str, batch: int) -> Path:
     cfg = {
         "name": name,
         "output_root": str(folder / "models"),
-        "data": {"source": "phantom", "phantom_n": 64, "phantom_size": 128, "sizes": [SIZE], "n_folds": 3,
-                 "workers": 2, "val_fraction": 0.3, "test_fraction": 0.2},
+        "data": {
+            "source": "phantom",
+            "phantom_n": 64,
+            "phantom_size": 128,
+            "sizes": [SIZE],
+            "n_folds": 3,
+            "workers": 2,
+            "val_fraction": 0.3,
+            "test_fraction": 0.2,
+        },
         "model": {"encoder": "resnet18", "weights": "none", "decoder_channels": [64, 32, 16, 16, 8]},
-        "train": {"batch_size": {SIZE: batch}, "workers": 0, "amp": "off", "folds": "main", "seed": 0,
-                  "phases": [{"name": "all", "resolution": SIZE, "unfreeze": "all", "epochs": EPOCHS,
-                              "loss": {"name": "weighted_bce", "pos_weight": 5.0},
-                              "base_lr": 1e-4, "max_lr": 1e-3}]},
-    }  # fmt: skip
+        "train": {
+            "batch_size": {SIZE: batch},
+            "workers": 0,
+            "amp": "off",
+            "folds": "main",
+            "seed": 0,
+            "phases": [
+                {
+                    "name": "all",
+                    "resolution": SIZE,
+                    "unfreeze": "all",
+                    "epochs": EPOCHS,
+                    "loss": {"name": "weighted_bce", "pos_weight": 5.0},
+                    "base_lr": 1e-4,
+                    "max_lr": 1e-3,
+                }
+            ],
+        },
+    }
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
 
 
 def _run(args: list[str], threads: int, wait: bool = True) -> subprocess.Popen | float:
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1",
-           "NO_ALBUMENTATIONS_UPDATE": "1"}  # fmt: skip
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(threads),
+        "PYTHONPATH": str(ROOT),
+        "HF_HUB_OFFLINE": "1",
+        "NO_ALBUMENTATIONS_UPDATE": "1",
+    }
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     if not wait:
@@ -77,8 +104,12 @@ def _finish(proc: subprocess.Popen) -> None:
 def _train_result(exp_dir: Path) -> dict:
     done = json.loads((exp_dir / "segmenter" / "main" / "done.json").read_text())
     last = pd.read_csv(exp_dir / "segmenter" / "main" / "log.csv").iloc[-1]
-    return {"seconds": done["seconds"], "world": done["world"], "val_loss": float(last["val_loss"]),
-            "val_mean_dice": float(last["val_mean_dice"])}  # fmt: skip
+    return {
+        "seconds": done["seconds"],
+        "world": done["world"],
+        "val_loss": float(last["val_loss"]),
+        "val_mean_dice": float(last["val_mean_dice"]),
+    }
 
 
 def bench_training(folder: Path) -> tuple[dict, dict, Path]:
@@ -113,14 +144,32 @@ def _compare_sets(a: Path, b: Path) -> dict:
         y = np.asarray(Image.open(b / "maps" / f"{i}.png"), dtype=np.int16)
         differing += int(not np.array_equal(x, y))
         max_level = max(max_level, int(np.abs(x - y).max()))
-    return {"index_identical": (a / "index.csv").read_bytes() == (b / "index.csv").read_bytes(),
-            "maps": len(ids), "maps_differing": differing, "max_level_difference": max_level}  # fmt: skip
+    return {
+        "index_identical": (a / "index.csv").read_bytes() == (b / "index.csv").read_bytes(),
+        "maps": len(ids),
+        "maps_differing": differing,
+        "max_level_difference": max_level,
+    }
 
 
 def bench_predict(cfg: Path, folder: Path) -> dict:
     """One process at 2 threads vs two shards at 1 thread each in parallel + the merge."""
-    base = ["-m", "dualstage.segment", "predict", "--exp", str(cfg), "--split", "all", "--device", "cpu",
-            "--workers", "0", "--batch-size", "8", "--no-progress"]  # fmt: skip
+    base = [
+        "-m",
+        "dualstage.segment",
+        "predict",
+        "--exp",
+        str(cfg),
+        "--split",
+        "all",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--batch-size",
+        "8",
+        "--no-progress",
+    ]
     one, two = folder / "pred_one", folder / "pred_two"
     wall_one = _run([*base, "--out", str(one)], threads=2)
     t0 = time.perf_counter()
@@ -150,23 +199,33 @@ def bench_predict(cfg: Path, folder: Path) -> dict:
 def _report(one: dict, two: dict, p: dict, train_speedup: float, predict_speedup: float, dice: float) -> None:
     print(f"(a) training, {EPOCHS} epochs at {SIZE} px, global batch {GLOBAL_BATCH}:")
     for name, r in (("1 process   ", one), ("2 (torchrun)", two)):
-        print(f"  {name}: train {r['seconds']:.1f}s (wall {r['wall_seconds']:.1f}s), "
-              f"val loss {r['val_loss']:.4f}, val mean Dice {r['val_mean_dice']:.4f}")  # fmt: skip
+        print(
+            f"  {name}: train {r['seconds']:.1f}s (wall {r['wall_seconds']:.1f}s), "
+            f"val loss {r['val_loss']:.4f}, val mean Dice {r['val_mean_dice']:.4f}"
+        )
     wall, loss = one["wall_seconds"] / two["wall_seconds"], abs(one["val_loss"] - two["val_loss"])
-    print(f"  speed-up {train_speedup:.2f}x (train seconds), {wall:.2f}x (wall); |Dice diff| {dice:.4f} "
-          f"(tolerance {DICE_TOLERANCE}), |val loss diff| {loss:.4f}")  # fmt: skip
-    print(f"(b) predict --split all, {p['images']} images: 1 process {p['one_wall_seconds']:.1f}s wall "
-          f"({p['one_predict_seconds']:.1f}s in predict); 2 shards {p['shards_wall_seconds']:.1f}s wall "
-          f"(in predict {p['shards_predict_seconds']}) + merge {p['merge_wall_seconds']:.1f}s wall "
-          f"({p['merge_seconds']:.1f}s in merge): speed-up {predict_speedup:.2f}x (wall)")  # fmt: skip
+    print(
+        f"  speed-up {train_speedup:.2f}x (train seconds), {wall:.2f}x (wall); |Dice diff| {dice:.4f} "
+        f"(tolerance {DICE_TOLERANCE}), |val loss diff| {loss:.4f}"
+    )
+    print(
+        f"(b) predict --split all, {p['images']} images: 1 process {p['one_wall_seconds']:.1f}s wall "
+        f"({p['one_predict_seconds']:.1f}s in predict); 2 shards {p['shards_wall_seconds']:.1f}s wall "
+        f"(in predict {p['shards_predict_seconds']}) + merge {p['merge_wall_seconds']:.1f}s wall "
+        f"({p['merge_seconds']:.1f}s in merge): speed-up {predict_speedup:.2f}x (wall)"
+    )
     ref = one["reference_1thread"]
     rw, rs = p["reference_1thread_wall_seconds"], p["reference_1thread_predict_seconds"]
-    print(f"  reference, 1 process x 1 thread: train {ref['seconds']:.1f}s "
-          f"(wall {ref['wall_seconds']:.1f}s), val mean Dice {ref['val_mean_dice']:.4f}; "
-          f"predict {rw:.1f}s wall ({rs:.1f}s in predict)")  # fmt: skip
-    print(f"  merged set vs one process: index.csv identical {p['index_identical']}, {p['maps_differing']} "
-          f"of {p['maps']} maps differ (max {p['max_level_difference']} levels; 1 vs 2 threads can round "
-          "a pixel differently)")  # fmt: skip
+    print(
+        f"  reference, 1 process x 1 thread: train {ref['seconds']:.1f}s "
+        f"(wall {ref['wall_seconds']:.1f}s), val mean Dice {ref['val_mean_dice']:.4f}; "
+        f"predict {rw:.1f}s wall ({rs:.1f}s in predict)"
+    )
+    print(
+        f"  merged set vs one process: index.csv identical {p['index_identical']}, {p['maps_differing']} "
+        f"of {p['maps']} maps differ (max {p['max_level_difference']} levels; 1 vs 2 threads can round "
+        "a pixel differently)"
+    )
 
 
 def main() -> None:
@@ -184,14 +243,34 @@ def main() -> None:
     _report(one, two, pred, train_speedup, predict_speedup, dice_diff)
     load = os.getloadavg()
     print(f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} at the end")
-    note = ("reported, no target: on 2 CPU cores 2 processes x 1 thread cannot beat 1 x 2 threads (same "
-            "cores, plus start-up and, for training, gradient all-reduce); sharding pays with a GPU per rank")
-    record("train_2proc_speedup", train_speedup, 0.0, "x (1-process seconds / 2-process seconds)", op=">",
-           note=note)  # fmt: skip
-    record("train_2proc_val_dice_diff", dice_diff, DICE_TOLERANCE, "abs diff of last-epoch val mean Dice",
-           op="<=", note=f"{EPOCHS} epochs at {SIZE} px")  # fmt: skip
-    record("predict_2proc_speedup", predict_speedup, 0.0, "x (1 process / 2 shards + merge, wall)", op=">",
-           note=note)  # fmt: skip
+    note = (
+        "reported, no target: on 2 CPU cores 2 processes x 1 thread cannot beat 1 x 2 threads (same "
+        "cores, plus start-up and, for training, gradient all-reduce); sharding pays with a GPU per rank"
+    )
+    record(
+        "train_2proc_speedup",
+        train_speedup,
+        0.0,
+        "x (1-process seconds / 2-process seconds)",
+        op=">",
+        note=note,
+    )
+    record(
+        "train_2proc_val_dice_diff",
+        dice_diff,
+        DICE_TOLERANCE,
+        "abs diff of last-epoch val mean Dice",
+        op="<=",
+        note=f"{EPOCHS} epochs at {SIZE} px",
+    )
+    record(
+        "predict_2proc_speedup",
+        predict_speedup,
+        0.0,
+        "x (1 process / 2 shards + merge, wall)",
+        op=">",
+        note=note,
+    )
     if dice_diff > DICE_TOLERANCE:
         raise SystemExit(f"validation Dice differs by {dice_diff:.4f} > {DICE_TOLERANCE}")
 

@@ -1,4 +1,4 @@
-"""Codec speed: dualstage.rle (vectorised) vs the per-run Python loop most Kaggle kernels use.
+"""Codec speed: dualstage.core.rle (vectorised) vs the per-run Python loop most Kaggle kernels use.
 
 Decodes every image of the real stage-2 table (12,954 rows, 12,047 images) with its area,
 one image at a time, with both decoders side by side, and prints the ratio.
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dualstage import rle
+from dualstage.core import rle
 from dualstage.data.annotations import read_rle_csv
 
 DEFAULT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "siim" / "stage_2_train.csv.gz"

@@ -36,7 +36,8 @@ from sklearn.metrics import roc_auc_score
 
 from dualstage.classify.gate import choose_gate
 from dualstage.classify.halving import halving_like_random
-from dualstage.classify.tune import make_classifier, random_search, search_space
+from dualstage.classify.tune import random_search, search_space
+from dualstage.classify.xgb import make_classifier
 from dualstage.config import Experiment, TuneConfig
 from dualstage.crossfit.search import base_settings, tune_fold
 
@@ -122,13 +123,21 @@ def full_size(args, width: int) -> dict:
         per_fold.append(time.perf_counter() - t1)
         cpu.append(cpu_seconds() - c1)
         aucs.append(float(roc_auc_score(y[~res["rows"]], res["probabilities"])))
-        print(f"  fold {k}: {per_fold[-1]:.1f} s wall, {cpu[-1]:.1f} s CPU (table2 {extra:.1f} s wall)"
-              f"  best {res['best_params']}")
-        print(f"    inner AUC {res['best_cv_score']:.4f}  fold AUC {aucs[-1]:.4f}  gate {gate['threshold']}"
-              f"  seconds {({k: round(v, 1) for k, v in res.get('timing', {}).items()})}")
-    return {"fold_seconds": per_fold, "fold_cpu_seconds": cpu, "fold_auc": aucs,
-            "minutes_k": args.k * float(np.mean(per_fold)) / 60,
-            "cpu_minutes_k_per_core": args.k * float(np.mean(cpu)) / 60 / args.threads}  # fmt: skip
+        print(
+            f"  fold {k}: {per_fold[-1]:.1f} s wall, {cpu[-1]:.1f} s CPU (table2 {extra:.1f} s wall)"
+            f"  best {res['best_params']}"
+        )
+        print(
+            f"    inner AUC {res['best_cv_score']:.4f}  fold AUC {aucs[-1]:.4f}  gate {gate['threshold']}"
+            f"  seconds { ({k: round(v, 1) for k, v in res.get('timing', {}).items()}) }"
+        )
+    return {
+        "fold_seconds": per_fold,
+        "fold_cpu_seconds": cpu,
+        "fold_auc": aucs,
+        "minutes_k": args.k * float(np.mean(per_fold)) / 60,
+        "cpu_minutes_k_per_core": args.k * float(np.mean(cpu)) / 60 / args.threads,
+    }
 
 
 def _table2(t: TuneConfig, X, y, folds, k: int, res: dict) -> float:
@@ -138,8 +147,15 @@ def _table2(t: TuneConfig, X, y, folds, k: int, res: dict) -> float:
     names = np.array([f"f{j}" for j in range(X.shape[1] - 9)] + [f"stat_{j}" for j in range(9)])
     data = {"X": X, "y": y, "folds": folds, "names": names, "ids": np.arange(y.size).astype(str)}
     t0 = time.perf_counter()
-    fold_table2_models(Experiment(name="bench", tune=t), k, data, ("roc_auc", {}, nullcontext(), None),
-                       (res["estimator"], res["inner"]), res["inner_folds"], base_settings(t))  # fmt: skip
+    fold_table2_models(
+        Experiment(name="bench", tune=t),
+        k,
+        data,
+        ("roc_auc", {}, nullcontext(), None),
+        (res["estimator"], res["inner"]),
+        res["inner_folds"],
+        base_settings(t),
+    )
     return time.perf_counter() - t0
 
 
@@ -182,11 +198,15 @@ def main() -> None:
         ratio = cmp["random"]["seconds"] / cmp["halving"]["seconds"]
         print(f"  held-out AUC gap (plain - halving) {gap:+.4f} (target <= 0.005); time ratio {ratio:.1f}x")
         claims["stage_two_auc_gap_vs_plain"] = {
-            "measured": round(gap, 4), "target": 0.005, "unit": "ROC AUC, plain minus halving, held out",
+            "measured": round(gap, 4),
+            "target": 0.005,
+            "unit": "ROC AUC, plain minus halving, held out",
             "note": f"{args.compare_rows} x {width} train, {args.test_rows} test, 20 candidates x 3 folds",
-        }  # fmt: skip
+        }
         claims["stage_two_search_speedup_vs_plain"] = {
-            "measured": round(ratio, 2), "target": None, "unit": "x, plain seconds / halving seconds",
+            "measured": round(ratio, 2),
+            "target": None,
+            "unit": "x, plain seconds / halving seconds",
             "of": "stage_two_auc_gap_vs_plain",
         }
     if args.measure_folds < 1:  # (a) only
@@ -195,21 +215,28 @@ def main() -> None:
     print(f"(b) K={args.k} cross-fitted tuning, {args.rows} x {width}, {args.measure_folds} fold(s) timed")
     full = full_size(args, width)
     label = "all folds" if args.measure_folds >= args.k else f"projected from {args.measure_folds} fold(s)"
-    print(f"  K={args.k}: {full['minutes_k']:.1f} min wall ({label}, target <= 30); CPU minutes / "
-          f"{args.threads} threads {full['cpu_minutes_k_per_core']:.1f}; peak RSS {peak_rss_mb():.0f} MiB")
+    print(
+        f"  K={args.k}: {full['minutes_k']:.1f} min wall ({label}, target <= 30); CPU minutes / "
+        f"{args.threads} threads {full['cpu_minutes_k_per_core']:.1f}; peak RSS {peak_rss_mb():.0f} MiB"
+    )
     claims["stage_two_k10_tuning_minutes"] = {
-        "measured": round(full["minutes_k"], 2), "target": 30,
+        "measured": round(full["minutes_k"], 2),
+        "target": 30,
         "unit": f"minutes on 2 cores, {args.rows:,} x {width} features",
         "note": f"{label}: {args.k} x mean of {[round(s, 1) for s in full['fold_seconds']]} s wall, "
         f"XGBoost threads {args.threads}" + ("; with Table 2" if args.table2 else "; tune.table2 off"),
-    }  # fmt: skip
+    }
     claims["stage_two_k10_cpu_minutes_per_core"] = {
-        "measured": round(full["cpu_minutes_k_per_core"], 2), "target": 30,
+        "measured": round(full["cpu_minutes_k_per_core"], 2),
+        "target": 30,
         "unit": f"CPU minutes / {args.threads} threads (the wall time on idle cores)",
         "note": f"{label}; differs from the wall figure when other processes share the cores",
-    }  # fmt: skip
+    }
     claims["stage_two_peak_rss_mb"] = {
-        "measured": round(peak_rss_mb()), "target": None, "unit": "MiB", "of": "stage_two_k10_tuning_minutes"
+        "measured": round(peak_rss_mb()),
+        "target": None,
+        "unit": "MiB",
+        "of": "stage_two_k10_tuning_minutes",
     }
     write_results(claims)
 

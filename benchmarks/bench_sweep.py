@@ -1,4 +1,4 @@
-"""Sweep speed: histogram engine (dualstage.gating) vs brute-force re-thresholding of the maps.
+"""Sweep speed: histogram engine (dualstage.core.gating) vs brute-force re-thresholding of the maps.
 
 Makes N synthetic 1024 x 1024 uint8 probability maps one at a time (never all in RAM) and their
 per-image histograms, then times the 99-threshold x 51-min-area grid (and the triplet grid)
@@ -17,8 +17,8 @@ import tracemalloc
 
 import numpy as np
 
-from dualstage import gating
-from dualstage.metrics import summarize_counts
+from dualstage.core import gating
+from dualstage.core.metrics import summarize_counts
 from dualstage.segment.sweep import BOTTOMS, FINE, MIN_AREAS, TOPS
 
 

@@ -23,10 +23,10 @@ from _results import alternate, machine, ratio, record
 from _setup import phantom_experiment
 
 from dualstage.data.dataset import load_split_table
+from dualstage.runtime.distributed import setup_runtime
+from dualstage.runtime.precision import autocast
 from dualstage.segment import models
-from dualstage.segment.distributed import setup_runtime
 from dualstage.segment.loop import FoldData, Trainer
-from dualstage.segment.precision import autocast
 
 
 def main() -> None:
@@ -37,10 +37,19 @@ def main() -> None:
     loss = {"name": "weighted_bce", "pos_weight": 5.0}
     with tempfile.TemporaryDirectory() as tmp:
         exp = phantom_experiment(
-            Path(tmp), n, 512, res, encoder, decoder_channels=[128, 64, 32, 16, 8], batch_size=batch,
-            train={"phases": [{"resolution": res, "unfreeze": "all", "loss": loss, "epochs": 1,
-                               "positive_share": 0.5}]},
-        )  # fmt: skip
+            Path(tmp),
+            n,
+            512,
+            res,
+            encoder,
+            decoder_channels=[128, 64, 32, 16, 8],
+            batch_size=batch,
+            train={
+                "phases": [
+                    {"resolution": res, "unfreeze": "all", "loss": loss, "epochs": 1, "positive_share": 0.5}
+                ]
+            },
+        )
         prepared = exp.folder / "prepared"
         table = load_split_table(prepared)
         ids = table["image_id"].tolist()
@@ -53,8 +62,11 @@ def main() -> None:
         steps = len(phase.loader)
         gray, masks = [], []
         for images, m, _ in phase.loader:  # the same batches, decoded once, kept in memory
-            gray.append(models.to_input(images, trainer.mean, trainer.std).contiguous(
-                memory_format=trainer.memory_format))  # fmt: skip
+            gray.append(
+                models.to_input(images, trainer.mean, trainer.std).contiguous(
+                    memory_format=trainer.memory_format
+                )
+            )
             masks.append(m)
         model, optimizer, loss_fn = phase.model, trainer.optimizer, phase.loss_fn
 
@@ -82,13 +94,24 @@ def main() -> None:
         f"(median of rounds {ratios['median']:.3f}, CPU {ratios['cpu']:.3f})"
     )
     record(
-        "train_epoch_vs_bare_step", ratios["best"], 0.85, "bare s / epoch s",
-        images=steps * batch, batches=steps, encoder=encoder, decoder_channels=[128, 64, 32, 16, 8],
-        resolution=res, batch_size=batch, precision="fp32", channels_last=True, workers=exp.train.workers,
+        "train_epoch_vs_bare_step",
+        ratios["best"],
+        0.85,
+        "bare s / epoch s",
+        images=steps * batch,
+        batches=steps,
+        encoder=encoder,
+        decoder_channels=[128, 64, 32, 16, 8],
+        resolution=res,
+        batch_size=batch,
+        precision="fp32",
+        channels_last=True,
+        workers=exp.train.workers,
         seconds={k: [round(t, 2) for t in v] for k, v in times.items()},
-        ratio_median_of_rounds=round(ratios["median"], 3), ratio_cpu_seconds=round(ratios["cpu"], 3),
+        ratio_median_of_rounds=round(ratios["median"], 3),
+        ratio_cpu_seconds=round(ratios["cpu"], 3),
         **machine(),
-    )  # fmt: skip
+    )
 
 
 if __name__ == "__main__":

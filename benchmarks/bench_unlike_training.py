@@ -8,7 +8,7 @@ Claims (benchmarks/results.json), on the demo's experiment:
   demo YAML's size, layout, lesion contrast and subtle share, another seed: studies the training
   profile never saw); target <= 3.
 
-Both go through the command itself (:func:`dualstage.new_images.predict_new`). Needs the demo's
+Both go through the command itself (:func:`dualstage.commands.new_images.predict_new`). Needs the demo's
 models (``make demo`` first). Run: .venv/bin/python benchmarks/bench_unlike_training.py
 [n_phantoms] [seed] [experiment folder] [siim folder]
 """
@@ -22,10 +22,10 @@ from pathlib import Path
 import pandas as pd
 from _results import machine, record
 
+from dualstage.artifacts.layout import ExperimentDir
+from dualstage.commands.new_images import predict_new
+from dualstage.commands.predictor import Predictor
 from dualstage.data.phantom import generate
-from dualstage.layout import ExperimentDir
-from dualstage.new_images import predict_new
-from dualstage.predictor import Predictor
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -30,12 +30,22 @@ import torch
 DEVICE = torch.device(os.environ.get("DEVICE", "cuda"))
 TINY = DEVICE.type == "cpu"
 SIZES = {
-    "train_size": 64 if TINY else 512, "train_batch": 2 if TINY else 8, "train_steps": 2 if TINY else 20,
-    "warmup": 1 if TINY else 5, "phantoms": 8 if TINY else 128, "phantom_size": 128 if TINY else 512,
-    "prepared": 64 if TINY else 256, "predict_batch": 4 if TINY else 32, "features_size": 64 if TINY else 224,
-    "features_batch": 4 if TINY else 64, "xgb_rows": 600 if TINY else 12000, "xgb_cols": 2057,
-    "xgb_trees": 5 if TINY else 100, "matmul": 256 if TINY else 8192, "matmul_iters": 2 if TINY else 50,
-}  # fmt: skip
+    "train_size": 64 if TINY else 512,
+    "train_batch": 2 if TINY else 8,
+    "train_steps": 2 if TINY else 20,
+    "warmup": 1 if TINY else 5,
+    "phantoms": 8 if TINY else 128,
+    "phantom_size": 128 if TINY else 512,
+    "prepared": 64 if TINY else 256,
+    "predict_batch": 4 if TINY else 32,
+    "features_size": 64 if TINY else 224,
+    "features_batch": 4 if TINY else 64,
+    "xgb_rows": 600 if TINY else 12000,
+    "xgb_cols": 2057,
+    "xgb_trees": 5 if TINY else 100,
+    "matmul": 256 if TINY else 8192,
+    "matmul_iters": 2 if TINY else 50,
+}
 WORKERS = min(8, os.cpu_count() or 1)
 claims: dict[str, dict] = {}
 errors: dict[str, str] = {}
@@ -120,10 +130,19 @@ def _checkpoint(exp_dir: Path, resolution: int) -> None:
     config["train"]["amp"] = "off" if TINY else "bf16"
     mean, std = models.normalization("encoder")
     net = models.build_model("resnet34", "none")
-    payload = {"format": FORMAT, "kind": "inference", "model": net.state_dict(), "encoder": "resnet34",
-               "decoder_channels": None, "normalization": {"mean": list(mean), "std": list(std)},
-               "resolution": resolution, "experiment": config, "fold": "main", "epoch": 0,
-               "val_mean_dice": 0.0}  # fmt: skip
+    payload = {
+        "format": FORMAT,
+        "kind": "inference",
+        "model": net.state_dict(),
+        "encoder": "resnet34",
+        "decoder_channels": None,
+        "normalization": {"mean": list(mean), "std": list(std)},
+        "resolution": resolution,
+        "experiment": config,
+        "fold": "main",
+        "epoch": 0,
+        "val_mean_dice": 0.0,
+    }
     for name in ("last.pt", "best.pt"):
         save_checkpoint(exp_dir / "segmenter" / "main" / name, payload)
 
@@ -136,19 +155,40 @@ def predict_part(root: Path) -> Path | None:
 
     t0 = time.perf_counter()
     exp = root / "gpucheck"
-    generate(root / "phantoms", SIZES["phantoms"], size=SIZES["phantom_size"], layout="png", workers=WORKERS,
-             progress=False)  # fmt: skip
-    prepare(root / "phantoms", exp / "prepared", sizes=(SIZES["prepared"],), workers=WORKERS, n_folds=3,
-            progress=False)  # fmt: skip
+    generate(
+        root / "phantoms",
+        SIZES["phantoms"],
+        size=SIZES["phantom_size"],
+        layout="png",
+        workers=WORKERS,
+        progress=False,
+    )
+    prepare(
+        root / "phantoms",
+        exp / "prepared",
+        sizes=(SIZES["prepared"],),
+        workers=WORKERS,
+        n_folds=3,
+        progress=False,
+    )
     _checkpoint(exp, SIZES["prepared"])
-    print(f"  {SIZES['phantoms']} phantoms at {SIZES['phantom_size']} px, prepared at {SIZES['prepared']} px "
-          f"in {time.perf_counter() - t0:.1f}s")  # fmt: skip
-    kw = {"split": "all", "batch_size": SIZES["predict_batch"], "workers": min(4, WORKERS),
-          "device": str(DEVICE), "progress": False}  # fmt: skip
+    print(
+        f"  {SIZES['phantoms']} phantoms at {SIZES['phantom_size']} px, prepared at {SIZES['prepared']} px "
+        f"in {time.perf_counter() - t0:.1f}s"
+    )
+    kw = {
+        "split": "all",
+        "batch_size": SIZES["predict_batch"],
+        "workers": min(4, WORKERS),
+        "device": str(DEVICE),
+        "progress": False,
+    }
     predict(exp, root / "pred_warmup", **kw)
     summary = predict(exp, root / "pred", **kw)
-    print(f"  {summary['images']} images, maps written at {SIZES['phantom_size']} px: {summary['seconds']}s "
-          f"(model load included)")  # fmt: skip
+    print(
+        f"  {summary['images']} images, maps written at {SIZES['phantom_size']} px: {summary['seconds']}s "
+        f"(model load included)"
+    )
     claim("gpu_predict_images_per_s", summary["images_per_second"], "images/s")
     return root / "pred"
 
@@ -159,9 +199,15 @@ def features_part(root: Path, pred: Path | None) -> None:
 
     if pred is None:
         raise RuntimeError("no prediction set: (b) failed")
-    kw = {"prepared": root / "gpucheck" / "prepared", "weights": "none", "image_size": SIZES["features_size"],
-          "batch_size": SIZES["features_batch"], "workers": min(4, WORKERS), "device": str(DEVICE),
-          "progress": False}  # fmt: skip
+    kw = {
+        "prepared": root / "gpucheck" / "prepared",
+        "weights": "none",
+        "image_size": SIZES["features_size"],
+        "batch_size": SIZES["features_batch"],
+        "workers": min(4, WORKERS),
+        "device": str(DEVICE),
+        "progress": False,
+    }
     extract_features(pred, root / "features_warmup", **kw)
     summary = extract_features(pred, root / "features", **kw)
     print(f"  {summary['images']} images at {SIZES['features_size']} px: {summary['seconds']}s in all")
@@ -180,8 +226,13 @@ def xgboost_part() -> None:
     print(
         f"  xgboost {xgboost.__version__}, {n} x {f}, {SIZES['xgb_trees']} trees of depth 6, hist, 256 bins"
     )
-    params = {"n_estimators": SIZES["xgb_trees"], "max_depth": 6, "learning_rate": 0.1, "tree_method": "hist",
-              "max_bin": 256}  # fmt: skip
+    params = {
+        "n_estimators": SIZES["xgb_trees"],
+        "max_depth": 6,
+        "learning_rate": 0.1,
+        "tree_method": "hist",
+        "max_bin": 256,
+    }
     devices = [("cuda", "gpu_xgboost_fit_seconds")] if DEVICE.type == "cuda" else []
     for device, name in [*devices, ("cpu", "cpu_xgboost_fit_seconds")]:
         try:
@@ -211,8 +262,14 @@ def matmul() -> None:
 
 def main() -> None:
     t0 = time.perf_counter()
-    info = {"device": str(DEVICE), "python": platform.python_version(), "torch": torch.__version__,
-            "cuda": torch.version.cuda, "cpus": os.cpu_count(), "sizes": SIZES}  # fmt: skip
+    info = {
+        "device": str(DEVICE),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cpus": os.cpu_count(),
+        "sizes": SIZES,
+    }
     if DEVICE.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(DEVICE)
     print(json.dumps(info), flush=True)

@@ -53,10 +53,16 @@ def gpu_section(path: Path) -> list[str]:
     if not path.is_file():
         return []
     run = json.loads(path.read_text())
-    lines = ["", f"## GPU check: {run.get('gpu', run.get('device'))} ({path.name})", "",
-             f"torch {run.get('torch')}, CUDA {run.get('cuda')}, {run.get('cpus')} CPU cores; "
-             f"`benchmarks/gpu_check.sh`, {run.get('seconds')} s in all.", "",
-             "| figure | measured | unit |", "|---|---|---|"]  # fmt: skip
+    lines = [
+        "",
+        f"## GPU check: {run.get('gpu', run.get('device'))} ({path.name})",
+        "",
+        f"torch {run.get('torch')}, CUDA {run.get('cuda')}, {run.get('cpus')} CPU cores; "
+        f"`benchmarks/gpu_check.sh`, {run.get('seconds')} s in all.",
+        "",
+        "| figure | measured | unit |",
+        "|---|---|---|",
+    ]
     for name, c in run.get("claims", {}).items():
         lines.append(f"| {name} | {c.get('measured')} | {c.get('unit', '')} |")
     return lines

@@ -5,7 +5,7 @@ challenge's 12,047 rounded) with ``--size`` px probability maps (default 1024, t
 the real class balance (22 % positive), ``--folds`` folds (default 10) and feature rows of the real
 width (2 x 1024 DenseNet values + the map statistics of each map), written through the project's own
 writers (``PredictionSet``, ``make_splits``). Then runs each step in a fresh process exactly as
-``python -m dualstage run`` does (``dualstage.steps`` / ``build_report``) and prints its wall time
+``python -m dualstage run`` does (``dualstage.commands.steps`` / ``build_report``) and prints its wall time
 and peak resident memory (the child's ``ru_maxrss``); target: no step above 4 GB.
 
 Maps are a blob near the true lesion for most positives, a fainter false-positive blob on some
@@ -35,11 +35,11 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from dualstage.artifacts.prediction_set import PredictionSet
 from dualstage.classify.features import STAT_NAMES, feature_names, map_statistics
 from dualstage.config import load_experiment
+from dualstage.core.io import write_csv_atomic, write_json_atomic
 from dualstage.data.splits import make_splits
-from dualstage.io import write_csv_atomic, write_json_atomic
-from dualstage.segment.prediction_set import PredictionSet
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import record  # noqa: E402
@@ -70,7 +70,7 @@ def _blob(size: int, geom: tuple, peak: float, rng: np.random.Generator) -> np.n
     rows, cols = np.ogrid[lo_r:hi_r, lo_c:hi_c]
     d2 = ((rows - r0) / rr) ** 2 + ((cols - c0) / rc) ** 2
     q = np.zeros((size, size), dtype=np.uint8)
-    q[lo_r:hi_r, lo_c:hi_c] = np.round(255 * peak * np.exp(-1.2 * d2 ** 2)).astype(np.uint8)
+    q[lo_r:hi_r, lo_c:hi_c] = np.round(255 * peak * np.exp(-1.2 * d2**2)).astype(np.uint8)
     return q
 
 
@@ -91,17 +91,29 @@ def _study(args: tuple) -> tuple[str, dict, np.ndarray]:
     dense = rng.normal(0.0, 1.0, 2 * 1024).astype(np.float32)
     dense[:300] += 0.25 * positive  # a weak, spread signal in the DenseNet part
     row = np.concatenate([dense, np.array([stats[n] for n in STAT_NAMES], dtype=np.float32)])
-    meta = {"image_id": image_id, "split": "train", "fold_model": "", "height": size, "width": size,
-            "has_truth": 1, "has_pneumothorax": int(positive), "true_area_px": int(truth.sum())}  # fmt: skip
+    meta = {
+        "image_id": image_id,
+        "split": "train",
+        "fold_model": "",
+        "height": size,
+        "width": size,
+        "has_truth": 1,
+        "has_pneumothorax": int(positive),
+        "true_area_px": int(truth.sum()),
+    }
     return image_id, meta, row
 
 
 def build(root: Path, n: int, size: int, folds: int, tune: dict, seed: int = 0) -> Path:
     """Write the synthetic experiment under ``root`` (``tune``: the tune section); its YAML path."""
     cfg = {
-        "name": "scale", "output_root": str(root / "models"), "data": {"source": str(root / "absent"),
-        "n_folds": folds, "sizes": [size]}, "train": {"folds": "all"}, "tune": tune, "gate": {"threads": 2},
-    }  # fmt: skip
+        "name": "scale",
+        "output_root": str(root / "models"),
+        "data": {"source": str(root / "absent"), "n_folds": folds, "sizes": [size]},
+        "train": {"folds": "all"},
+        "tune": tune,
+        "gate": {"threads": 2},
+    }
     root.mkdir(parents=True, exist_ok=True)
     path = root / "scale.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -126,17 +138,19 @@ def build(root: Path, n: int, size: int, folds: int, tune: dict, seed: int = 0) 
     fdir.mkdir(parents=True, exist_ok=True)
     X = np.stack([o[2] for o in out])
     np.savez(fdir / "features.npz", image_id=np.array(ids), X=X, feature_names=np.array(feature_names()))
-    stats = pd.DataFrame(X[:, -len(STAT_NAMES):], columns=list(STAT_NAMES))
+    stats = pd.DataFrame(X[:, -len(STAT_NAMES) :], columns=list(STAT_NAMES))
     cols = ["image_id", "split", "fold_model", "has_truth", "has_pneumothorax"]
     write_csv_atomic(pd.concat([index[cols], stats], axis=1), fdir / "index.csv")
-    write_json_atomic(fdir / "features.json", {"weights": "synthetic", "weights_sha256": None,
-                                               "image_size": size, "version": 1})  # fmt: skip
+    write_json_atomic(
+        fdir / "features.json",
+        {"weights": "synthetic", "weights_sha256": None, "image_size": size, "version": 1},
+    )
     return path
 
 
 def child(step: str, yaml_path: str) -> None:
     """Run one step in this process (called by :func:`measure`)."""
-    from dualstage import steps
+    from dualstage.commands import steps
 
     exp = load_experiment(yaml_path)
     if step == "sweep":
@@ -146,10 +160,11 @@ def child(step: str, yaml_path: str) -> None:
     elif step == "gate":
         steps.gate_experiment(exp)
     elif step == "report":
+        from dualstage.crossfit.compare import crossfit_gates
         from dualstage.report import build_report
 
         r = exp.report
-        build_report(exp.folder, resamples=r.resamples, seed=r.seed, gallery=r.gallery)
+        build_report(exp.folder, resamples=r.resamples, seed=r.seed, gallery=r.gallery, gates=crossfit_gates)
 
 
 def measure(step: str, yaml_path: Path) -> dict:
@@ -197,16 +212,28 @@ def main(argv: list[str] | None = None) -> None:
         t0 = time.perf_counter()
         tune = {"threads": 2, "n_iter": args.tune_n_iter, "table2": not args.no_table2}
         path = build(root, args.studies, args.size, args.folds, tune)
-        print(f"scale: {args.studies} synthetic studies, {args.size} px maps, {args.folds} folds, "
-              f"tune {tune}, built in {time.perf_counter() - t0:.0f} s", flush=True)  # fmt: skip
+        print(
+            f"scale: {args.studies} synthetic studies, {args.size} px maps, {args.folds} folds, "
+            f"tune {tune}, built in {time.perf_counter() - t0:.0f} s",
+            flush=True,
+        )
         results = {}
         for step in STEPS:
             results[step] = r = measure(step, path)
             ok = "ok" if r["peak_gb"] <= MEMORY_TARGET_GB else "OVER"
             print(f"  {step:7s} {r['seconds']:8.1f} s   peak {r['peak_gb']:.2f} GB  [{ok}]", flush=True)
-            record(f"scale_{step}_peak_gb", r["peak_gb"], MEMORY_TARGET_GB, "GB peak RSS", op="<=",
-                   seconds=r["seconds"], studies=args.studies, size=args.size, folds=args.folds,
-                   tune=tune)  # fmt: skip
+            record(
+                f"scale_{step}_peak_gb",
+                r["peak_gb"],
+                MEMORY_TARGET_GB,
+                "GB peak RSS",
+                op="<=",
+                seconds=r["seconds"],
+                studies=args.studies,
+                size=args.size,
+                folds=args.folds,
+                tune=tune,
+            )
         seg = seg_seconds(args.size)
         print(f"  DICOM SEG per positive decision ({args.size} px): {seg * 1000:.0f} ms")
         disk = sum(f.stat().st_size for f in (root / "models").rglob("*") if f.is_file())

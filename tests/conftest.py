@@ -1,8 +1,13 @@
-"""Shared fixtures: the real challenge files (skipped with a reason when absent), offline env."""
+"""Shared fixtures: the real challenge files (skipped with a reason when absent), offline env, and the
+tiny experiments several test modules read (built once per test run; a test that writes into one
+works on a copy: ``helpers.commands.copy_exp``). Builders live in ``tests/helpers/``."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,29 +29,109 @@ def siim() -> Path:
 
 @pytest.fixture(scope="session")
 def deployable_exp(tmp_path_factory) -> Path:
-    """A tiny deployable cross-fitted experiment (tests/deploy_kit.py), built once per test run."""
-    from deploy_kit import deployable
+    """A tiny deployable cross-fitted experiment (helpers/deploy.py), built once per test run."""
+    from helpers.deploy import deployable
 
     return deployable(tmp_path_factory.mktemp("deployable"))
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> Path:
-    """A prepared tiny phantom experiment (64 px) with an untrained ``main`` U-Net: ``segment predict``
-    runs without training (benchmarks/_setup.save_model). Returns the experiment folder."""
-    import sys
+def tiny_prepared(tmp_path_factory) -> Path:
+    """The YAML of a prepared tiny phantom experiment (``helpers.commands.CONFIG``: 12 phantoms at
+    64 px, 2 folds; ``dualstage run --steps data``), no model trained. Read-only: copy to write."""
+    from helpers.commands import call, config, write_yaml
 
-    from test_bad_inputs_experiment import call, config, write_yaml
-
-    from dualstage.config import load_experiment
-
-    tmp = tmp_path_factory.mktemp("tiny_model")
+    tmp = tmp_path_factory.mktemp("prepared")
     path = write_yaml(tmp, config(tmp / "models"))
     proc = call("dualstage", "run", path, "--steps", "data")
     assert proc.returncode == 0, proc.stderr[-2000:]
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, tiny_prepared) -> Path:
+    """A copy of ``tiny_prepared`` with an untrained ``main`` U-Net: ``segment predict`` runs without
+    training (benchmarks/_setup.save_model). Returns the experiment folder."""
+    from dualstage.config import load_experiment
+    from helpers.commands import config, write_yaml
+
+    tmp = tmp_path_factory.mktemp("tiny_model")
+    shutil.copytree(load_experiment(tiny_prepared).folder, tmp / "models" / "tiny", symlinks=True)
+    path = write_yaml(tmp, config(tmp / "models"))
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from _setup import save_model
 
     exp = load_experiment(path)
     save_model(exp, "main")
     return exp.folder
+
+
+@pytest.fixture
+def own_tiny_model(tiny_model, tmp_path) -> Path:
+    """A private copy of ``tiny_model`` (its prepared data and model linked) for a test that writes."""
+    from helpers.commands import copy_exp
+
+    return copy_exp(tiny_model, tmp_path / "models", tiny_model.name, link=("prepared", "segmenter"))
+
+
+@pytest.fixture(scope="session")
+def gated(tmp_path_factory) -> Path:
+    """A tuned and gated synthetic experiment folder (features, maps, classifier, gate.json), holdout
+    view (stage two learns from val). Read-only: copy to write."""
+    from dualstage.config import Experiment, TrainConfig, to_dict
+    from helpers.commands import call
+    from helpers.stage_two import make_experiment
+
+    exp = make_experiment(tmp_path_factory.mktemp("stage2"), n_oof=60, n_test=20, n_new=4)
+    for kind in ("features", "predictions"):
+        (exp / kind / "oof").rename(exp / kind / "val")
+    record = to_dict(Experiment(name="exp", output_root=str(exp.parent), train=TrainConfig(folds="main")))
+    record.pop("output_root")
+    (exp / "experiment.json").write_text(json.dumps({"config": record}))
+    for args in (["tune", "--n-iter", "1", "--threads", "1"], ["gate", "fit", "--threads", "1"]):
+        proc = call("dualstage.classify", *args, "--exp", exp)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    return exp
+
+
+@pytest.fixture(scope="session")
+def e2e_prepared(tmp_path_factory) -> tuple[Path, Path]:
+    """(YAML, folder) of the tiny end-to-end experiment (helpers/e2e.py) after ``dualstage run
+    --steps data`` (phantoms -> prepare), no model trained. Read-only: link ``prepared`` to train."""
+    from helpers.commands import run
+    from helpers.e2e import e2e_yaml
+
+    tmp = tmp_path_factory.mktemp("e2e")
+    cfg = e2e_yaml(tmp, tmp / "models")
+    run("-m", "dualstage", "run", cfg, "--steps", "data")
+    return cfg, tmp / "models" / "tiny"
+
+
+@pytest.fixture(scope="session")
+def e2e_trained(tmp_path_factory, e2e_prepared) -> tuple[Path, Path]:
+    """(YAML, folder): ``e2e_prepared`` (its ``prepared`` linked) with the main model trained
+    uninterrupted, then the three fold models; oof / val / test predicted; swept with ``--lcc``.
+    Read-only: ``helpers.e2e.linked_copy`` for a test that writes."""
+    from helpers.commands import cli
+    from helpers.e2e import linked_copy
+
+    cfg, exp = linked_copy(e2e_prepared[1], tmp_path_factory.mktemp("e2e_trained"))
+    for fold in ("main", "all"):
+        cli("dualstage.segment", "train", "--exp", cfg, "--fold", fold, "--no-progress")
+    for split in ("oof", "val", "test"):
+        cli("dualstage.segment", "predict", "--exp", exp, "--split", split, "--workers", "0")
+    cli("dualstage.segment", "sweep", "--exp", exp, "--lcc")
+    return cfg, exp
+
+
+@pytest.fixture(scope="session")
+def crossfit_base(tmp_path_factory):
+    """(labels, Experiment): the synthetic cross-fitted experiment of helpers/crossfit.py (labels of
+    seed 7, maps carrying the labels) after the per-fold sweep, classifier and final decisions.
+    Read-only: ``helpers.crossfit.copy_crossfit`` for a test that writes."""
+    import numpy as np
+
+    from helpers.crossfit import N, run_crossfit
+
+    labels = (np.random.default_rng(7).random(N) < 0.35).astype(int)
+    return labels, run_crossfit(tmp_path_factory.mktemp("cf"), labels)

@@ -14,9 +14,8 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from dualstage.io import sha256_file
-from dualstage.segment.models import IMAGENET_MEAN, IMAGENET_STD
-from dualstage.segment.weights import DENSENET_LEGACY, read_state_dict
+from dualstage.core.io import sha256_file
+from dualstage.runtime.weights import DENSENET_LEGACY, IMAGENET_MEAN, IMAGENET_STD, read_state_dict
 
 __all__ = ["load_densenet", "describe_weights", "embed", "N_DENSENET"]
 

@@ -26,13 +26,18 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pydicom
+from pydicom.errors import InvalidDicomError
+from pydicom.sr.codedict import codes
+from pydicom.uid import generate_uid
+from pydicom.valuerep import DA, TM
 
+from dualstage.artifacts.layout import ExperimentDir
+from dualstage.artifacts.prediction_set import PredictionSet
+from dualstage.core.io import atomic_write, write_csv_atomic
+from dualstage.core.progress import progress as progress_iter
 from dualstage.data import limits
 from dualstage.data.images import is_dicom_file
-from dualstage.io import atomic_write, write_csv_atomic
-from dualstage.layout import ExperimentDir
-from dualstage.progress import progress as progress_iter
-from dualstage.segment.prediction_set import PredictionSet
 
 __all__ = ["write_seg", "write_segs", "seg_sources", "package_version", "SEG_DIR", "REJECTED_COLUMNS"]
 
@@ -41,8 +46,17 @@ REJECTED_COLUMNS = ["image_id", "stage", "reason"]
 _UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
 # Type 2 patient / study attributes highdicom copies: empty when a source (e.g. a bare
 # Secondary Capture) lacks them; an empty Type 2 value is valid DICOM.
-_TYPE2 = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
-          "StudyDate", "StudyTime", "ReferringPhysicianName")  # fmt: skip
+_TYPE2 = (
+    "PatientID",
+    "PatientName",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+)
 
 
 def package_version() -> str:
@@ -55,9 +69,6 @@ def package_version() -> str:
 
 def _read_source(source: Path):
     """The source header (no pixels), with empty Type 2 patient / study attributes it lacks."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
     try:
         ds = pydicom.dcmread(source, stop_before_pixels=True)
     except InvalidDicomError:  # no preamble / file meta: as the readers do
@@ -75,10 +86,11 @@ def _read_source(source: Path):
 def _clean_dates(ds) -> None:
     """Old ACR-NEMA separators ('14:04:38', '1993.02.18') removed from the dates and times the
     SEG copies; a value that still does not parse becomes empty (they are Type 2)."""
-    from pydicom.valuerep import DA, TM
-
-    for keyword, kind, seps in (("StudyDate", DA, "-./"), ("PatientBirthDate", DA, "-./"),
-                                ("StudyTime", TM, ":")):  # fmt: skip
+    for keyword, kind, seps in (
+        ("StudyDate", DA, "-./"),
+        ("PatientBirthDate", DA, "-./"),
+        ("StudyTime", TM, ":"),
+    ):
         text = str(ds.get(keyword, "") or "").strip()
         for sep in seps:
             text = text.replace(sep, "")
@@ -98,7 +110,7 @@ def _frames(ds, mask: np.ndarray, frame: int) -> np.ndarray:
     Thickness such an image does not have, which its own reader (and others) refuse. The SEG then
     lies on the referenced image's pixel grid, whose spacing the viewer takes from the source.
     """
-    from highdicom.spatial import get_image_coordinate_system
+    from highdicom.spatial import get_image_coordinate_system  # heavy: loaded when a DICOM SEG is written
 
     n_frames = int(str(ds.get("NumberOfFrames", "") or "1").strip() or 1)
     if not 0 <= frame < n_frames:
@@ -119,20 +131,17 @@ def _frames(ds, mask: np.ndarray, frame: int) -> np.ndarray:
 
 def _uid(*parts: object) -> str:
     """A UID determined by ``parts`` (the same SEG content gets the same UIDs on a rerun)."""
-    from pydicom.uid import generate_uid
-
     return generate_uid(entropy_srcs=[str(p) for p in parts])
 
 
 def _segmentation(ds, frames: np.ndarray, version: str, series_number: int, digest: str):
-    import highdicom as hd
+    import highdicom as hd  # heavy: loaded when a DICOM SEG is written
     from highdicom.seg import (
         SegmentAlgorithmTypeValues,
         Segmentation,
         SegmentationTypeValues,
         SegmentDescription,
-    )
-    from pydicom.sr.codedict import codes
+    )  # heavy: loaded when a DICOM SEG is written
 
     algorithm = hd.AlgorithmIdentificationSequence(
         name="dualstage", family=codes.cid7162.ArtificialIntelligence, version=version
@@ -147,19 +156,33 @@ def _segmentation(ds, frames: np.ndarray, version: str, series_number: int, dige
     )
     key = (ds.SOPInstanceUID, version, series_number, digest)
     return Segmentation(
-        source_images=[ds], pixel_array=frames, segmentation_type=SegmentationTypeValues.BINARY,
-        segment_descriptions=[segment], series_instance_uid=_uid("series", *key), series_number=series_number,
-        sop_instance_uid=_uid("instance", *key), instance_number=1, manufacturer="dualstage",
-        manufacturer_model_name="dualstage", software_versions=version, device_serial_number="none",
-        content_label="PNEUMOTHORAX", content_description="dualstage final pneumothorax mask",
+        source_images=[ds],
+        pixel_array=frames,
+        segmentation_type=SegmentationTypeValues.BINARY,
+        segment_descriptions=[segment],
+        series_instance_uid=_uid("series", *key),
+        series_number=series_number,
+        sop_instance_uid=_uid("instance", *key),
+        instance_number=1,
+        manufacturer="dualstage",
+        manufacturer_model_name="dualstage",
+        software_versions=version,
+        device_serial_number="none",
+        content_label="PNEUMOTHORAX",
+        content_description="dualstage final pneumothorax mask",
         series_description="dualstage pneumothorax SEG",
-    )  # fmt: skip
+    )
 
 
 def write_seg(
-    source: Path, mask: np.ndarray, out: Path, *, algorithm_version: str, series_number: int = 900,
+    source: Path,
+    mask: np.ndarray,
+    out: Path,
+    *,
+    algorithm_version: str,
+    series_number: int = 900,
     frame: int = 0,
-) -> Path:  # fmt: skip
+) -> Path:
     """Write the binary DICOM SEG of ``mask`` (H, W) bool over ``source`` (a DICOM image) to ``out``.
 
     ``mask`` must be on the source frame's grid (H, W = Rows, Columns); ``frame`` is the source

@@ -30,107 +30,32 @@ import pandas as pd
 import torch
 import torchvision
 from PIL import Image
-from scipy import ndimage
 from torch.utils.data import DataLoader, Dataset
 
+from dualstage.artifacts.prediction_set import PredictionSet
+from dualstage.artifacts.shard_records import Shard, shard_rows
 from dualstage.classify.densenet import N_DENSENET, describe_weights, embed, load_densenet
-from dualstage.data import limits
-from dualstage.data.cache import pick_cache_size
-from dualstage.data.images import read_image_file
-from dualstage.data.prepare import CACHE_PIXELS, cache_paths
-from dualstage.gating import REF_PIXELS, levels
-from dualstage.io import (
+from dualstage.classify.map_stats import STAT_NAMES, feature_names, map_statistics
+from dualstage.core.io import (
     atomic_write,
     read_npy,
     write_csv_atomic,
     write_json_atomic,
     write_npy_atomic,
 )
-from dualstage.locks import holding
-from dualstage.progress import progress as progress_iter
-from dualstage.segment.distributed import pick_device
-from dualstage.segment.precision import inference_dtype, precision_name
-from dualstage.segment.prediction_set import PredictionSet
-from dualstage.shards import Shard, shard_rows
+from dualstage.core.locks import holding
+from dualstage.core.progress import progress as progress_iter
+from dualstage.data import limits
+from dualstage.data.cache import pick_cache_size
+from dualstage.data.images import read_image_file
+from dualstage.data.prepare import CACHE_PIXELS, cache_paths
+from dualstage.runtime.distributed import pick_device
+from dualstage.runtime.precision import inference_dtype, precision_name
 
 __all__ = ["extract_features", "map_statistics", "feature_names", "load_densenet", "embed", "STAT_NAMES"]
 
-TOPK_1024 = 100  # top-k pixels at the 1024 x 1024 scale, scaled by the map's area
-AREA_THRESHOLDS = (0.3, 0.5, 0.7, 0.9)
-STAT_NAMES: tuple[str, ...] = (
-    "stat_max_prob",
-    "stat_topk_mean_prob",
-    *(f"stat_area_p{round(t * 100)}" for t in AREA_THRESHOLDS),
-    "stat_n_components_p50",
-    "stat_largest_area_p50",
-    "stat_largest_row",
-    "stat_largest_col",
-    "stat_mean_prob",
-)
 INDEX_COLUMNS = ("image_id", "split", "fold_model", "has_truth", "has_pneumothorax")
-_EIGHT = np.ones((3, 3), dtype=bool)
 _FEATURE_VERSION = 1  # bump when a feature's definition changes: old parts are then refused
-
-
-def feature_names() -> list[str]:
-    """Column names of X: ``img_dn0..1023``, ``map_dn0..1023``, then :data:`STAT_NAMES`."""
-    return [f"{p}_dn{i}" for p in ("img", "map") for i in range(N_DENSENET)] + list(STAT_NAMES)
-
-
-def map_statistics(q: np.ndarray) -> dict[str, float]:
-    """Statistics of one uint8 map q (H, W), q = round(p * 255); areas at the 1024 x 1024 scale.
-
-    A pixel is above threshold t iff q >= gating.level(t) (as in the rules). top-k: mean p of the
-    k = max(1, round(100 * H * W / 1024**2)) highest pixels. Components: 8-connected, p > 0.5; the
-    largest one's centroid is (mean row + 0.5) / H, (mean col + 0.5) / W, or -1, -1 when none.
-    """
-    q = np.asarray(q)
-    if q.dtype != np.uint8 or q.ndim != 2 or q.size == 0:
-        raise ValueError(f"map must be a non-empty 2-D uint8 array, got {q.dtype} of shape {q.shape}")
-    h, w = q.shape
-    scale = REF_PIXELS / (h * w)
-    k = min(q.size, max(1, round(TOPK_1024 * q.size / REF_PIXELS)))
-    counts = np.bincount(q.ravel(), minlength=256)  # one pass; every value below is exact from it
-    at_least = np.cumsum(counts[::-1])[::-1]  # at_least[v]: pixels with q >= v
-    stats = {
-        "stat_max_prob": int(np.flatnonzero(counts)[-1]) / 255.0,
-        "stat_topk_mean_prob": _top_sum(counts, k) / k / 255.0,
-        "stat_mean_prob": int(counts @ np.arange(256)) / q.size / 255.0,
-    }
-    for t, lv in zip(AREA_THRESHOLDS, levels(AREA_THRESHOLDS), strict=True):
-        stats[f"stat_area_p{round(t * 100)}"] = int(at_least[lv]) * scale
-    n, largest, row, col = _largest_component(q, int(levels(0.5)), at_least)
-    stats["stat_n_components_p50"] = float(n)
-    stats["stat_largest_area_p50"] = largest * scale
-    stats["stat_largest_row"], stats["stat_largest_col"] = float(row), float(col)
-    return {name: float(stats[name]) for name in STAT_NAMES}
-
-
-def _top_sum(counts: np.ndarray, k: int) -> int:
-    """Sum of the k highest values of a map with value histogram ``counts`` (256,)."""
-    desc = counts[::-1]  # value 255 first
-    cum = np.cumsum(desc)
-    j = int(np.searchsorted(cum, k))  # bins 0..j-1 are taken whole, bin j in part
-    whole = int(desc[:j] @ np.arange(255, 255 - j, -1)) if j else 0
-    return whole + (k - (int(cum[j - 1]) if j else 0)) * (255 - j)
-
-
-def _largest_component(q: np.ndarray, lv: int, at_least: np.ndarray) -> tuple[int, int, float, float]:
-    """(components, largest's pixels, its centroid row, col as fractions) of q >= lv, 8-connected.
-
-    Labelled on the bounding box of the pixels above (none: no labelling): the same components,
-    in the same raster order, as on the whole map."""
-    if lv > 255 or not at_least[lv]:
-        return 0, 0, -1.0, -1.0
-    mask = q >= lv
-    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-    r0, c0 = int(rows[0]), int(cols[0])
-    labels, n = ndimage.label(mask[r0 : rows[-1] + 1, c0 : cols[-1] + 1], structure=_EIGHT)
-    sizes = np.bincount(labels.ravel())[1:]
-    biggest = 1 + int(np.argmax(sizes))  # ties: first in raster order
-    rr, cc = np.nonzero(labels == biggest)
-    h, w = q.shape
-    return int(n), int(sizes[biggest - 1]), ((rr + r0).mean() + 0.5) / h, ((cc + c0).mean() + 0.5) / w
 
 
 def _tensor(image: np.ndarray, size: int) -> torch.Tensor:
@@ -303,24 +228,47 @@ def extract_features(
     ``image_path`` column, as for new images). Resumable: rows already in ``out_dir/parts`` are
     reused when ``features.json`` records the same weights and image size; a different setting is
     refused (ValueError) rather than mixed. An image that fails is a ``rejected.csv`` row and
-    the others go on; ValueError when none is left. ``shard``: that share's parts only (dualstage.shards).
-    ``precision``: auto | fp32 | bf16 of the DenseNet (:func:`dualstage.segment.precision.inference_dtype`),
+    the others go on; ValueError when none is left. ``shard``: that share's parts only
+    (:mod:`dualstage.commands.shards`).
+    ``precision``: auto | fp32 | bf16 of the DenseNet (:func:`dualstage.runtime.precision.inference_dtype`),
     recorded in features.json. ``max_pixels``: the pixel limit of a source image (default: the
     process's ``data.max_pixels``); one over it is a rejected row. Holds the feature set's lock and
-    the prediction set's shared (:mod:`dualstage.locks`): never reads a set while it is written.
+    the prediction set's shared (:mod:`dualstage.core.locks`): never reads a set while it is written.
     """
     with (
         holding(pred_dir, "classify features", shared=True),
         holding(out_dir, "classify features", shared=shard is not None),
     ):
-        return _extract_features(pred_dir, out_dir, prepared, weights, image_size, batch_size, workers,
-                                 device, progress, shard, precision, limits.resolve(max_pixels))  # fmt: skip
+        return _extract_features(
+            pred_dir,
+            out_dir,
+            prepared,
+            weights,
+            image_size,
+            batch_size,
+            workers,
+            device,
+            progress,
+            shard,
+            precision,
+            limits.resolve(max_pixels),
+        )
 
 
 def _extract_features(
-    pred_dir, out_dir, prepared, weights, image_size: int, batch_size: int, workers: int, device: str,
-    progress: bool, shard: Shard | None, precision: str, max_pixels: int,
-) -> dict:  # fmt: skip
+    pred_dir,
+    out_dir,
+    prepared,
+    weights,
+    image_size: int,
+    batch_size: int,
+    workers: int,
+    device: str,
+    progress: bool,
+    shard: Shard | None,
+    precision: str,
+    max_pixels: int,
+) -> dict:
     """:func:`extract_features` once both sets are locked."""
     t0 = time.perf_counter()
     pset, out_dir, dev = PredictionSet(pred_dir), Path(out_dir), pick_device(device)
@@ -331,23 +279,36 @@ def _extract_features(
     prepared = Path(prepared).resolve() if prepared is not None else None
     cache_size = pick_cache_size(prepared, image_size) if prepared is not None else None
     sources, rejected = _sources(index, prepared, cache_size)
-    setting = {**describe_weights(weights), "image_size": int(image_size), "version": _FEATURE_VERSION,
-               "precision": precision_name(dtype)}  # fmt: skip
+    setting = {
+        **describe_weights(weights),
+        "image_size": int(image_size),
+        "version": _FEATURE_VERSION,
+        "precision": precision_name(dtype),
+    }
     record, parts = out_dir / "features.json", out_dir / "parts"
     _check_record(record, parts, setting)
     ids = index["image_id"].tolist()
     todo = [k for k, i in enumerate(ids) if sources[k] is not None and not (parts / f"{i}.npy").is_file()]
     todo = shard_rows(shard, sources, todo, batch_size)
     ctx = {
-        "device": dev, "dtype": dtype, "parts": parts, "weights": weights, "record": record,
-        "setting": setting, "pset": pset,
-        "image_size": image_size, "batch_size": batch_size, "workers": workers, "progress": progress,
-        "rejected": rejected, "max_pixels": max_pixels,
+        "device": dev,
+        "dtype": dtype,
+        "parts": parts,
+        "weights": weights,
+        "record": record,
+        "setting": setting,
+        "pset": pset,
+        "image_size": image_size,
+        "batch_size": batch_size,
+        "workers": workers,
+        "progress": progress,
+        "rejected": rejected,
+        "max_pixels": max_pixels,
         "cache_root": prepared / "cache" if prepared else None,
-    }  # fmt: skip
+    }
     run_seconds = _extract_rows(ctx, ids, sources, todo) if todo else 0.0
     bad = {r["item"] for r in rejected}
-    if shard is not None:  # one share: dualstage.shards records it; the merge writes the set's files
+    if shard is not None:  # one share: dualstage.commands.shards records it; the merge writes the set's files
         n_now = sum(ids[k] not in bad for k in todo)
         return {"ids": [ids[k] for k in todo], "rejected_ids": sorted(bad), "extracted_now": n_now}
     kept = [i for i in ids if i not in bad and (parts / f"{i}.npy").is_file()]

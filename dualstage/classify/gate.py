@@ -7,7 +7,7 @@ An image's final mask is the pixel rule's mask when ``probability >= threshold``
 ``fit_gate`` gets *out-of-fold* classifier probabilities on the oof set (``cross_val_predict`` with the
 tuned params and the project's PredefinedSplit: the saved model was fit on all oof rows, so its own
 oof probabilities would be in-sample), chooses the threshold maximising the challenge mean Dice
-(ties -> the middle of the best plateau, :func:`dualstage.tolerance.plateau_middle`) and writes
+(ties -> the middle of the best plateau, :func:`dualstage.core.tolerance.plateau_middle`) and writes
 ``<exp>/classifier/gate.json`` (one entry per mode, plus ``oof_probabilities.csv`` and
 ``gate_curve_<mode>.csv``). ``apply_gate`` applies that threshold unchanged to any set (test, new
 images without truth) and writes ``<exp>/final/<set>/<mode>/``::
@@ -33,24 +33,24 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import PredefinedSplit, cross_val_predict
 
-from dualstage import gating, rle
-from dualstage.classify.classifier_files import GATE_MODES, load_classifier, load_gate, read_params
-from dualstage.classify.dicom_seg import seg_sources, write_segs
-from dualstage.classify.feature_set import (
+from dualstage.artifacts.classifier_files import GATE_MODES, load_classifier, load_gate, read_params
+from dualstage.artifacts.feature_set import (
     check_same_settings,
     labels_of,
     load_feature_table,
     rejected_ids,
 )
+from dualstage.artifacts.layout import ExperimentDir
+from dualstage.artifacts.operating_points import OperatingPoints
+from dualstage.artifacts.prediction_set import PredictionSet
+from dualstage.classify.dicom_seg import seg_sources, write_segs
 from dualstage.classify.tune import estimator_from_params
+from dualstage.core import gating, rle
+from dualstage.core.io import sha256_file, write_csv_atomic, write_json_atomic, write_png_atomic
+from dualstage.core.metrics import presence_report, roc_auc, summarize_counts
+from dualstage.core.progress import progress as progress_iter
+from dualstage.core.tolerance import GATE_TIE_RULE, plateau_middle
 from dualstage.data.splits import read_folds
-from dualstage.io import sha256_file, write_csv_atomic, write_json_atomic, write_png_atomic
-from dualstage.layout import ExperimentDir
-from dualstage.metrics import presence_report, roc_auc, summarize_counts
-from dualstage.progress import progress as progress_iter
-from dualstage.segment.operating_points import OperatingPoints
-from dualstage.segment.prediction_set import PredictionSet
-from dualstage.tolerance import GATE_TIE_RULE, plateau_middle
 
 __all__ = ["GATE_MODES", "CANDIDATES", "gate_sweep", "choose_gate", "fit_gate", "load_gate", "apply_gate"]
 

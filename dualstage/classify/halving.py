@@ -22,8 +22,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import xgboost
 from sklearn.metrics import f1_score, roc_auc_score
-from sklearn.model_selection import ParameterSampler
+from sklearn.model_selection import ParameterSampler, PredefinedSplit, cross_val_score
 from xgboost import XGBClassifier
+
+from dualstage.classify.xgb import gated_dice, make_classifier
 
 __all__ = [
     "HalvingResult",
@@ -100,9 +102,14 @@ def native_params(params: dict, base: dict) -> tuple[dict, int]:
     hist, logloss), ``base`` = {seed, max_bin, device, threads}; ``n_estimators`` is the rounds."""
     p = {k: v for k, v in params.items() if k != "n_estimators"}
     native = {
-        "objective": "binary:logistic", "tree_method": "hist", "eval_metric": "logloss",
-        "max_bin": base["max_bin"], "device": base["device"], "seed": base["seed"], **p,
-    }  # fmt: skip
+        "objective": "binary:logistic",
+        "tree_method": "hist",
+        "eval_metric": "logloss",
+        "max_bin": base["max_bin"],
+        "device": base["device"],
+        "seed": base["seed"],
+        **p,
+    }
     if base.get("threads") is not None:
         native["nthread"] = base["threads"]
     return native, int(params.get("n_estimators", 100))
@@ -121,9 +128,7 @@ def score_function(scoring: str, counts: np.ndarray | None = None) -> ScoreFn:
     if scoring == "dice":
         if counts is None:
             raise ValueError("scoring dice: the rows' mask counts are needed")
-        from dualstage.classify.tune import _gated_dice
-
-        return lambda y, p, rows: _gated_dice(y, p, np.asarray(counts)[rows])
+        return lambda y, p, rows: gated_dice(y, p, np.asarray(counts)[rows])
     raise ValueError(f"unknown scoring {scoring!r}; valid: roc_auc, f1, dice")
 
 
@@ -200,12 +205,12 @@ def halving_search(
         inner[s["rows"]] = probs[best][j]
     t_search = time.perf_counter() - t0
     result = HalvingResult(
-        best_params_=dict(candidates[best]), best_score_=float(scores[best, last].mean()),
-        cv_results_=_table(candidates, scores, sizes, eta, min_rounds), inner_oof_=inner,
-    )  # fmt: skip
+        best_params_=dict(candidates[best]),
+        best_score_=float(scores[best, last].mean()),
+        cv_results_=_table(candidates, scores, sizes, eta, min_rounds),
+        inner_oof_=inner,
+    )
     if refit:
-        from dualstage.classify.tune import make_classifier  # tune imports this module
-
         result.best_estimator_ = make_classifier(
             base["seed"], base["max_bin"], base["device"], n_jobs=base.get("threads"), **candidates[best]
         ).fit(X, y)
@@ -226,14 +231,16 @@ def _table(candidates: Sequence[dict], scores: np.ndarray, sizes: list[int], eta
     table = {
         "params": [dict(c) for c in candidates],
         "rung": reached,
-        "n_rounds": np.array([
-            rung_rounds(int(c.get("n_estimators", 100)), int(reached[i]), n_rungs - 1, eta, floor)
-            for i, c in enumerate(candidates)
-        ]),
+        "n_rounds": np.array(
+            [
+                rung_rounds(int(c.get("n_estimators", 100)), int(reached[i]), n_rungs - 1, eta, floor)
+                for i, c in enumerate(candidates)
+            ]
+        ),
         "mean_test_score": mean,
         "std_test_score": at.std(axis=1),
         "rank_test_score": rank,
-    }  # fmt: skip
+    }
     for j in range(n_splits):
         table[f"split{j}_test_score"] = at[:, j]
     for r in range(n_rungs):
@@ -244,8 +251,6 @@ def _table(candidates: Sequence[dict], scores: np.ndarray, sizes: list[int], eta
 def halving_like_random(X, y, folds, dims, scoring_parts, make, n_iter, seed, eta=3, min_rounds=10):
     """``random_search``'s (search, default-parameter CV scores, seconds) by successive halving:
     same candidates, folds (n,), scoring (``scorer_for``'s parts) and base estimator ``make()``."""
-    from sklearn.model_selection import PredefinedSplit, cross_val_score
-
     scorer, fit_params, ctx, _ = scoring_parts
     est = make()
     base = {"seed": est.random_state, "max_bin": est.max_bin, "device": est.device, "threads": est.n_jobs}
@@ -254,6 +259,7 @@ def halving_like_random(X, y, folds, dims, scoring_parts, make, n_iter, seed, et
     result = halving_search(X, y, folds, sample_candidates(dims, n_iter, seed), base, score, eta, min_rounds)
     seconds = time.perf_counter() - t0
     with ctx:
-        default_cv = cross_val_score(make(), X, y, cv=PredefinedSplit(folds), scoring=scorer,
-                                     params=fit_params or None)  # fmt: skip
+        default_cv = cross_val_score(
+            make(), X, y, cv=PredefinedSplit(folds), scoring=scorer, params=fit_params or None
+        )
     return result, default_cv, seconds

@@ -13,7 +13,7 @@ The warning threshold is a high percentile (99th) of the training studies' *out-
 study i's distance is measured against a description fit on the other folds only, so the threshold
 is never chosen on a distance to a description that contains the study itself. New images are
 measured against the description of every training study. ``training_profile.json`` (owned by
-:class:`~dualstage.layout.ExperimentDir`) holds it; :func:`training_profile` builds it once from
+:class:`~dualstage.artifacts.layout.ExperimentDir`) holds it; :func:`training_profile` builds it once from
 the experiment's own artifacts (the classifier's feature set and the prepared cache).
 """
 
@@ -27,12 +27,12 @@ import pandas as pd
 from PIL import Image
 from sklearn.covariance import LedoitWolf
 
-from dualstage.classify.feature_set import load_feature_table, read_settings
+from dualstage.artifacts.feature_set import load_feature_table, read_settings
+from dualstage.artifacts.layout import ExperimentDir
+from dualstage.core.io import write_json_atomic
 from dualstage.data.images import read_image_file
 from dualstage.data.prepare import cache_paths
 from dualstage.data.splits import read_folds
-from dualstage.io import write_json_atomic
-from dualstage.layout import ExperimentDir
 
 __all__ = [
     "STAT_NAMES",

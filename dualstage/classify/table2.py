@@ -8,17 +8,12 @@ import numpy as np
 import pandas as pd
 from xgboost import XGBClassifier
 
-from dualstage.classify.feature_set import labels_of, load_feature_table, truthy
-from dualstage.io import write_csv_atomic
-from dualstage.layout import ExperimentDir
-from dualstage.metrics import presence_report, roc_auc
+from dualstage.artifacts.feature_set import labels_of, load_feature_table, truthy
+from dualstage.artifacts.layout import ExperimentDir
+from dualstage.core.io import write_csv_atomic
+from dualstage.core.metrics import presence_report, roc_auc
 
-__all__ = ["PAPER_TABLE2", "table2"]
-
-PAPER_TABLE2 = {  # dual-stage paper, Table 2 (test set, probability 0.5)
-    "default": {"absent": (0.90, 0.97, 0.93), "present": (0.85, 0.64, 0.73)},
-    "tuned": {"absent": (0.93, 0.95, 0.94), "present": (0.81, 0.76, 0.78)},
-}
+__all__ = ["table2"]
 
 
 def table2(exp: ExperimentDir, out: Path, names: np.ndarray, models: dict[str, XGBClassifier]) -> dict | str:

@@ -36,16 +36,16 @@ from sklearn.metrics import make_scorer
 from sklearn.model_selection import PredefinedSplit, RandomizedSearchCV, cross_val_score
 from xgboost import XGBClassifier
 
-from dualstage.classify.classifier_files import load_classifier, not_json, read_params  # noqa: F401 (re-exported)
-from dualstage.classify.feature_set import labels_of, load_feature_table, read_settings
+from dualstage.artifacts.classifier_files import PAPER_TABLE2, load_classifier, not_json, read_params  # noqa: F401 (re-exported)
+from dualstage.artifacts.feature_set import labels_of, load_feature_table, read_settings
+from dualstage.artifacts.layout import ExperimentDir
+from dualstage.artifacts.operating_points import OperatingPoints
+from dualstage.artifacts.prediction_set import PredictionSet
 from dualstage.classify.halving import halving_like_random
-from dualstage.classify.table2 import PAPER_TABLE2, table2
+from dualstage.classify.table2 import table2
+from dualstage.classify.xgb import gated_dice, make_classifier
+from dualstage.core.io import atomic_write, write_csv_atomic, write_json_atomic
 from dualstage.data.splits import read_folds
-from dualstage.io import atomic_write, write_csv_atomic, write_json_atomic
-from dualstage.layout import ExperimentDir
-from dualstage.metrics import summarize_counts
-from dualstage.segment.operating_points import OperatingPoints
-from dualstage.segment.prediction_set import PredictionSet
 
 __all__ = [
     "SEARCH_SPACE_DOC",
@@ -111,33 +111,6 @@ def _py(value):
     return value.item() if isinstance(value, np.generic) else value
 
 
-def resolve_device(device: str = "auto") -> str:
-    """Device for XGBoost: "auto" is "cuda" when torch sees a GPU and this XGBoost build has CUDA
-    (the default ``xgboost-cpu`` has not), else "cpu"; others pass through."""
-    if device != "auto":
-        return device
-    if not xgboost.build_info().get("USE_CUDA", False):
-        return "cpu"
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def make_classifier(
-    seed: int = 0, max_bin: int = 64, device: str = "auto", n_jobs: int | None = None, **params
-) -> XGBClassifier:
-    """XGBClassifier(tree_method="hist", logloss) with the project's fixed settings + ``params``."""
-    return XGBClassifier(
-        tree_method="hist",
-        max_bin=max_bin,
-        device=resolve_device(device),
-        eval_metric="logloss",
-        random_state=seed,
-        n_jobs=n_jobs,
-        **params,
-    )
-
-
 def estimator_from_params(
     params: dict, device: str | None = None, threads: int | None = None
 ) -> XGBClassifier:
@@ -170,13 +143,6 @@ def save_model(clf: XGBClassifier, path: Path) -> None:
     atomic_write(path, _write)
 
 
-def _gated_dice(y_true, prob, counts) -> float:
-    """Challenge mean Dice of masks (counts (n, 4)) emptied where prob < 0.5."""
-    keep = np.asarray(prob) >= 0.5
-    c = np.asarray(counts)
-    return float(summarize_counts(c[:, 0] * keep, c[:, 1] * keep, c[:, 2], c[:, 3])["mean_dice"])
-
-
 def scorer_for(scoring: str, exp_dir: Path, ids: np.ndarray, dice_rule: str, train_set: str = "oof"):
     """(scorer, fit params, context, rule) for ``scoring``; dice routes per-row counts to the scorer."""
     if scoring not in SCORINGS:
@@ -187,12 +153,13 @@ def scorer_for(scoring: str, exp_dir: Path, ids: np.ndarray, dice_rule: str, tra
     counts = PredictionSet(ExperimentDir(exp_dir).prediction_set(train_set)).rule_counts(ids, rule)
     ctx = sklearn.config_context(enable_metadata_routing=True)
     with sklearn.config_context(enable_metadata_routing=True):
-        scorer = make_scorer(_gated_dice, response_method="predict_proba").set_score_request(counts=True)
+        scorer = make_scorer(gated_dice, response_method="predict_proba").set_score_request(counts=True)
     return scorer, {"counts": counts}, ctx, rule
 
 
-def random_search(X, y, folds, dims, scoring_parts, make, n_iter, n_jobs, seed, progress, kind="random",
-                  halving=(3, 10)):  # fmt: skip
+def random_search(
+    X, y, folds, dims, scoring_parts, make, n_iter, n_jobs, seed, progress, kind="random", halving=(3, 10)
+):
     """(fitted RandomizedSearchCV, default-parameter CV scores, search seconds); ``kind="halving"``:
     the same candidates by successive halving (``halving`` = (eta, min rounds); a ``HalvingResult``)."""
     if kind == "halving":
@@ -247,6 +214,21 @@ def check_labels(y: np.ndarray, folds: np.ndarray, source: str) -> tuple[int, in
     return n_pos, n_neg
 
 
+def _data_record(y: np.ndarray, folds: np.ndarray, names: np.ndarray, n_pos: int, n_neg: int) -> dict:
+    """The training rows in numbers: per-fold sizes and positives, rows, classes, features."""
+    sizes = [
+        {"fold": int(f), "n": int((folds == f).sum()), "n_pos": int(y[folds == f].sum())}
+        for f in np.unique(folds)
+    ]
+    return {
+        "fold_sizes": sizes,
+        "n_rows": int(y.size),
+        "n_pos": n_pos,
+        "n_neg": n_neg,
+        "n_features": int(names.size),
+    }
+
+
 def tune(
     exp_dir: str | Path,
     out_dir: str | Path | None = None,
@@ -289,44 +271,41 @@ def tune(
     def make() -> XGBClassifier:
         return make_classifier(seed, max_bin, device, n_jobs=xgb_jobs)
 
-    kind, (search, default_cv, search_seconds) = search, random_search(
-        X, y, folds, dims, scoring_parts, make, n_iter, n_jobs, seed, progress, search, halving)  # fmt: skip
+    kind, (search, default_cv, search_seconds) = (
+        search,
+        random_search(
+            X, y, folds, dims, scoring_parts, make, n_iter, n_jobs, seed, progress, search, halving
+        ),
+    )
     default, tuned = make().fit(X, y), search.best_estimator_
     save_model(tuned, out / "model.ubj")
     save_model(default, out / "default_model.ubj")
     write_json_atomic(out / "feature_names.json", names.tolist())
     _save_search(out, search.cv_results_, dims)
     test_metrics = table2(exp, out, names, {"default": default, "tuned": tuned})
-    fold_sizes = [{"fold": int(f), "n": int((folds == f).sum()), "n_pos": int(y[folds == f].sum())}
-                  for f in np.unique(folds)]  # fmt: skip
+    settings = {"scoring": scoring, "rule": scoring_parts[3], "n_iter": n_iter, "seed": seed}
+    settings.update(n_jobs=n_jobs, threads=xgb_jobs, device=device, max_bin=max_bin)
     run = {
-        "scoring": scoring, "rule": scoring_parts[3], "n_iter": n_iter, "seed": seed, "n_jobs": n_jobs,
-        "threads": xgb_jobs, "device": device, "max_bin": max_bin, "base_device": make().device,
-        "search": kind, "features": read_settings(oof_dir), "fold_sizes": fold_sizes, "n_rows": int(y.size),
-        "n_pos": n_pos, "n_neg": n_neg, "n_features": int(names.size), "search_seconds": search_seconds,
+        **settings,
+        **_data_record(y, folds, names, n_pos, n_neg),
+        "base_device": make().device,
+        "search": kind,
+        "features": read_settings(oof_dir),
+        "search_seconds": search_seconds,
         "start": start,
-    }  # fmt: skip
+    }
     params = _params_record(search, default_cv, dims, run)
     write_json_atomic(out / "params.json", params)
-    metrics = {
-        "threshold": 0.5,
-        "test": test_metrics,
-        "cv": {"scoring": scoring, "default": params["default_cv_score"], "tuned": params["best_cv_score"]},
-        "paper_table2": PAPER_TABLE2,
-        "paper_table2_columns": ["precision", "recall", "f1"],
-    }
-    write_json_atomic(out / "metrics.json", metrics)
-    return {
-        "out_dir": str(out),
-        "best_params": params["best_params"],
-        "best_cv_score": params["best_cv_score"],
-        "default_cv_score": params["default_cv_score"],
-        "test": test_metrics
-        if isinstance(test_metrics, str)
-        else {k: v["roc_auc"] for k, v in test_metrics.items()},
-        "search_seconds": params["search_seconds"],
-        "seconds": params["seconds"],
-    }
+    cv = {"scoring": scoring, "default": params["default_cv_score"], "tuned": params["best_cv_score"]}
+    metrics = {"threshold": 0.5, "test": test_metrics, "cv": cv, "paper_table2": PAPER_TABLE2}
+    write_json_atomic(
+        out / "metrics.json", {**metrics, "paper_table2_columns": ["precision", "recall", "f1"]}
+    )
+    keys = ("best_params", "best_cv_score", "default_cv_score", "search_seconds", "seconds")
+    aucs = (
+        test_metrics if isinstance(test_metrics, str) else {k: v["roc_auc"] for k, v in test_metrics.items()}
+    )
+    return {"out_dir": str(out), **{k: params[k] for k in keys}, "test": aucs}
 
 
 def _params_record(search, default_cv, dims: dict, run: dict) -> dict:

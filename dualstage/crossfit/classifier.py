@@ -14,17 +14,17 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from dualstage.classify.feature_set import labels_of, load_feature_table, read_settings
+from dualstage.artifacts.feature_set import labels_of, load_feature_table, read_settings
+from dualstage.artifacts.prediction_set import PredictionSet
 from dualstage.classify.gate import GATE_MODES, choose_gate
 from dualstage.classify.tune import _save_search, check_labels, save_model, scorer_for, search_space
 from dualstage.config import Experiment, to_dict
+from dualstage.core.io import write_csv_atomic, write_json_atomic
+from dualstage.core.progress import progress as progress_iter
 from dualstage.crossfit.rules import read_fold_rules
 from dualstage.crossfit.search import base_settings, tune_fold
 from dualstage.crossfit.table2 import fold_table2_models, write_table2
 from dualstage.data.splits import read_folds
-from dualstage.io import write_csv_atomic, write_json_atomic
-from dualstage.progress import progress as progress_iter
-from dualstage.segment.prediction_set import PredictionSet
 
 __all__ = ["crossfit_classifier", "fit_fold"]
 
@@ -40,8 +40,11 @@ def fit_fold(exp: Experiment, k: int, data: dict, rules, progress: bool = False)
     parts = scorer_for(t.scoring, exp.folder, ids[rows], t.dice_rule)
     res = tune_fold(t, X, y, folds, k, parts)
     inner = res["inner"]
-    params = {"best_params": res["best_params"], "base": {"seed": t.seed, "max_bin": t.max_bin},
-              "threads": t.threads}  # fmt: skip
+    params = {
+        "best_params": res["best_params"],
+        "base": {"seed": t.seed, "max_bin": t.max_bin},
+        "threads": t.threads,
+    }
     fitted = ids[rows].tolist()
     gate = {}
     for mode in exp.gate.modes:
@@ -49,9 +52,11 @@ def fit_fold(exp: Experiment, k: int, data: dict, rules, progress: bool = False)
         counts = data["pset"].rule_counts(ids[rows], rule).T
         choice = choose_gate(inner, counts)
         gate[mode] = {
-            "threshold": choice["threshold"], "pixel_rule": rule, "mean_dice_inner_oof": choice["mean_dice"],
+            "threshold": choice["threshold"],
+            "pixel_rule": rule,
+            "mean_dice_inner_oof": choice["mean_dice"],
             "chosen_on": f"inner out-of-fold probabilities of folds != {k}",
-        }  # fmt: skip
+        }
     out = exp.dir.crossfit_fold(k) / "classifier"
     save_model(res["estimator"], out / "model.ubj")
     _save_search(out, res["cv_results"], search_space(n_neg / n_pos))
@@ -59,11 +64,19 @@ def fit_fold(exp: Experiment, k: int, data: dict, rules, progress: bool = False)
     search = {key: v for key, v in to_dict(t).items() if key in keys}
     grouping = sorted(set(zip(folds[rows].tolist(), res["inner_folds"].tolist(), strict=True)))
     record = {
-        **params, "best_cv_score": res["best_cv_score"], "default_cv_score": res["default_cv_score"],
-        "scoring": t.scoring, "n_iter": t.n_iter, "n_rows": int(rows.sum()), "n_pos": n_pos, **search,
+        **params,
+        "best_cv_score": res["best_cv_score"],
+        "default_cv_score": res["default_cv_score"],
+        "scoring": t.scoring,
+        "n_iter": t.n_iter,
+        "n_rows": int(rows.sum()),
+        "n_pos": n_pos,
+        **search,
         "inner_fold_of": {str(f): int(g) for f, g in grouping},
-        "search_seconds": round(res["search_seconds"], 3), "features": data["settings"], "fitted_ids": fitted,
-    }  # fmt: skip
+        "search_seconds": round(res["search_seconds"], 3),
+        "features": data["settings"],
+        "fitted_ids": fitted,
+    }
     write_json_atomic(out / "params.json", record)
     write_json_atomic(out / "gate.json", {**gate, "fitted_ids": fitted})
     frame = pd.DataFrame(
@@ -83,10 +96,14 @@ def crossfit_classifier(exp: Experiment, progress: bool = False) -> dict:
     fdir = d.feature_set("oof")
     ids, X, names, index = load_feature_table(fdir)
     data = {
-        "ids": ids, "X": X, "y": labels_of(index, str(fdir)), "names": names,
-        "folds": read_folds(d.splits_csv, ids, allow_test=True), "settings": read_settings(fdir),
+        "ids": ids,
+        "X": X,
+        "y": labels_of(index, str(fdir)),
+        "names": names,
+        "folds": read_folds(d.splits_csv, ids, allow_test=True),
+        "settings": read_settings(fdir),
         "pset": PredictionSet(d.prediction_set("oof")),
-    }  # fmt: skip
+    }
     rules = read_fold_rules(d)
     missing = sorted(set(np.unique(data["folds"]).tolist()) - set(rules))
     if missing:
@@ -100,6 +117,8 @@ def crossfit_classifier(exp: Experiment, progress: bool = False) -> dict:
     if exp.tune.table2:
         write_table2(exp, table2)
     write_csv_atomic(pd.concat(frames, ignore_index=True), d.crossfit / "probabilities.csv")
-    write_json_atomic(d.crossfit / "gate_thresholds.json", {m: {str(k): v[m] for k, v in out.items()}
-                                                            for m in exp.gate.modes})  # fmt: skip
+    write_json_atomic(
+        d.crossfit / "gate_thresholds.json",
+        {m: {str(k): v[m] for k, v in out.items()} for m in exp.gate.modes},
+    )
     return out

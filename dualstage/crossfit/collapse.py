@@ -4,7 +4,7 @@ A collapsed model adds exactly 0 to every difference between gates on its studie
 rule empties them all), so a comparison that averages it in silently shrinks every difference.
 Two checks, each on the model's own studies:
 
-* **validation** (after training, :func:`dualstage.metrics.collapsed_on_validation`): at the kept
+* **validation** (after training, :func:`dualstage.core.metrics.collapsed_on_validation`): at the kept
   epoch, the inner validation's positive-case Dice is below ``metrics.POS_DICE_MAX`` while its
   negative-case Dice is above ``metrics.NEG_DICE_MIN`` at the default threshold (``train.val_threshold``);
 * **out-of-fold maps** (:func:`collapse_check`): on the studies of fold k, fold model k's maps give
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dualstage import gating
-from dualstage.metrics import collapsed_on_validation, summarize_counts
+from dualstage.core import gating
+from dualstage.core.metrics import collapsed_on_validation, summarize_counts
 
 __all__ = ["collapse_check", "validation_collapse"]
 
@@ -32,9 +32,7 @@ def _max_probability(hist: np.ndarray) -> np.ndarray:
     return top / 255.0
 
 
-def collapse_check(
-    hist: gating.Histograms, folds: np.ndarray, threshold: float, lowest: float
-) -> list[dict]:
+def collapse_check(hist: gating.Histograms, folds: np.ndarray, threshold: float, lowest: float) -> list[dict]:
     """One record per fold model on its own out-of-fold studies.
 
     ``hist``: histograms of every study (N,); ``folds`` (N,) int; ``threshold``: the default threshold;

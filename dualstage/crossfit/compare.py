@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dualstage import gating
-from dualstage.classify.classifier_files import load_gate
+from dualstage.artifacts.classifier_files import load_gate
+from dualstage.artifacts.gate_table import BAD_INPUT, Gate, describe_rule, gate_table
+from dualstage.artifacts.gates import GATES, gate_name
+from dualstage.artifacts.layout import ExperimentDir
+from dualstage.core import gating
+from dualstage.core.io import HandoffError
 from dualstage.crossfit.collapse import collapse_check, validation_collapse
 from dualstage.crossfit.rules import oof_histograms, read_fold_rules, subset
-from dualstage.gates import GATES, gate_name
-from dualstage.io import HandoffError
-from dualstage.layout import ExperimentDir
-from dualstage.report.compare import BAD_INPUT, Gate, describe_rule, gate_table
 from dualstage.segment.sweep import make_grids
 
 __all__ = ["crossfit_gates", "fold_decisions"]

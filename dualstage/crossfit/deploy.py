@@ -16,15 +16,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dualstage import gating, rle
-from dualstage.classify.classifier_files import load_classifier, load_gate, read_params
+from dualstage.artifacts.classifier_files import load_classifier, load_gate, read_params
+from dualstage.artifacts.feature_set import check_same_settings, load_feature_table
+from dualstage.artifacts.layout import ExperimentDir
+from dualstage.artifacts.prediction_set import PredictionSet
 from dualstage.classify.dicom_seg import seg_sources, write_segs
-from dualstage.classify.feature_set import check_same_settings, load_feature_table
 from dualstage.classify.gate import GATE_MODES
+from dualstage.core import gating, rle
+from dualstage.core.io import write_csv_atomic, write_json_atomic, write_png_atomic
 from dualstage.crossfit.rules import read_fold_rules
-from dualstage.io import write_csv_atomic, write_json_atomic, write_png_atomic
-from dualstage.layout import ExperimentDir
-from dualstage.segment.prediction_set import PredictionSet
 
 __all__ = ["fold_set_names", "crossfit_apply"]
 
@@ -81,9 +81,15 @@ def crossfit_apply(exp_dir: str | Path, name: str, mode: str, progress: bool = F
     write_csv_atomic(pd.DataFrame(rows), dst / "decisions.csv")
     first = PredictionSet(exp.prediction_set(next(iter(sets.values()))))
     segs = write_segs(dst, ids, seg_sources(exp.root, first), progress=progress)
-    summary = {"set": name, "mode": mode, "protocol": "crossfit: majority of the fold pipelines",
-               "n": len(ids), "n_nonempty": int(sum(r["decision"] for r in rows)),
-               "thresholds": {str(k): v for k, v in thresholds.items()}, "out_dir": str(dst),
-               **segs}  # fmt: skip
+    summary = {
+        "set": name,
+        "mode": mode,
+        "protocol": "crossfit: majority of the fold pipelines",
+        "n": len(ids),
+        "n_nonempty": int(sum(r["decision"] for r in rows)),
+        "thresholds": {str(k): v for k, v in thresholds.items()},
+        "out_dir": str(dst),
+        **segs,
+    }
     write_json_atomic(dst / "summary.json", summary)
     return summary

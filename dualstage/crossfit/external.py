@@ -33,13 +33,13 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from dualstage import gating
+from dualstage.artifacts.gates import GATES, GateSpec
+from dualstage.artifacts.layout import ExperimentDir
+from dualstage.artifacts.operating_points import OperatingPoints
 from dualstage.classify.gate import GATE_MODES, choose_gate, load_gate
+from dualstage.core import gating
+from dualstage.core.progress import progress as progress_iter
 from dualstage.crossfit.rules import fold_rules
-from dualstage.gates import GATES, GateSpec
-from dualstage.layout import ExperimentDir
-from dualstage.progress import progress as progress_iter
-from dualstage.segment.operating_points import OperatingPoints
 from dualstage.segment.sweep import make_grids
 
 __all__ = [

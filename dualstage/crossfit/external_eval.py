@@ -18,8 +18,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dualstage.classify.feature_set import check_same_settings, load_feature_table
+from dualstage.artifacts.external_counts import write_counts, write_record
+from dualstage.artifacts.feature_set import check_same_settings, load_feature_table
+from dualstage.artifacts.layout import ExperimentDir
+from dualstage.artifacts.prediction_set import PredictionSet
 from dualstage.classify.tune import load_classifier, read_params
+from dualstage.core.progress import progress as progress_iter
 from dualstage.crossfit.external import (
     Pipeline,
     SetData,
@@ -31,13 +35,9 @@ from dualstage.crossfit.external import (
     study_masks,
     usable_gates,
 )
+from dualstage.data.annotations import truth_from_rle_csv
 from dualstage.data.spacing import grid_pixel_mm2
 from dualstage.data.splits import read_folds
-from dualstage.external_counts import write_counts, write_record
-from dualstage.layout import ExperimentDir
-from dualstage.progress import progress as progress_iter
-from dualstage.segment.prediction_set import PredictionSet
-from dualstage.segment.sweep import truth_from_rle_csv
 
 __all__ = ["evaluate_set", "load_set"]
 

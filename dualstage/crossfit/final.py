@@ -11,15 +11,15 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from dualstage import gating, rle
+from dualstage.artifacts.prediction_set import PredictionSet
 from dualstage.classify.dicom_seg import seg_sources, write_segs
 from dualstage.classify.gate import GATE_MODES
 from dualstage.config import Experiment
+from dualstage.core import gating, rle
+from dualstage.core.io import write_csv_atomic, write_json_atomic, write_png_atomic
+from dualstage.core.progress import progress as progress_iter
 from dualstage.crossfit.compare import fold_decisions
 from dualstage.crossfit.rules import read_fold_rules
-from dualstage.io import write_csv_atomic, write_json_atomic, write_png_atomic
-from dualstage.progress import progress as progress_iter
-from dualstage.segment.prediction_set import PredictionSet
 
 __all__ = ["crossfit_final"]
 
@@ -35,23 +35,40 @@ def _mode_final(exp: Experiment, mode: str, rules: dict, pset: PredictionSet, pr
             )
         probs, thr = found
         rule = op.rule(GATE_MODES[mode])
-        for image_id, p in progress_iter(list(zip(probs["image_id"], probs["probability"], strict=True)),
-                                         desc=f"final fold {k} {mode}", enabled=progress):  # fmt: skip
+        for image_id, p in progress_iter(
+            list(zip(probs["image_id"], probs["probability"], strict=True)),
+            desc=f"final fold {k} {mode}",
+            enabled=progress,
+        ):
             q = pset.read_map(image_id)
             keep = bool(p >= thr)
             mask = gating.apply_rule(q, rule) if keep else np.zeros(q.shape, dtype=bool)
             write_png_atomic(dst / "masks" / f"{image_id}.png", mask.astype(np.uint8) * 255)
             rles.append((image_id, rle.encode(mask)))
-            rows.append({"image_id": image_id, "fold": k, "probability": float(p), "threshold": thr,
-                         "decision": int(keep), "mask_area_px": int(np.count_nonzero(mask))})  # fmt: skip
+            rows.append(
+                {
+                    "image_id": image_id,
+                    "fold": k,
+                    "probability": float(p),
+                    "threshold": thr,
+                    "decision": int(keep),
+                    "mask_area_px": int(np.count_nonzero(mask)),
+                }
+            )
     write_csv_atomic(pd.DataFrame(rles, columns=["ImageId", "EncodedPixels"]), dst / "submission.csv")
     decisions = pd.DataFrame(rows)
     write_csv_atomic(decisions, dst / "decisions.csv")
     segs = write_segs(dst, [i for i, _ in rles], seg_sources(exp.dir.root, pset), progress=progress)
-    summary = {"set": "oof", "mode": mode, "protocol": "crossfit", "n": len(rows),
-               "n_present": int(decisions["decision"].sum()),
-               "n_nonempty": int((decisions["mask_area_px"] > 0).sum()), **segs,
-               "out_dir": str(dst)}  # fmt: skip
+    summary = {
+        "set": "oof",
+        "mode": mode,
+        "protocol": "crossfit",
+        "n": len(rows),
+        "n_present": int(decisions["decision"].sum()),
+        "n_nonempty": int((decisions["mask_area_px"] > 0).sum()),
+        **segs,
+        "out_dir": str(dst),
+    }
     write_json_atomic(dst / "summary.json", summary)
     return summary
 

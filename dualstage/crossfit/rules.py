@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from dualstage import gating
+from dualstage.artifacts.layout import ExperimentDir
+from dualstage.artifacts.operating_points import OperatingPoints
+from dualstage.artifacts.prediction_set import PredictionSet
 from dualstage.config import Experiment
+from dualstage.core import gating
+from dualstage.core.progress import progress as progress_iter
+from dualstage.data.annotations import truth_from_rle_csv
 from dualstage.data.splits import read_folds
-from dualstage.layout import ExperimentDir
-from dualstage.progress import progress as progress_iter
-from dualstage.segment.operating_points import OperatingPoints
-from dualstage.segment.prediction_set import PredictionSet
 from dualstage.segment.sweep import (
     best_rule,
     choose_rules,
@@ -23,7 +24,6 @@ from dualstage.segment.sweep import (
     make_grids,
     score_rules,
     sweep_tables,
-    truth_from_rle_csv,
     write_tables,
 )
 
@@ -51,7 +51,7 @@ def fold_rules(
     lcc_truth=None,
     set_dir=None,
 ) -> tuple[OperatingPoints, dict]:
-    """(operating points for fold k chosen on folds != k, their tables)."""  # fmt: skip
+    """(operating points for fold k chosen on folds != k, their tables)."""
     train = subset(hist, folds != k)
     if train.image_id.size == 0:
         raise ValueError(f"fold {k}: no study in the other folds to choose its operating points on")
@@ -60,9 +60,14 @@ def fold_rules(
     scored = score_rules(rules, train, tables)
     others = sorted(int(f) for f in np.unique(folds) if f != k)
     op = OperatingPoints(
-        f"oof folds {others}", int(train.image_id.size), best_rule(scored), rules, scored,
-        grid_record(grids, lcc_truth is not None), fitted_ids=tuple(train.image_id.tolist()),
-    )  # fmt: skip
+        f"oof folds {others}",
+        int(train.image_id.size),
+        best_rule(scored),
+        rules,
+        scored,
+        grid_record(grids, lcc_truth is not None),
+        fitted_ids=tuple(train.image_id.tolist()),
+    )
     return op, tables
 
 
@@ -91,4 +96,3 @@ def read_fold_rules(exp: ExperimentDir) -> dict[int, OperatingPoints]:
     if not folds:
         raise FileNotFoundError(f"{exp.crossfit}: no cross-fitted rules; run `segment sweep` first")
     return {k: OperatingPoints.read(exp.crossfit_fold(k) / "operating_point.json") for k in folds}
-

@@ -21,11 +21,11 @@ from sklearn.metrics import f1_score
 from sklearn.model_selection import PredefinedSplit, cross_val_predict
 from xgboost import XGBClassifier
 
-from dualstage.classify.tune import make_classifier
+from dualstage.classify.xgb import make_classifier
 from dualstage.config import Experiment
+from dualstage.core.io import write_csv_atomic, write_json_atomic
+from dualstage.core.metrics import presence_report, roc_auc
 from dualstage.crossfit.search import base_settings, search_rows
-from dualstage.io import write_csv_atomic, write_json_atomic
-from dualstage.metrics import presence_report, roc_auc
 
 __all__ = ["fold_table2_models", "shared_settings", "table2_rows", "MODELS"]
 
@@ -41,8 +41,14 @@ def _f1_threshold(probs: np.ndarray, y: np.ndarray) -> float:
 
 def shared_settings(base: dict) -> dict:
     """The XGBoost configuration every Table 2 cell shares (``base``: :func:`base_settings`)."""
-    return {"tree_method": "hist", "max_bin": base["max_bin"], "eval_metric": "logloss",
-            "device": base["device"], "seed": base["seed"], "threads": base["threads"]}  # fmt: skip
+    return {
+        "tree_method": "hist",
+        "max_bin": base["max_bin"],
+        "eval_metric": "logloss",
+        "device": base["device"],
+        "seed": base["seed"],
+        "threads": base["threads"],
+    }
 
 
 def fold_table2_models(
@@ -91,9 +97,17 @@ def table2_rows(frame: pd.DataFrame, resamples: int = 2000, seed: int = 0) -> pd
         boot = np.array([roc_auc(p[i], y[i]) if 0 < y[i].sum() < y.size else np.nan for i in idx])
         lo, hi = np.nanpercentile(boot, [2.5, 97.5])
         for cls in ("absent", "present"):
-            rows.append({"model": model, "class": cls, **report[cls], "roc_auc": roc_auc(p, y),
-                         "roc_auc_lo": float(lo), "roc_auc_hi": float(hi),
-                         "threshold": "per fold, max F1 on inner out-of-fold probabilities"})  # fmt: skip
+            rows.append(
+                {
+                    "model": model,
+                    "class": cls,
+                    **report[cls],
+                    "roc_auc": roc_auc(p, y),
+                    "roc_auc_lo": float(lo),
+                    "roc_auc_hi": float(hi),
+                    "threshold": "per fold, max F1 on inner out-of-fold probabilities",
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -105,6 +119,7 @@ def write_table2(exp: Experiment, frames: list[pd.DataFrame]) -> pd.DataFrame:
     table = table2_rows(frame, exp.report.resamples, exp.report.seed)
     write_csv_atomic(table, exp.dir.crossfit / "table2.csv")
     shared = shared_settings(base_settings(exp.tune))
-    write_json_atomic(exp.dir.crossfit / "table2.json", {"models": list(MODELS), "n": int(len(frame)),
-                                                         "xgboost": shared})  # fmt: skip
+    write_json_atomic(
+        exp.dir.crossfit / "table2.json", {"models": list(MODELS), "n": int(len(frame)), "xgboost": shared}
+    )
     return table

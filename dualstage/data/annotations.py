@@ -12,13 +12,14 @@ import csv
 import gzip
 import io
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from dualstage import rle
+from dualstage.core import rle
 from dualstage.data.ids import check_image_id, show_id
 
 __all__ = ["read_rle_csv", "looks_like_rle_csv", "read_png_index", "masks_from_rows"]
@@ -157,3 +158,18 @@ def read_png_index(path: str | Path) -> pd.DataFrame:
         )
     out["has_pneumo"] = out["has_pneumo"].astype(int)
     return out
+
+
+TruthFn = Callable[[str, int, int], np.ndarray]  # (image id, height, width) -> bool mask
+
+
+def truth_from_rle_csv(path: str | Path) -> TruthFn:
+    """Truth loader ``(image_id, height, width) -> bool mask`` from an RLE CSV (prepare's masks.csv)."""
+    groups = dict(tuple(read_rle_csv(path).groupby("image_id")))
+
+    def load(image_id: str, height: int, width: int) -> np.ndarray:
+        if image_id not in groups:
+            raise ValueError(f"{path}: no row for image {image_id}")
+        return masks_from_rows(groups[image_id], height, width, source=str(path))[0]
+
+    return load

@@ -41,7 +41,7 @@ def load_split_table(prepared: str | Path) -> pd.DataFrame:
 
 def build_augment(cfg: AugmentConfig) -> A.Compose:
     """The progressive paper's policy: shift/scale/rotate, rare contrast / gamma / brightness."""
-    import albumentations as A
+    import albumentations as A  # heavy, and it checks for updates at import: loaded when augmenting
 
     transforms = [
         A.Affine(

@@ -2,7 +2,7 @@
 
 Ids enter from file names (siim / folders layouts), from the RLE CSV and from the PNG
 layout's index. Each is checked once there; a bad one becomes a ``rejected.csv`` row and
-the batch goes on. Writers check their final paths again (:func:`dualstage.io.ensure_inside`).
+the batch goes on. Writers check their final paths again (:func:`dualstage.core.io.ensure_inside`).
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ image over the pixel limit (:mod:`dualstage.data.limits`, ``max_pixels``; defaul
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +16,17 @@ from PIL import Image
 
 from dualstage.data import limits
 from dualstage.data.dicom import read_dicom_header, read_dicom_pixels
+from dualstage.data.layouts import IMAGE_EXTS
 
-__all__ = ["read_image_file", "image_shape", "read_mask_file", "is_dicom_file", "DICOM_EXTS"]
+__all__ = [
+    "read_image_file",
+    "image_shape",
+    "read_mask_file",
+    "is_dicom_file",
+    "DICOM_EXTS",
+    "find_images",
+    "image_id_of",
+]
 
 DICOM_EXTS = (".dcm", ".dicom")
 
@@ -100,3 +110,37 @@ def read_mask_file(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
     if mask is None:
         raise ValueError(f"{path}: mask is {size[0]}x{size[1]}, image is {shape[0]}x{shape[1]}")
     return mask
+
+
+def _in_folder(folder: Path) -> list[Path]:
+    """Image files under ``folder``: DICOM / PNG / JPEG names, and DICOM files of a study or series
+    folder named without those extensions (the 'DICM' marker; DICOMDIR indexes are left out)."""
+    found = []
+    for p in sorted(folder.rglob("*")):
+        if not p.is_file() or p.name.upper() == "DICOMDIR" or p.name.startswith("."):
+            continue
+        if p.suffix.lower() in IMAGE_EXTS or is_dicom_file(p):
+            found.append(p)
+    return found
+
+
+def find_images(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
+    """The image files of ``inputs``: files as given, folders searched recursively (duplicates once).
+
+    FileNotFoundError naming a path that does not exist, or saying no image was found."""
+    items = [inputs] if isinstance(inputs, str | Path) else list(inputs)
+    paths: dict[Path, None] = {}
+    for item in map(Path, items):
+        if not item.exists():
+            raise FileNotFoundError(f"--input {item}: no such file or folder")
+        for p in [item] if item.is_file() else _in_folder(item):
+            paths.setdefault(p, None)
+    if not paths:
+        names = ", ".join(map(str, items))
+        raise FileNotFoundError(f"--input {names}: no DICOM/PNG/JPEG images found")
+    return list(paths)
+
+
+def image_id_of(path: Path) -> str:
+    """A file's image id: its name without a DICOM / PNG / JPEG extension."""
+    return path.stem if path.suffix.lower() in IMAGE_EXTS else path.name

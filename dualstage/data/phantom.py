@@ -34,9 +34,24 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pydicom
+from joblib import Parallel, delayed
 from PIL import Image
+from pydicom import config, dcmwrite
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
+    ExplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+    SecondaryCaptureImageStorage,
+)
 
-from dualstage.cli import run_cli
+from dualstage.core.cli import run_cli
+from dualstage.core.io import atomic_write_bytes
+from dualstage.core.progress import progress as progress_iter
+from dualstage.core.rle import decode, encode
 from dualstage.data.phantom_cases import (
     UID_PREFIX,
     CaseSpec,
@@ -46,8 +61,6 @@ from dualstage.data.phantom_cases import (
 )
 from dualstage.data.phantom_render import render_case
 from dualstage.data.phantom_site import SITES, Site, SiteLook, apply_site, get_site, site_contrast
-from dualstage.io import atomic_write_bytes
-from dualstage.rle import decode, encode
 
 __all__ = [
     "UID_PREFIX",
@@ -76,16 +89,6 @@ def dicom_bytes(spec: CaseSpec, image: np.ndarray, look: SiteLook | None = None)
     ``look`` (a phantom site): MONOCHROME1 storage, pixel spacing of the rendered square."""
     mono1 = look is not None and look.monochrome1
     square = look.square if look is not None else image.shape[0]
-    from pydicom import config, dcmwrite
-    from pydicom.dataelem import DataElement
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.encaps import encapsulate
-    from pydicom.uid import (
-        PYDICOM_IMPLEMENTATION_UID,
-        ExplicitVRLittleEndian,
-        JPEGBaseline8Bit,
-        SecondaryCaptureImageStorage,
-    )
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
@@ -197,8 +200,6 @@ def generate(
     ``out_dir`` are left alone. ``site``: a key of :data:`SITES` (a second hospital's look, see
     :mod:`dualstage.data.phantom_site`); None or ``source`` changes nothing.
     """
-    from dualstage.progress import progress as progress_iter
-
     if layout not in ("siim", "png"):
         raise ValueError(f"layout must be 'siim' or 'png', got {layout!r}")
     if n < 1 or not 64 <= size <= 4096:
@@ -216,8 +217,6 @@ def generate(
     specs = plan_cases(n, seed, jpeg_share, lesion_contrast, subtle_share)
     bar = progress_iter(total=n, desc=f"phantom {layout} {size}px", unit="img", enabled=progress)
     if workers > 1:
-        from joblib import Parallel, delayed
-
         jobs = Parallel(n_jobs=workers, return_as="generator", batch_size=4)(
             delayed(_make_one)(s, out, size, layout, where) for s in specs
         )
@@ -253,8 +252,6 @@ def generate(
 def _read_back(out_dir: Path, row: pd.Series, layout: str, rle_rows: dict[str, list[str]]) -> tuple:
     """Image uint8 (H, W) and union mask bool (H, W) read from the written files."""
     if layout == "siim":
-        import pydicom
-
         ds = pydicom.dcmread(out_dir / row["path"])
         image = ds.pixel_array
         image = 255 - image if ds.PhotometricInterpretation == "MONOCHROME1" else image
@@ -274,10 +271,10 @@ def write_preview(
     tile_px: int = 180,
 ) -> None:
     """Contact sheet of the first ``k`` images (read back from disk) with red mask outlines."""
-    import matplotlib
+    import matplotlib  # heavy: loaded when a contact sheet is drawn
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # heavy: loaded when a contact sheet is drawn
 
     out = Path(out_dir)
     rle_rows: dict[str, list[str]] = {}
@@ -354,10 +351,12 @@ def main(argv: list[str] | None = None) -> int:
         help="share of positives kept at the default look (contrast 1)",
     )
     ap.add_argument(
-        "--site", default=None, choices=sorted(SITES),
+        "--site",
+        default=None,
+        choices=sorted(SITES),
         help="a second hospital's look (exposure, contrast, noise, portrait size, MONOCHROME1, subtler "
         "lesions, support lines; dualstage/data/phantom_site.py); default: the source look",
-    )  # fmt: skip
+    )
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     ap.set_defaults(func=_generate_cmd)

@@ -10,6 +10,7 @@ import uuid
 from dataclasses import dataclass
 
 import numpy as np
+from pydicom.uid import generate_uid
 
 POSITIVE_SHARE = 0.22
 TWO_LESION_SHARE = 0.15
@@ -65,8 +66,6 @@ class CaseSpec:
 
 
 def _uid(seed: int, index: int, kind: str) -> str:
-    from pydicom.uid import generate_uid
-
     return str(generate_uid(UID_PREFIX, entropy_srcs=["dualstage-phantom", str(seed), str(index), kind]))
 
 

@@ -59,7 +59,7 @@ SITES: dict[str, Site] = {
         lesion_contrast_factor=0.75,
         subtle_share_add=0.15,
         support_lines=2.5,
-    ),  # fmt: skip
+    ),
 }
 
 

@@ -29,16 +29,23 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from dualstage import rle
+from dualstage.config import PAPER_TEST_FRACTION, PAPER_VAL_FRACTION
+from dualstage.core import rle
+from dualstage.core.io import (
+    atomic_write,
+    atomic_write_text,
+    clean_stale_tmp,
+    ensure_inside,
+    write_csv_atomic,
+)
+from dualstage.core.locks import holding
+from dualstage.core.progress import progress as progress_iter
 from dualstage.data import limits
 from dualstage.data.annotations import masks_from_rows, read_rle_csv
 from dualstage.data.images import read_image_file, read_mask_file
 from dualstage.data.layouts import Item, scan
-from dualstage.data.splits import PAPER_TEST_FRACTION, PAPER_VAL_FRACTION, make_splits
+from dualstage.data.splits import make_splits
 from dualstage.data.workers import WorkerPool, interruptible
-from dualstage.io import atomic_write, atomic_write_text, clean_stale_tmp, ensure_inside, write_csv_atomic
-from dualstage.locks import holding
-from dualstage.progress import progress as progress_iter
 
 __all__ = [
     "prepare",
@@ -283,7 +290,7 @@ def prepare(
     first bad item raises :class:`PrepareError` naming it and the reason. SIGTERM is an
     interrupt here: the workers are stopped before it propagates. An image over the pixel limit
     ``max_pixels`` (default: the process's ``data.max_pixels``) is a rejected row. Holds the output
-    folder's lock (:mod:`dualstage.locks`) for the run.
+    folder's lock (:mod:`dualstage.core.locks`) for the run.
     """
     t0, data, out = time.perf_counter(), Path(data), Path(out)
     sizes = check_options(sizes, n_folds, workers, test_fraction, val_fraction)
@@ -293,15 +300,40 @@ def prepare(
         raise PrepareError(f"{rejected[0]['item']}: {rejected[0]['reason']}")
     with holding(out, "segment prepare"):  # nothing is written before the scan found the data
         limit = limits.resolve(max_pixels)
-        return _prepare_locked(data, out, sizes, layout, (items, rejected), strict, workers, n_folds, seed,
-                               progress, test_fraction, val_fraction, limit, t0)  # fmt: skip
+        return _prepare_locked(
+            data,
+            out,
+            sizes,
+            layout,
+            (items, rejected),
+            strict,
+            workers,
+            n_folds,
+            seed,
+            progress,
+            test_fraction,
+            val_fraction,
+            limit,
+            t0,
+        )
 
 
 def _prepare_locked(
-    data: Path, out: Path, sizes: list[int], layout: str, scanned: tuple, strict: bool, workers: int,
-    n_folds: int, seed: int, progress: bool, test_fraction: float, val_fraction: float, max_pixels: int,
+    data: Path,
+    out: Path,
+    sizes: list[int],
+    layout: str,
+    scanned: tuple,
+    strict: bool,
+    workers: int,
+    n_folds: int,
+    seed: int,
+    progress: bool,
+    test_fraction: float,
+    val_fraction: float,
+    max_pixels: int,
     t0: float,
-) -> dict:  # fmt: skip
+) -> dict:
     """:func:`prepare` once its options are checked, the data scanned and the output folder locked."""
     items, rejected = scanned
     out.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pydicom
 
 __all__ = ["pixel_spacing", "grid_pixel_mm2", "REF_PIXELS"]
 
@@ -21,8 +22,6 @@ REF_PIXELS = 1024 * 1024
 
 def pixel_spacing(path: str | Path) -> tuple[float, float] | None:
     """(row mm, column mm) of a DICOM file's PixelSpacing (else ImagerPixelSpacing); None without."""
-    import pydicom
-
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
     except Exception:  # noqa: BLE001 - an unreadable header simply has no spacing here

@@ -14,10 +14,9 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 
-__all__ = ["make_splits", "read_folds", "inner_split", "PAPER_TEST_FRACTION", "PAPER_VAL_FRACTION"]
+from dualstage.config import PAPER_TEST_FRACTION, PAPER_VAL_FRACTION
 
-PAPER_TEST_FRACTION = 1068 / 10675
-PAPER_VAL_FRACTION = 964 / 10675
+__all__ = ["make_splits", "read_folds", "inner_split"]
 
 
 def _group_keys(manifest: pd.DataFrame) -> pd.Series:

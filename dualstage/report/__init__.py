@@ -16,19 +16,20 @@ with a main model, the papers' holdout view on the ``test`` split follows as a s
 
 from __future__ import annotations
 
-import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 
-from dualstage.gates import BASELINE
-from dualstage.io import atomic_write_text, json_safe, write_csv_atomic, write_json_atomic
-from dualstage.layout import ExperimentDir
-from dualstage.locks import holding
+from dualstage.artifacts.gates import BASELINE
+from dualstage.artifacts.layout import ExperimentDir
+from dualstage.artifacts.operating_points import OperatingPoints
+from dualstage.core.io import atomic_write_text, json_safe, write_csv_atomic, write_json_atomic
+from dualstage.core.locks import holding
+from dualstage.core.tolerance import GATE_TIE_RULE
 from dualstage.report import figures as F
 from dualstage.report.compare import compare, compare_counts
 from dualstage.report.document import (
-    Code,
     Figure,
     Note,
     Paragraph,
@@ -41,11 +42,9 @@ from dualstage.report.external import external_sections
 from dualstage.report.gallery import gallery as draw_gallery
 from dualstage.report.html import render_html
 from dualstage.report.partial import bad_rows, banner, guarded, partial_fields, stop_unless_partial
-from dualstage.report.provenance import provenance
+from dualstage.report.provenance import provenance, provenance_section
 from dualstage.report.summary import summary_json, threshold_table
 from dualstage.report.tables import comparison_display, comparison_frame, paper_tables, rules_method
-from dualstage.segment.operating_points import OperatingPoints
-from dualstage.tolerance import GATE_TIE_RULE
 
 __all__ = ["build_report", "compare"]
 
@@ -134,13 +133,20 @@ def _how(cmp: dict, op: OperatingPoints | None) -> str:
 
 def _per_fold_table(cmp: dict) -> Table:
     rows = [
-        {"Gate": cmp["gates"][k]["name"], "Mean Dice, mean over folds": f"{v['mean']:.3f}",
-         "sd": f"{v['sd']:.3f}", "Folds": v["n_folds"],
-         **{f"fold {f}": f"{x:.3f}" for f, x in v["folds"].items()}}
+        {
+            "Gate": cmp["gates"][k]["name"],
+            "Mean Dice, mean over folds": f"{v['mean']:.3f}",
+            "sd": f"{v['sd']:.3f}",
+            "Folds": v["n_folds"],
+            **{f"fold {f}": f"{x:.3f}" for f, x in v["folds"].items()},
+        }
         for k, v in cmp["per_fold"].items()
-    ]  # fmt: skip
-    return Table("per_fold", "Mean Dice per fold (each fold a test fold once): mean and sd over folds",
-                 pd.DataFrame(rows))  # fmt: skip
+    ]
+    return Table(
+        "per_fold",
+        "Mean Dice per fold (each fold a test fold once): mean and sd over folds",
+        pd.DataFrame(rows),
+    )
 
 
 def _comparison_section(
@@ -185,47 +191,8 @@ def _comparison_section(
     return sec
 
 
-def _provenance_section(prov: dict) -> Section:
-    n = prov["numbers"]
-    rows = [
-        ("split", n["split"]),
-        ("studies scored", n["n_images"]),
-        ("model", n["model"]),
-        ("operating points chosen on", n["operating_points_chosen_on"]),
-        ("classifier threshold chosen on", ", ".join(n["classifier_threshold_chosen_on"]) or "-"),
-        ("bootstrap", n["bootstrap"]),
-        *((f"sha256 {k}", v or "missing") for k, v in prov["inputs_sha256"].items()),
-        ("report generated (UTC)", prov["generated"]),
-        *((f"modified (UTC) {k}", v) for k, v in prov["dates"].items()),
-        ("segmenter models", ", ".join(prov["segmenter_models"]) or "-"),
-        ("report libraries", ", ".join(f"{k} {v}" for k, v in prov["report_versions"].items() if v)),
-        (
-            "training libraries",
-            ", ".join(f"{k} {v}" for k, v in (prov["training_versions"] or {}).items()) or "-",
-        ),
-    ]
-    frame = pd.DataFrame(rows, columns=["Item", "Value"]).astype(str)
-    sec = Section("Provenance", [Table("provenance", "Where the numbers come from", frame)])
-    if prov.get("normalisation"):
-        sec.blocks.append(Paragraph(prov["normalisation"]))
-    if prov["configs_differ_from_first"]:
-        sec.blocks.append(
-            Note(
-                "resolved configs differ from the first model's in: "
-                + "; ".join(prov["configs_differ_from_first"])
-            )
-        )
-    if prov["config"] is not None:
-        sec.blocks.append(
-            Code("Resolved config (segmenter/*/config.json)", json.dumps(prov["config"], indent=2))
-        )
-    else:
-        sec.blocks.append(Note("not run: no segmenter/*/config.json"))
-    return sec
-
-
 def _comparisons(
-    exp: Path, resamples: int, seed: int, allow_partial: bool, bad: list[str]
+    exp: Path, resamples: int, seed: int, allow_partial: bool, bad: list[str], gates: Callable | None
 ) -> tuple[dict | None, dict | None, str | None]:
     """(primary comparison, holdout view or None, why the primary is missing).
 
@@ -233,12 +200,13 @@ def _comparisons(
     holdout test split. A malformed input stops it (HandoffError), or with ``allow_partial`` is noted
     in ``bad`` and the view is left out.
     """
-    from dualstage.crossfit.compare import crossfit_gates  # crossfit reuses report.compare's Gate
-
     cross, holdout, errors = None, None, []
     try:
-        cross = guarded(lambda: compare_counts(crossfit_gates(exp), resamples, seed, split="crossfit"),
-                        allow_partial, bad, None)  # fmt: skip
+        if gates is None:
+            raise FileNotFoundError("no cross-fitted gate table was asked for")
+        cross = guarded(
+            lambda: compare_counts(gates(exp), resamples, seed, split="crossfit"), allow_partial, bad, None
+        )
     except FileNotFoundError as exc:
         errors.append(f"cross-fitted view not run: {exc}")
     try:
@@ -312,8 +280,13 @@ def build_report(
     seed: int = 0,
     gallery: int = 8,
     allow_partial: bool = False,
+    gates: Callable[[Path], dict] | None = None,
 ) -> dict:
     """Write the report of one experiment folder; returns its paths, the comparison and its text.
+
+    ``gates``: the maker of the cross-fitted gate table from the folder (the commands pass
+    :func:`dualstage.crossfit.compare.crossfit_gates`; the report reads, it runs no stage); None: the
+    holdout view only.
 
     Returns {out, report_md, report_html, metrics_json, per_image_csv, figures (paths), table (numeric
     DataFrame, one row per gate), markdown (display table), summary_markdown (gate, mean / pos / neg Dice,
@@ -331,7 +304,7 @@ def build_report(
     op = guarded(
         lambda: OperatingPoints.read_or_none(ExperimentDir(exp).operating_point), allow_partial, bad, None
     )
-    cmp, holdout, error = _comparisons(exp, resamples, seed, allow_partial, bad)
+    cmp, holdout, error = _comparisons(exp, resamples, seed, allow_partial, bad, gates)
     bad = list(dict.fromkeys([*bad, *bad_rows(cmp, holdout)]))  # once each
     stop_unless_partial(bad, allow_partial)
     with holding(out, "report"):  # one report writer at a time
@@ -357,7 +330,7 @@ def _write_report(exp: Path, out: Path, op, views: tuple, settings: tuple, bad: 
         Section("The papers' tables", [*tables, *(Note(n) for n in eval_notes)]),
         Section("Figures", figs),
         Section("Gallery: where the gates disagree", [gal]),
-        _provenance_section(prov),
+        provenance_section(prov),
     ]
     _write_summary(exp, out, cmp, holdout, bad, ext_summary)
     title = f"dualstage report: {exp.name}" + (" (PARTIAL: an input is bad)" if bad else "")

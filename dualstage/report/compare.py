@@ -2,7 +2,7 @@
 
 Every gate turns the same test probability maps into final masks with an operating point chosen
 on out-of-fold / validation data (``operating_point.json``, ``classifier/gate.json``); counts come
-from ``predictions/test/histograms.npz`` through :func:`dualstage.gating.rule_counts`, so no map is
+from ``predictions/test/histograms.npz`` through :func:`dualstage.core.gating.rule_counts`, so no map is
 loaded. The classifier gates empty an image's mask where ``final/<set>/decisions.csv`` says 0.
 
 Intervals are 95 % percentile bootstrap intervals over images: one seeded index matrix (B, N) is
@@ -12,23 +12,22 @@ bootstrap (the difference of a gate with itself is exactly 0 in every resample).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 
-from dualstage import gating
-from dualstage.gate_records import read_decisions, read_gate_summary
-from dualstage.gates import BASELINE, GATES, REFERENCE, GateSpec, gate_name
-from dualstage.io import HandoffError
-from dualstage.layout import ExperimentDir
-from dualstage.metrics import dice_from_counts, presence_report, summarize_counts
+from dualstage.artifacts.gate_records import read_decisions, read_gate_summary
+from dualstage.artifacts.gate_table import BAD_INPUT, Gate, describe_rule, gate_table  # noqa: F401 (the comparison's input)
+from dualstage.artifacts.gates import BASELINE, GATES, REFERENCE, GateSpec, gate_name
+from dualstage.artifacts.layout import ExperimentDir
+from dualstage.artifacts.operating_points import OperatingPoints, configured_threshold, default_rule
+from dualstage.artifacts.prediction_set import PredictionSet
+from dualstage.core import gating
+from dualstage.core.io import HandoffError
+from dualstage.core.metrics import dice_from_counts, presence_report, summarize_counts
+from dualstage.core.tolerance import TOL
 from dualstage.report.outcomes import outcomes, vacuous_folds
-from dualstage.segment.operating_points import OperatingPoints, configured_threshold, default_rule
-from dualstage.segment.prediction_set import PredictionSet
-from dualstage.tolerance import TOL
 
 __all__ = [
     "METRICS",
@@ -57,32 +56,7 @@ METRICS = {  # key -> column label
     "iou_pos": "IoU (positives)",
 }
 CONFIDENCE = 0.95
-BAD_INPUT = "bad input: "  # a skipped gate whose input file is malformed (the report stops, or is partial)
 CHUNK_CELLS = 2_000_000  # resamples x images evaluated at once (bounds memory for large N)
-
-
-class Gate(NamedTuple):
-    """One gate's per-image counts on the test split (arrays (N,), aligned to the histograms)."""
-
-    key: str
-    name: str
-    rule: str  # the operating point in words
-    params: dict | None  # the pixel rule (gating rule dict); None for the all-empty baseline
-    inter: np.ndarray
-    pred_area: np.ndarray
-    decision: np.ndarray | None  # classifier keep (1) / empty (0), or None
-
-
-def describe_rule(rule: Mapping) -> str:
-    """A rule dict in words, e.g. ``threshold 0.55, min area 2000 px`` (areas at 1024 x 1024)."""
-    name = rule.get("rule")
-    if name == "triplet":
-        text = f"triplet top {rule['top']:g}, min area {rule['min_area']:g} px, bottom {rule['bottom']:g}"
-    elif name == "threshold_area":
-        text = f"threshold {rule['threshold']:g}, min area {rule['min_area']:g} px"
-    else:
-        text = f"threshold {rule['threshold']:g}"
-    return text + (" + largest component" if rule.get("lcc") else "")
 
 
 def _decisions(exp: ExperimentDir, spec: GateSpec, ids: np.ndarray, pixel_rule: dict, pred_area: np.ndarray):
@@ -154,17 +128,16 @@ def load_gates(exp_dir: str | Path) -> dict:
         gates.append(Gate(spec.key, gate_name(spec, rule), text, rule, inter, area, decision))
     frame = pset.index() if pset.exists() else pd.DataFrame()
     fold_model = sorted(frame["fold_model"].astype(str).unique().tolist()) if "fold_model" in frame else []
-    return gate_table(hist.image_id, true_area, n_pix, gates, skipped, op.chosen_on if op else None,
-                      fold_model, pred_set="test")  # fmt: skip
-
-
-def gate_table(ids, true_area, n_pix, gates: list, skipped: dict, chosen_on, fold_model, **extra) -> dict:
-    """The per-image counts of ``gates`` (N,) plus the all-empty baseline, as :func:`compare_counts` takes."""
-    zero = np.zeros_like(np.asarray(true_area))
-    gates = [*gates, Gate(BASELINE.key, BASELINE.label, "every mask empty", None, zero, zero, None)]
-    return {"image_id": ids, "true_area": np.asarray(true_area), "n_pixels": np.asarray(n_pix),
-            "gates": gates, "skipped": skipped, "chosen_on": chosen_on, "fold_model": fold_model,
-            **extra}  # fmt: skip
+    return gate_table(
+        hist.image_id,
+        true_area,
+        n_pix,
+        gates,
+        skipped,
+        op.chosen_on if op else None,
+        fold_model,
+        pred_set="test",
+    )
 
 
 def point_metrics(inter, pred_area, true_area, n_pixels) -> dict[str, float]:
@@ -194,7 +167,7 @@ def _div(num: np.ndarray, den: np.ndarray, empty: float) -> np.ndarray:
 def resampled_metrics(inter, pred_area, true_area, idx: np.ndarray) -> dict[str, np.ndarray]:
     """METRICS of every resample: counts (N,), ``idx`` (B, N) -> {key: (B,) float64}.
 
-    The challenge metrics come from :func:`dualstage.metrics.summarize_counts` on the (B, N)
+    The challenge metrics come from :func:`dualstage.core.metrics.summarize_counts` on the (B, N)
     resampled counts (in chunks of CHUNK_CELLS cells); undefined ratios follow the point estimates:
     NaN for Dice / accuracy / IoU over an empty class, 0 for precision / recall / F1 / specificity
     (presence_report's zero_division=0).
@@ -254,8 +227,12 @@ def _per_fold(per_image: pd.DataFrame, keys: list[str]) -> dict:
     out = {}
     for key in keys:
         by = per_image.groupby("fold")[f"{key}_dice"].mean()
-        out[key] = {"mean": float(by.mean()), "sd": float(by.std(ddof=1)) if len(by) > 1 else float("nan"),
-                    "n_folds": int(len(by)), "folds": {str(k): float(v) for k, v in by.items()}}  # fmt: skip
+        out[key] = {
+            "mean": float(by.mean()),
+            "sd": float(by.std(ddof=1)) if len(by) > 1 else float("nan"),
+            "n_folds": int(len(by)),
+            "folds": {str(k): float(v) for k, v in by.items()},
+        }
     return out
 
 

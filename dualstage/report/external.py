@@ -1,7 +1,8 @@
 """The report's external-validation section: does each gate's operating point travel to another site?
 
-Reads ``external/<set>/counts.csv`` and ``external.json`` (:mod:`dualstage.external_counts`; written by
-``python -m dualstage external``) and compares, on the external studies:
+Reads ``external/<set>/counts.csv`` and ``external.json``
+(:mod:`dualstage.artifacts.external_counts`; written by ``python -m dualstage external``) and
+compares, on the external studies:
 
 * **frozen**: every gate exactly as chosen on the source (the deployed pipeline);
 * **re-chosen**: the same gate with its operating point chosen on the external set itself,
@@ -18,9 +19,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from dualstage.external_counts import gate_columns, read_counts, read_record
-from dualstage.gates import GATES, SUMMARY_NAMES, gate_name
-from dualstage.layout import ExperimentDir
+from dualstage.artifacts.external_counts import gate_columns, read_counts, read_record
+from dualstage.artifacts.gates import GATES, SUMMARY_NAMES, gate_name
+from dualstage.artifacts.layout import ExperimentDir
 from dualstage.report.compare import (
     Gate,
     bootstrap_indices,

@@ -18,11 +18,11 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
-from dualstage.gates import CLASSIFIER_GATES, COLORS  # noqa: E402
-from dualstage.io import atomic_write  # noqa: E402
-from dualstage.metrics import roc_auc  # noqa: E402
+from dualstage.artifacts.gates import CLASSIFIER_GATES, COLORS  # noqa: E402
+from dualstage.artifacts.operating_points import OperatingPoints, configured_threshold  # noqa: E402
+from dualstage.core.io import atomic_write  # noqa: E402
+from dualstage.core.metrics import roc_auc  # noqa: E402
 from dualstage.report.document import Figure  # noqa: E402
-from dualstage.segment.operating_points import OperatingPoints, configured_threshold  # noqa: E402
 
 __all__ = [
     "classifier_curves",

@@ -4,7 +4,7 @@ Two gates whose final masks are identical on every study are one outcome, not tw
 ranks distinct outcomes. Identity is decided exactly, without loading a map: a gate's final mask of
 study i is either its pixel rule's mask or empty (classifier gates empty it), so two gates have the
 same mask on study i when both are empty, or when their pixel rules for study i's fold are the same
-rule (:func:`dualstage.gating.canonical_rule`) and their final areas are equal (gates scored from
+rule (:func:`dualstage.core.gating.canonical_rule`) and their final areas are equal (gates scored from
 their final masks, an external set's vote, carry a digest of each mask instead). Different rules
 with non-empty masks count as different (an undercount of sameness, never an overcount).
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dualstage.gating import canonical_rule
+from dualstage.core.gating import canonical_rule
 
 __all__ = ["same_masks", "outcomes", "vacuous_folds"]
 

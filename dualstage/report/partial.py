@@ -1,6 +1,6 @@
 """A report that cannot compute a row because an input is bad stops, or (``--allow-partial``) says so.
 
-A hand-off file that is there but malformed (:class:`~dualstage.io.HandoffError`: a mistyped
+A hand-off file that is there but malformed (:class:`~dualstage.core.io.HandoffError`: a mistyped
 ``operating_point.json``, a truncated ``decisions.csv``, ...) is not a step that was not run. Without
 ``--allow-partial`` the report stops with one line naming the file and the field (exit 2) before it
 writes anything. With it, the report is written without those rows and says so in a banner at the
@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
-from dualstage.io import HandoffError
+from dualstage.core.io import HandoffError
 from dualstage.report.compare import BAD_INPUT
 from dualstage.report.document import Note, Paragraph, Section
 

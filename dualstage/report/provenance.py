@@ -12,11 +12,14 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
-from dualstage.gates import CLASSIFIER_GATES
-from dualstage.io import sha256_file
-from dualstage.layout import ExperimentDir
+import pandas as pd
 
-__all__ = ["provenance", "sha256", "inputs_read"]
+from dualstage.artifacts.gates import CLASSIFIER_GATES
+from dualstage.artifacts.layout import ExperimentDir
+from dualstage.core.io import sha256_file
+from dualstage.report.document import Code, Note, Paragraph, Section, Table
+
+__all__ = ["provenance", "provenance_section", "sha256", "inputs_read"]
 
 LIBRARIES = ("dualstage", "numpy", "pandas", "scikit-learn", "xgboost", "matplotlib", "scipy", "torch")
 DATA = ("prepared/manifest.csv", "prepared/masks.csv", "prepared/splits.csv")
@@ -82,8 +85,13 @@ def inputs_read(exp: Path, split: str) -> list[str]:
         return [*DATA, *HOLDOUT]
     d = ExperimentDir(exp)
     folds = [f"crossfit/fold_{k}/{f}" for k in d.crossfit_folds() for f in FOLD_FILES]
-    return [*DATA, "predictions/oof/histograms.npz", "predictions/oof/index.csv", *folds,
-            "crossfit/gate_thresholds.json"]  # fmt: skip
+    return [
+        *DATA,
+        "predictions/oof/histograms.npz",
+        "predictions/oof/index.csv",
+        *folds,
+        "crossfit/gate_thresholds.json",
+    ]
 
 
 def _gate_chosen_on(exp: Path, split: str) -> list[str]:
@@ -146,3 +154,43 @@ def provenance(exp: Path, cmp: dict | None) -> dict:
         "dates": {p: _iso((exp / p).stat().st_mtime) for p in read if (exp / p).is_file()},
         "config": cfg,
     }
+
+
+def provenance_section(prov: dict) -> Section:
+    """The report's Provenance section from :func:`provenance`'s record."""
+    n = prov["numbers"]
+    rows = [
+        ("split", n["split"]),
+        ("studies scored", n["n_images"]),
+        ("model", n["model"]),
+        ("operating points chosen on", n["operating_points_chosen_on"]),
+        ("classifier threshold chosen on", ", ".join(n["classifier_threshold_chosen_on"]) or "-"),
+        ("bootstrap", n["bootstrap"]),
+        *((f"sha256 {k}", v or "missing") for k, v in prov["inputs_sha256"].items()),
+        ("report generated (UTC)", prov["generated"]),
+        *((f"modified (UTC) {k}", v) for k, v in prov["dates"].items()),
+        ("segmenter models", ", ".join(prov["segmenter_models"]) or "-"),
+        ("report libraries", ", ".join(f"{k} {v}" for k, v in prov["report_versions"].items() if v)),
+        (
+            "training libraries",
+            ", ".join(f"{k} {v}" for k, v in (prov["training_versions"] or {}).items()) or "-",
+        ),
+    ]
+    frame = pd.DataFrame(rows, columns=["Item", "Value"]).astype(str)
+    sec = Section("Provenance", [Table("provenance", "Where the numbers come from", frame)])
+    if prov.get("normalisation"):
+        sec.blocks.append(Paragraph(prov["normalisation"]))
+    if prov["configs_differ_from_first"]:
+        sec.blocks.append(
+            Note(
+                "resolved configs differ from the first model's in: "
+                + "; ".join(prov["configs_differ_from_first"])
+            )
+        )
+    if prov["config"] is not None:
+        sec.blocks.append(
+            Code("Resolved config (segmenter/*/config.json)", json.dumps(prov["config"], indent=2))
+        )
+    else:
+        sec.blocks.append(Note("not run: no segmenter/*/config.json"))
+    return sec

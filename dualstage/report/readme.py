@@ -26,13 +26,21 @@ import re
 import sys
 from pathlib import Path
 
-from dualstage.cli import run_cli
-from dualstage.io import atomic_write_text, write_json_atomic
+from dualstage.core.cli import run_cli
+from dualstage.core.io import atomic_write_text, write_json_atomic
 from dualstage.report.document import markdown_table
 from dualstage.report.external import transfer_frame
 
-__all__ = ["BLOCK", "BLOCKS", "render_block", "render_external_block", "replace_block", "compare_summaries",
-           "strip_dates", "main"]  # fmt: skip
+__all__ = [
+    "BLOCK",
+    "BLOCKS",
+    "render_block",
+    "render_external_block",
+    "replace_block",
+    "compare_summaries",
+    "strip_dates",
+    "main",
+]
 
 BLOCK = "demo-comparison"
 REFERENCE = Path("docs/demo_summary.json")
@@ -151,8 +159,10 @@ def render_external_block(s: dict) -> str:
     lines = [head, "", markdown_table(transfer_frame(s, LABELS)), ""]
     lines.append(f"- Travel (gap interval not below 0): {', '.join(travel) or 'none'}.")
     lines.append(f"- Do not travel (re-chosen clearly better): {', '.join(stay) or 'none'}.")
-    lines.append(f"- Best frozen gate: {LABELS.get(s['best_frozen'], s['best_frozen'])}; best re-chosen: "
-                 f"{LABELS.get(s['best_rechosen'], s['best_rechosen'])}.")  # fmt: skip
+    lines.append(
+        f"- Best frozen gate: {LABELS.get(s['best_frozen'], s['best_frozen'])}; best re-chosen: "
+        f"{LABELS.get(s['best_rechosen'], s['best_rechosen'])}."
+    )
     return "\n".join(lines)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from dualstage.io import atomic_write_text
+from dualstage.core.io import atomic_write_text
 
 __all__ = ["write_review_page", "PAGE_NAME"]
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from dualstage.gates import SUMMARY_NAMES
+from dualstage.artifacts.gates import SUMMARY_NAMES
 
 __all__ = ["summary_json", "gates_block", "threshold_table"]
 
@@ -54,7 +54,7 @@ def summary_json(primary: dict, protocol: str, thresholds: dict | None, holdout:
         "per_fold": {
             SUMMARY_NAMES.get(k, k): {x: v[x] for x in ("mean", "sd", "n_folds")}
             for k, v in (primary.get("per_fold") or {}).items()
-        },  # fmt: skip
+        },
         "single_model_thresholds": thresholds,
         "outcomes": [[SUMMARY_NAMES.get(k, k) for k in grp] for grp in primary.get("outcomes", [])],
         "vacuous": [

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dualstage.classify.table2 import PAPER_TABLE2
-from dualstage.layout import ExperimentDir, find_experiments
+from dualstage.artifacts.classifier_files import PAPER_TABLE2
+from dualstage.artifacts.layout import ExperimentDir, find_experiments
+from dualstage.artifacts.operating_points import OperatingPoints, configured_threshold
 from dualstage.report.compare import METRICS
 from dualstage.report.document import Table
-from dualstage.segment.operating_points import OperatingPoints, configured_threshold
 
 __all__ = [
     "DUALSTAGE_BACKBONES",
@@ -117,8 +117,10 @@ def rules_method(exp: Path, split: str) -> str | None:
     if op is None:
         return None
     if "thresholds" not in grid:
-        return (f"Pixel rules: {path} records one grid per rule (an older sweep), so part of a difference "
-                "between rules may be the grid; re-run `segment sweep`.")  # fmt: skip
+        return (
+            f"Pixel rules: {path} records one grid per rule (an older sweep), so part of a difference "
+            "between rules may be the grid; re-run `segment sweep`."
+        )
     return (
         f"Pixel rules chosen on one threshold grid, {_grid_text(grid['thresholds'])}, for best threshold, "
         f"threshold + min area and the triplet's top and bottom (bottom <= top), with minimum areas "
@@ -242,19 +244,28 @@ def _crossfit_table2(path: Path) -> Table:
         "re-run `classify tune`)"
     )
     t = pd.read_csv(path)
-    names = {"paper_default": "paper features, defaults", "paper_tuned": "paper features, tuned",
-             "ours_default": "ours, defaults", "ours_tuned": "ours, tuned"}  # fmt: skip
+    names = {
+        "paper_default": "paper features, defaults",
+        "paper_tuned": "paper features, tuned",
+        "ours_default": "ours, defaults",
+        "ours_tuned": "ours, tuned",
+    }
     label = {"absent": "Normal (0)", "present": "Pneumothorax (1)"}
     rows, seen = [], set()
     for r in t.to_dict("records"):
         model, first = str(r["model"]), str(r["model"]) not in seen
         auc = f"{r['roc_auc']:.3f} [{r['roc_auc_lo']:.3f}, {r['roc_auc_hi']:.3f}]"
-        rows.append({
-            "Model": names.get(model, model) if first else "",
-            "Class": label.get(str(r["class"]), r["class"]),
-            "Precision": r["precision"], "Recall": r["recall"], "F1 Score": r["f1"],
-            "Support": int(r["support"]), "ROC AUC [95 % CI]": auc if first else "",
-        })  # fmt: skip
+        rows.append(
+            {
+                "Model": names.get(model, model) if first else "",
+                "Class": label.get(str(r["class"]), r["class"]),
+                "Precision": r["precision"],
+                "Recall": r["recall"],
+                "F1 Score": r["f1"],
+                "Support": int(r["support"]),
+                "ROC AUC [95 % CI]": auc if first else "",
+            }
+        )
         seen.add(model)
     return Table("dual_table2", caption, pd.DataFrame(rows), None, footer)
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dualstage.io import atomic_write
+from dualstage.core.io import atomic_write
 
 __all__ = [
     "FORMAT",

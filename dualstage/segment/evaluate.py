@@ -4,7 +4,7 @@ Numbers are computed on the held-out ``test`` predictions (``predictions/test``)
 view was run, else on every study's cross-fitted out-of-fold map (``predictions/oof``); each table
 says which. Choices (thresholds, minimum areas) come from ``operating_point.json`` or the selection
 set's sweep, never from test. The un-tuned rule is ``train.val_threshold`` of the folder's saved
-config (:func:`~dualstage.segment.operating_points.configured_threshold`). A table whose inputs are
+config (:func:`~dualstage.artifacts.operating_points.configured_threshold`). A table whose inputs are
 missing says so, naming the step to run, instead of disappearing.
 
 - progressive paper Table 2: mean / positive / negative Dice, positive accuracy per backbone
@@ -24,16 +24,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dualstage import gating
-from dualstage.io import atomic_write_text, write_csv_atomic, write_json_atomic
-from dualstage.layout import ExperimentDir
-from dualstage.metrics import summarize_counts
-from dualstage.segment.operating_points import (
+from dualstage.artifacts.layout import ExperimentDir
+from dualstage.artifacts.operating_points import (
     OperatingPoints,
     configured_threshold,
     default_rule,
     read_chosen_table,
 )
+from dualstage.core import gating
+from dualstage.core.io import atomic_write_text, write_csv_atomic, write_json_atomic
+from dualstage.core.metrics import summarize_counts
 
 __all__ = ["evaluate", "TABLE4_AREAS"]
 
@@ -120,8 +120,10 @@ def _backbone_rows(exp: Path, notes: list[str]) -> tuple[dict | None, dict | Non
         return None, None
     op = OperatingPoints.read_or_none(ExperimentDir(exp).operating_point) if maps == HOLDOUT else None
     if maps == HOLDOUT and op is None:
-        notes.append(f"{exp.name}: Table 2's chosen operating point not available: "
-                     f"{ExperimentDir(exp).operating_point} missing; run `segment sweep`")  # fmt: skip
+        notes.append(
+            f"{exp.name}: Table 2's chosen operating point not available: "
+            f"{ExperimentDir(exp).operating_point} missing; run `segment sweep`"
+        )
     default_point = default_rule(configured_threshold(exp))
     default = _scores(test, default_point)
     row2 = {
@@ -219,8 +221,12 @@ def _cv_summary(exp: Path, notes: list[str]) -> pd.DataFrame | None:
     index = pd.read_csv(oof_dir / "index.csv", dtype={"image_id": str}) if oof is not None else None
     rows = []
     for fold in folds:
-        row = {"fold": fold, "inner_val_mean_dice": _kept_val_dice(exp / "segmenter" / fold, checkpoint),
-               "oof_mean_dice": np.nan, "n_oof": 0}  # fmt: skip
+        row = {
+            "fold": fold,
+            "inner_val_mean_dice": _kept_val_dice(exp / "segmenter" / fold, checkpoint),
+            "oof_mean_dice": np.nan,
+            "n_oof": 0,
+        }
         if oof is not None:
             keep = np.isin(oof.image_id, index.loc[index["fold_model"] == fold, "image_id"].to_numpy())
             if keep.any():

@@ -10,14 +10,19 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from dualstage.layout import ExperimentDir
+from dualstage.artifacts.layout import ExperimentDir
+from dualstage.runtime.precision import autocast
 from dualstage.segment import models
 from dualstage.segment.checkpoint import inference_resolution, load_checkpoint
-from dualstage.segment.precision import autocast
 
 __all__ = [
-    "LoadedModel", "select_models", "load_models", "probabilities", "autocast_context", "fold_batchnorm"
-]  # fmt: skip
+    "LoadedModel",
+    "select_models",
+    "load_models",
+    "probabilities",
+    "autocast_context",
+    "fold_batchnorm",
+]
 
 CHECKPOINTS = {"best": ("best.pt",), "last": ("last.pt",), "both": ("best.pt", "last.pt")}
 
@@ -138,7 +143,7 @@ def load_models(
 
 def autocast_context(dtype: torch.dtype | None, device: torch.device) -> Callable:
     """A factory of autocast contexts at ``dtype`` on ``device`` (None: fp32, no autocast); see
-    :func:`dualstage.segment.precision.inference_dtype`."""
+    :func:`dualstage.runtime.precision.inference_dtype`."""
 
     def context():
         return autocast(dtype, device)

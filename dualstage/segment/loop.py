@@ -20,12 +20,14 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from dualstage import metrics
 from dualstage.config import Experiment, PhaseConfig, to_dict
+from dualstage.core import metrics
+from dualstage.core.io import write_csv_atomic
+from dualstage.core.progress import progress as progress_iter
+from dualstage.core.progress import progress_write
 from dualstage.data.dataset import CachedDataset, EpochSampler, build_augment
-from dualstage.io import write_csv_atomic
-from dualstage.progress import progress as progress_iter
-from dualstage.progress import progress_write
+from dualstage.runtime.distributed import Runtime, all_gather_objects
+from dualstage.runtime.precision import autocast, autocast_dtype
 from dualstage.segment import losses, models, schedule
 from dualstage.segment.checkpoint import (
     FORMAT,
@@ -36,8 +38,6 @@ from dualstage.segment.checkpoint import (
     set_rng_state,
     unwrap,
 )
-from dualstage.segment.distributed import Runtime, all_gather_objects
-from dualstage.segment.precision import autocast, autocast_dtype
 
 __all__ = ["Trainer", "FoldData", "batch_size_for", "make_scheduler", "SCHEDULES", "LOG_COLUMNS"]
 
@@ -375,7 +375,7 @@ class Trainer:
 def _tensorboard(out: Path, row: dict) -> None:
     """Mirror the epoch row to TensorBoard when it is installed (optional)."""
     try:
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # optional: only with train.tensorboard
     except Exception:  # tensorboard not installed: the CSV log is the record
         return
     with SummaryWriter(str(out / "tensorboard")) as writer:

@@ -1,7 +1,7 @@
 """U-Net segmenters: model building, staged unfreezing and input normalisation.
 
 The encoder registry (keys, smp names, the paper's units of unfreezing) lives in
-:mod:`dualstage.segment.encoders` and weight files in :mod:`dualstage.segment.weights`; their
+:mod:`dualstage.segment.encoders` and weight files in :mod:`dualstage.runtime.weights`; their
 public names are re-exported here.
 """
 
@@ -13,6 +13,15 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from dualstage.runtime.weights import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    WEIGHT_SUFFIXES,
+    WeightsReport,
+    file_unet,
+    imagenet_unet,
+    load_weights,
+)
 from dualstage.segment.encoders import (
     ENCODERS,
     GROUPS,
@@ -23,7 +32,6 @@ from dualstage.segment.encoders import (
     encoder_groups_of,
     get_spec,
 )
-from dualstage.segment.weights import WEIGHT_SUFFIXES, WeightsReport, file_unet, imagenet_unet, load_weights
 
 __all__ = [
     "ENCODERS",
@@ -53,8 +61,6 @@ UNFREEZE_PHASES: tuple[str, ...] = ("decoder", "block4", "block3", "block2", "bl
 NORMALIZATION_MODES: tuple[str, ...] = ("dataset", "encoder")
 
 # Hard-coded: smp's get_preprocessing_params downloads a config file from the Hugging Face hub.
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 
 # --------------------------------------------------------------------------- building
@@ -75,7 +81,7 @@ def build_model(
     unavailable, never a silent fallback), ``"none"`` (random init) or a local ``.pth``/``.pt``/
     ``.safetensors`` state dict of the whole U-Net or of the encoder only (see ``load_weights``).
     """
-    import segmentation_models_pytorch as smp
+    import segmentation_models_pytorch as smp  # heavy (timm): loaded when a model is built
 
     spec = get_spec(encoder)
     choice = "none" if weights is None else str(weights)

@@ -1,6 +1,6 @@
 """``segment predict``: probability maps (uint8, each image's own grid) and truth histograms.
 
-Writes one :class:`~dualstage.segment.prediction_set.PredictionSet` (``oof``, ``val``, ``test``,
+Writes one :class:`~dualstage.artifacts.prediction_set.PredictionSet` (``oof``, ``val``, ``test``,
 ``all`` or new images). Which model predicts what: ``oof`` gives every study the fold model that
 did not train on it (cross-fitting: the folds cover every study); ``val`` uses the ``main``
 model (trained on train only);
@@ -27,18 +27,20 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from dualstage import rle
+from dualstage.artifacts.layout import ExperimentDir
+from dualstage.artifacts.prediction_set import SPLITS, PredictionSet
+from dualstage.artifacts.shard_records import Shard, shard_jobs
+from dualstage.core import rle
+from dualstage.core.locks import holding
+from dualstage.core.progress import progress as progress_iter
 from dualstage.data import limits
 from dualstage.data.annotations import read_rle_csv
 from dualstage.data.dataset import load_split_table
 from dualstage.data.ids import check_image_id
-from dualstage.data.images import image_shape, is_dicom_file, read_image_file
-from dualstage.data.layouts import IMAGE_EXTS
+from dualstage.data.images import find_images, image_id_of, image_shape, read_image_file
 from dualstage.data.prepare import load_cached_image
-from dualstage.layout import ExperimentDir
-from dualstage.locks import holding
-from dualstage.progress import progress as progress_iter
-from dualstage.segment.distributed import pick_device
+from dualstage.runtime.distributed import pick_device
+from dualstage.runtime.precision import inference_dtype, precision_name
 from dualstage.segment.inference import (
     LoadedModel,
     autocast_context,
@@ -46,22 +48,14 @@ from dualstage.segment.inference import (
     probabilities,
     select_models,
 )
-from dualstage.segment.precision import inference_dtype, precision_name
-from dualstage.segment.prediction_set import PredictionSet
-from dualstage.shards import Shard, shard_jobs
 
 __all__ = [
     "predict",
-    "SPLITS",
-    "check_input_set_name",
     "refuse_seen",
     "seen_studies",
     "maps_on_grids",
-    "find_images",
-    "image_id_of",
 ]
 
-SPLITS = ("oof", "val", "test", "all")
 Jobs = list[tuple[list[str], list[str]]]  # [(model names, image ids)]
 
 
@@ -143,17 +137,6 @@ def split_jobs(
     raise ValueError(f"--split {split!r}: expected one of {', '.join(SPLITS)}")
 
 
-def check_input_set_name(name: str) -> str:
-    """``name`` for a set of new images; ValueError when the pipeline owns it (a split such as
-    ``oof`` or ``test``, or a name derived from one such as ``oof_fold_0`` / ``test_fold_3``)."""
-    if name in SPLITS or any(name.startswith(f"{s}_") for s in SPLITS):
-        raise ValueError(
-            f"--set {name!r}: the pipeline owns this set name ({', '.join(SPLITS)} and names starting "
-            "with them); give new images their own name, e.g. --set new"
-        )
-    return name
-
-
 def seen_studies(exp: ExperimentDir, model: str, ids: list[str]) -> int:
     """How many of ``ids`` model ``model`` trained on or chose its epoch on (its ``split.json``)."""
     path = exp.segmenter / model / "split.json"
@@ -178,40 +161,6 @@ def refuse_seen(exp: ExperimentDir, models: list[str], ids: list[str], what: str
             "number; use --split oof (every study by the fold model that never saw it) or --folds with "
             "models that never saw these studies (e.g. main)"
         )
-
-
-def _in_folder(folder: Path) -> list[Path]:
-    """Image files under ``folder``: DICOM / PNG / JPEG names, and DICOM files of a study or series
-    folder named without those extensions (the 'DICM' marker; DICOMDIR indexes are left out)."""
-    found = []
-    for p in sorted(folder.rglob("*")):
-        if not p.is_file() or p.name.upper() == "DICOMDIR" or p.name.startswith("."):
-            continue
-        if p.suffix.lower() in IMAGE_EXTS or is_dicom_file(p):
-            found.append(p)
-    return found
-
-
-def find_images(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
-    """The image files of ``inputs``: files as given, folders searched recursively (duplicates once).
-
-    FileNotFoundError naming a path that does not exist, or saying no image was found."""
-    items = [inputs] if isinstance(inputs, str | Path) else list(inputs)
-    paths: dict[Path, None] = {}
-    for item in map(Path, items):
-        if not item.exists():
-            raise FileNotFoundError(f"--input {item}: no such file or folder")
-        for p in [item] if item.is_file() else _in_folder(item):
-            paths.setdefault(p, None)
-    if not paths:
-        names = ", ".join(map(str, items))
-        raise FileNotFoundError(f"--input {names}: no DICOM/PNG/JPEG images found")
-    return list(paths)
-
-
-def image_id_of(path: Path) -> str:
-    """A file's image id: its name without a DICOM / PNG / JPEG extension."""
-    return path.stem if path.suffix.lower() in IMAGE_EXTS else path.name
 
 
 def input_jobs(
@@ -316,7 +265,12 @@ def _index(rows: list[dict], table: pd.DataFrame, truth_rle: dict) -> pd.DataFra
 
 
 def _setup(
-    exp: ExperimentDir, loaded: dict, split: str | None, input_dir, strict: bool, max_pixels: int,
+    exp: ExperimentDir,
+    loaded: dict,
+    split: str | None,
+    input_dir,
+    strict: bool,
+    max_pixels: int,
     prepared: str | Path | None = None,
 ) -> dict:
     """The run's image table, model groups, rejected rows and truth (everything but the models);
@@ -331,8 +285,14 @@ def _setup(
         table, groups = split_jobs(split, exp, list(loaded), Path(prepared) if prepared else None)
         truth = read_rle_csv(Path(prepared or exp.prepared) / "masks.csv")
         truth_rle = dict(zip(truth["image_id"], truth["rle"], strict=True))
-    return {"table": table, "groups": groups, "rejected": rejected, "path_of": path_of, "truth": truth_rle,
-            "prepared": prepared or exp.prepared}  # fmt: skip
+    return {
+        "table": table,
+        "groups": groups,
+        "rejected": rejected,
+        "path_of": path_of,
+        "truth": truth_rle,
+        "prepared": prepared or exp.prepared,
+    }
 
 
 def _predict_groups(ctx: dict, loaded: dict, shard: Shard | None, label: str) -> tuple[list[dict], int]:
@@ -373,8 +333,8 @@ def predict(
     external set, ``split="all"``), or a folder of new images (unreadable ones, and ones over
     the pixel limit ``max_pixels`` (default: the process's ``data.max_pixels``): ``rejected.csv`` rows,
     or with ``strict`` a ValueError naming the first); ``shard``: that share only, no set files
-    (:mod:`dualstage.shards`); ``precision``: auto | fp32 | bf16, recorded in predict.json.
-    Holds the set's lock (:mod:`dualstage.locks`; shared among shards) for the run."""
+    (:mod:`dualstage.commands.shards`); ``precision``: auto | fp32 | bf16, recorded in predict.json.
+    Holds the set's lock (:mod:`dualstage.core.locks`; shared among shards) for the run."""
     if (split is None) == (input_dir is None):
         raise ValueError("give exactly one of --split and --input")
     with holding(out, "segment predict", shared=shard is not None):
@@ -383,11 +343,22 @@ def predict(
         dtype = inference_dtype(precision, dev)  # an unknown choice fails before models load
         loaded = load_models(select_models(exp, only), checkpoint, dev)
         ctx = _setup(exp, loaded, split, input_dir, strict, limits.resolve(max_pixels), prepared)
-        ctx.update(exp=exp, pset=pset, info=ctx["table"].set_index("image_id"), batch_size=batch_size,
-                   workers=workers, device=dev, tta=tta, progress=progress, amp=autocast_context(dtype, dev),
-                   failed=set(), strict=strict, max_pixels=limits.resolve(max_pixels))  # fmt: skip
+        ctx.update(
+            exp=exp,
+            pset=pset,
+            info=ctx["table"].set_index("image_id"),
+            batch_size=batch_size,
+            workers=workers,
+            device=dev,
+            tta=tta,
+            progress=progress,
+            amp=autocast_context(dtype, dev),
+            failed=set(),
+            strict=strict,
+            max_pixels=limits.resolve(max_pixels),
+        )
         rows, done_now = _predict_groups(ctx, loaded, shard, split or "input")
-        if shard is not None:  # one share: dualstage.shards records it; the merge writes the set's files
+        if shard is not None:  # one share: the shards command records it; the merge writes the files
             return {"rows": rows, "failed": sorted(ctx["failed"]), "predicted_now": done_now}
         rejected = ctx["rejected"]
         if input_dir is not None:

@@ -1,7 +1,7 @@
 """``segment sweep``: choose operating points on out-of-fold / validation data, tabulate every set.
 
 Reads a predictions folder (``<pred_root>/<set>/maps/*.png``, ``index.csv``, ``histograms.npz``),
-sweeps every rule of :mod:`dualstage.gating` from the histograms (exact, no map in RAM) and writes::
+sweeps every rule of :mod:`dualstage.core.gating` from the histograms (exact, no map in RAM) and writes::
 
     <out_dir>/sweep/<set>/table3_thresholds.csv     coarse thresholds (paper Table 3)
     <out_dir>/sweep/<set>/thresholds_fine.csv       thresholds on the rules' grid (GRID)
@@ -26,24 +26,39 @@ triplet < lcc.
 from __future__ import annotations
 
 import time
-import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from dualstage import gating
-from dualstage.io import write_csv_atomic
-from dualstage.metrics import summarize_counts
-from dualstage.progress import progress as progress_iter
-from dualstage.segment.operating_points import OperatingPoints, default_rule
-from dualstage.segment.prediction_set import PredictionSet
-from dualstage.tolerance import TOL, tied_mask
+from dualstage.artifacts.operating_points import OperatingPoints, default_rule
+from dualstage.artifacts.prediction_set import PredictionSet, find_sets
+from dualstage.core import gating
+from dualstage.core.io import write_csv_atomic
+from dualstage.core.metrics import summarize_counts
+from dualstage.core.progress import progress as progress_iter
+from dualstage.core.tolerance import TOL, tied_mask
+from dualstage.data.annotations import TruthFn, truth_from_rle_csv
 
-__all__ = ["run_sweep", "find_sets", "selection_set", "lcc_sweep", "truth_from_rle_csv", "sweep_tables",
-           "write_tables", "choose_rules", "score_rules", "best_rule", "make_grids", "grid_record", "COARSE",
-           "GRID", "FINE", "MIN_AREAS"]  # fmt: skip
+__all__ = [
+    "run_sweep",
+    "find_sets",
+    "selection_set",
+    "lcc_sweep",
+    "truth_from_rle_csv",
+    "sweep_tables",
+    "write_tables",
+    "choose_rules",
+    "score_rules",
+    "best_rule",
+    "make_grids",
+    "grid_record",
+    "COARSE",
+    "GRID",
+    "FINE",
+    "MIN_AREAS",
+]
 
 COARSE = np.round(np.arange(1, 10) / 10, 2)  # the paper's Table 3 rows (reported, never chosen on)
 GRID = np.round(np.arange(1, 50) * 0.02, 2)  # THE threshold grid of every tuned pixel rule
@@ -51,25 +66,6 @@ FINE = TOPS = BOTTOMS = GRID  # best threshold / threshold + area, triplet top, 
 MIN_AREAS = np.union1d(np.arange(0, 5001, 100), [250])  # 250: a row of the progressive Table 4
 LCC_THRESHOLDS = np.round(np.arange(5, 96, 5) / 100, 2)
 RULE_ORDER = ("threshold", "threshold_area", "triplet", "lcc")
-TruthFn = Callable[[str, int, int], np.ndarray]
-
-
-def find_sets(pred_root: str | Path) -> dict[str, int]:
-    """{set name: number of images with truth} for every prediction set folder under ``pred_root``."""
-    root = Path(pred_root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: predictions folder not found")
-    sets = {}
-    for d in sorted(p for p in root.iterdir() if p.is_dir()):
-        if (d / "histograms.npz").is_file():
-            try:
-                with np.load(d / "histograms.npz", allow_pickle=False) as z:
-                    sets[d.name] = int(z["image_id"].shape[0]) if "image_id" in z.files else 0
-            except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-                raise ValueError(f"{d / 'histograms.npz'}: unreadable histograms file: {exc}") from None
-        elif (d / "index.csv").is_file() or (d / "maps").is_dir():
-            sets[d.name] = 0
-    return sets
 
 
 def selection_set(pred_root: str | Path, select_on: str = "auto") -> str:
@@ -104,20 +100,6 @@ def _check_index(set_dir: Path, hist: gating.Histograms, selecting: bool) -> Non
             raise ValueError(
                 f"{path}: has_truth images differ from {set_dir / 'histograms.npz'} (stale files?)"
             )
-
-
-def truth_from_rle_csv(path: str | Path) -> TruthFn:
-    """Truth loader ``(image_id, height, width) -> bool mask`` from an RLE CSV (prepare's masks.csv)."""
-    from dualstage.data.annotations import masks_from_rows, read_rle_csv
-
-    groups = dict(tuple(read_rle_csv(path).groupby("image_id")))
-
-    def load(image_id: str, height: int, width: int) -> np.ndarray:
-        if image_id not in groups:
-            raise ValueError(f"{path}: no row for image {image_id}")
-        return masks_from_rows(groups[image_id], height, width, source=str(path))[0]
-
-    return load
 
 
 def lcc_sweep(
@@ -266,8 +248,14 @@ def make_grids(
     """The searched grids as float arrays; ``thresholds`` is the one grid of every tuned pixel rule
     (``fine``, ``tops`` and ``bottoms`` are that same array)."""
     grid = np.asarray(thresholds, dtype=np.float64)
-    values = {"coarse": thresholds_coarse, "fine": grid, "min_areas": min_areas, "tops": grid,
-              "bottoms": grid, "lcc": lcc_thresholds}  # fmt: skip
+    values = {
+        "coarse": thresholds_coarse,
+        "fine": grid,
+        "min_areas": min_areas,
+        "tops": grid,
+        "bottoms": grid,
+        "lcc": lcc_thresholds,
+    }
     return {k: np.asarray(v, dtype=np.float64) for k, v in values.items()}
 
 

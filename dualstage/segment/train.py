@@ -30,16 +30,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from dualstage import metrics
-from dualstage.config import Experiment, to_dict
+from dualstage.config import PAPER_VAL_FRACTION, Experiment, to_dict
+from dualstage.core import metrics
+from dualstage.core.io import clean_stale_tmp, write_json_atomic
 from dualstage.data.cache import cached_sizes
 from dualstage.data.dataset import load_split_table
-from dualstage.data.splits import PAPER_VAL_FRACTION, inner_split
-from dualstage.io import clean_stale_tmp, write_json_atomic
+from dualstage.data.splits import inner_split
+from dualstage.runtime.distributed import Runtime, setup_runtime, teardown
+from dualstage.runtime.precision import autocast_dtype
 from dualstage.segment import losses, models
-from dualstage.segment.distributed import Runtime, setup_runtime, teardown
 from dualstage.segment.loop import SCHEDULES, FoldData, Trainer
-from dualstage.segment.precision import autocast_dtype
 
 __all__ = [
     "train",
@@ -55,8 +55,8 @@ __all__ = [
 
 def library_versions() -> dict:
     """Versions of the libraries a result depends on."""
-    import albumentations
-    import segmentation_models_pytorch as smp
+    import albumentations  # heavy, and it checks for updates at import: loaded when augmenting
+    import segmentation_models_pytorch as smp  # heavy (timm): loaded when a model is built
 
     return {
         "python": platform.python_version(),
@@ -195,8 +195,7 @@ def collapse_on_validation(log_csv: Path, checkpoint: str) -> dict:
     bad = metrics.collapsed_on_validation(pos, neg)
     epoch = int(row["epoch"])
     why = f"validation positive-case Dice {pos:.3f}, negative-case {neg:.3f} at kept epoch {epoch}"
-    return {"epoch": epoch, "pos_dice": pos, "neg_dice": neg, "collapsed": bad,
-            "why": why if bad else ""}  # fmt: skip
+    return {"epoch": epoch, "pos_dice": pos, "neg_dice": neg, "collapsed": bad, "why": why if bad else ""}
 
 
 def train(

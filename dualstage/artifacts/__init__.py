@@ -1,0 +1,1 @@
+"""The experiment folder's owner and every typed hand-off between steps."""

@@ -1,0 +1,1 @@
+"""The commands: step functions, the pipeline, shards, parsers, the predictor front door."""

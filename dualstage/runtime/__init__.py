@@ -1,0 +1,1 @@
+"""Runtime helpers: precision, distributed set-up, weight loading."""

@@ -1,0 +1,188 @@
+"""The README is a tested script: every ```bash block runs, in the order printed, on a tiny
+cross-fitted experiment (``train.folds: both``: fold models and the main model), and its demo block
+equals the render of the committed reference summary.
+
+Placeholders are substituted (``experiments/<name>.yaml`` -> the tiny YAML, ``models/<name>`` ->
+its folder, ``/data/siim-acr`` -> its phantoms, ``/path/to/dicoms`` -> two new radiographs); an
+optional ``[...]`` group is left out; ``torchrun --nproc_per_node N`` runs 2 CPU processes (gloo).
+A block is skipped only behind a ``<!-- readme-test: skip (reason) -->`` line naming why.
+Commands run in this process through their ``__main__`` (same entry points, no interpreter start);
+torchrun lines run as a subprocess.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import runpy
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from dualstage.report.readme import BLOCK, REFERENCE, render_block, replace_block
+
+ROOT = Path(__file__).resolve().parents[2]
+README = ROOT / "README.md"
+SKIP = re.compile(r"<!-- readme-test: skip \((.+)\) -->")
+
+
+def readme_blocks(text: str) -> list[tuple[int, list[str], str | None]]:
+    """[(line number, commands, skip reason or None)] of every ```bash block, in order; a command
+    continued with a trailing backslash is joined into one."""
+    lines, out, i = text.splitlines(), [], 0
+    while i < len(lines):
+        if lines[i].strip() == "```bash":
+            before = lines[i - 1] if i else ""
+            match = SKIP.search(before)
+            start, cmds, cur = i + 1, [], ""
+            i += 1
+            while lines[i].strip() != "```":
+                cur += lines[i].rstrip("\\").rstrip() + " " if lines[i].endswith("\\") else lines[i]
+                if not lines[i].endswith("\\"):
+                    cmds.append(cur.strip())
+                    cur = ""
+                i += 1
+            out.append((start, [c for c in cmds if c], match.group(1) if match else None))
+        i += 1
+    return out
+
+
+def substitute(cmd: str, ctx: dict) -> list[str]:
+    """One README command line -> argv for the tiny experiment."""
+    cmd = re.sub(r"\s*\[[^\]]*\]", "", cmd)  # optional groups
+    subs = ctx["subs"]
+    one_pass = re.compile("|".join(f"({pattern})" for pattern, _ in subs))  # a value is never re-read
+    cmd = one_pass.sub(lambda m: subs[m.lastindex - 1][1], cmd)
+    argv, out = shlex.split(cmd, comments=True), []
+    for a in argv:  # one experiment named several times (evaluate over experiments) -> once
+        if not (out and a == out[-1] and a == ctx["exp"]):
+            out.append(a)
+    return out
+
+
+def run_line(argv: list[str], where: str) -> str:
+    """One README command line (argv), in this process (torchrun: a subprocess); its stdout."""
+    if argv[0] == "torchrun":
+        nproc = argv[argv.index("--nproc_per_node") + 1]
+        rest = argv[argv.index("--nproc_per_node") + 2 :]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", nproc, *rest]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+        tail = f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+        assert proc.returncode == 0, f"{where}: {' '.join(argv)}\n{tail}"
+        return proc.stdout
+    assert argv[0] == "python" and argv[1] == "-m", f"{where}: not a python -m command: {argv}"
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    saved = sys.argv
+    sys.argv = [argv[2], *argv[3:]]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            runpy.run_module(argv[2], run_name="__main__", alter_sys=True)
+    except SystemExit as exc:
+        code = exc.code or 0
+    finally:
+        sys.argv = saved
+    tail = f"{out.getvalue()[-2000:]}\n{err.getvalue()[-2000:]}"
+    assert code == 0, f"{where}: {' '.join(argv)} exited {code}\n{tail}"
+    return out.getvalue()
+
+
+def _tiny(tmp: Path) -> dict:
+    phase = {
+        "name": "bce_dice",
+        "resolution": 64,
+        "unfreeze": "all",
+        "epochs": 1,
+        "base_lr": 1e-4,
+        "max_lr": 1e-3,
+        "loss": {
+            "name": "combo",
+            "terms": [{"name": "weighted_bce", "pos_weight": 5.0}, {"name": "soft_dice"}],
+        },
+    }
+    cfg = {
+        "name": "tiny",
+        "output_root": str(tmp / "models"),
+        "data": {
+            "source": "phantom",
+            "phantom_n": 36,
+            "phantom_size": 128,
+            "sizes": [64],
+            "n_folds": 3,
+            "workers": 0,
+            "val_fraction": 0.25,
+            "test_fraction": 0.25,
+        },
+        "model": {"encoder": "resnet18", "weights": "none", "decoder_channels": [16, 16, 8, 8, 8]},
+        "train": {"batch_size": {64: 8}, "workers": 0, "amp": "off", "phases": [phase], "folds": "both"},
+        "features": {"weights": "none", "image_size": 64, "workers": 0},
+        "tune": {"n_iter": 2, "threads": 1},
+        "gate": {"threads": 1},
+        "report": {"resamples": 50, "gallery": 2},
+    }
+    path = tmp / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    exp = tmp / "models" / "tiny"
+    new = tmp / "incoming"
+    new.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 255, (90, 80), dtype=np.uint8)).save(new / f"new_{i}.png")
+    subs = [
+        (r"--data DIR", f"--data {exp / 'phantoms'}"),
+        (r"--out models/[\w<>]+/prepared", f"--out {tmp / 'prepared_cli'}"),
+        (r"experiments/[\w<>]+\.yaml", str(path)),
+        (r"models/[\w<>]+", str(exp)),
+        (r"/data/siim-acr", str(exp / "phantoms")),
+        (r"/data/second-site", str(exp / "phantoms")),  # the source's own phantoms as a "second site"
+        (r"/path/to/dicoms", str(new)),
+        (r"--out DIR", f"--out {tmp / 'phantom_cli'}"),
+        (r"--n 600 --size 1024", "--n 6 --size 128"),
+        (r"--layout siim\|png", "--layout siim"),
+        (r"sheet\.png", str(tmp / "sheet.png")),
+    ]
+    return {"yaml": path, "exp": str(exp), "subs": subs}
+
+
+def test_the_readme_demo_block_is_the_render_of_the_reference():
+    reference = json.loads((ROOT / REFERENCE).read_text())
+    text = README.read_text()
+    assert replace_block(text, BLOCK, render_block(reference)) == text, (
+        f"README's {BLOCK} block differs from the render of {REFERENCE}: "
+        "run `python -m dualstage.report.readme render` (or `make demo-reference` after `make demo`)"
+    )
+
+
+def test_every_readme_command_block_runs_in_order(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # nothing lands in the checkout
+    ctx = _tiny(tmp_path)
+    blocks = readme_blocks(README.read_text())
+    assert len(blocks) >= 6
+    run_line(["python", "-m", "dualstage", "run", str(ctx["yaml"]), "--steps", "data"], "set-up: phantoms")
+    ran = 0
+    for line, cmds, skip in blocks:
+        if skip:
+            continue
+        for cmd in cmds:
+            run_line(substitute(cmd, ctx), f"README.md line {line}")
+            ran += 1
+    assert ran >= 15
+    # the promise of `run`: finished steps are skipped, not redone
+    again = run_line(["python", "-m", "dualstage", "run", str(ctx["yaml"])], "re-run")
+    assert re.search(r"\[train\s*\].*done before", again) and re.search(r"\[tune\s*\].*done before", again)
+
+
+def test_a_broken_block_fails(tmp_path):
+    ctx = _tiny(tmp_path)
+    argv = substitute("python -m dualstage.segment predict --exp models/<exp> --split tset", ctx)
+    with pytest.raises(AssertionError, match="exited 2"):
+        run_line(argv, "README.md line 0")
