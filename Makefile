@@ -27,7 +27,7 @@ $(BIN)/.installed: setup.cfg pyproject.toml
 	fi
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	# one NCCL: libnccl.so.2 must be the file torch's nvidia-nccl-cu13 installed (see README, Dependencies)
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_install.py
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/commands/test_install.py
 	touch $@
 
 # the demo ends by comparing its summary with the committed reference (docs/demo_summary.json)
