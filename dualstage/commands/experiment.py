@@ -65,7 +65,10 @@ def open_experiment(arg: str | Path, data: str | None = None) -> Experiment:
         raise FileNotFoundError(f"--exp {path}: neither an experiment YAML file nor an experiment folder")
     if data is not None:
         exp = dataclasses.replace(exp, data=dataclasses.replace(exp.data, source=str(data)))
-    check_registry_keys(exp)
+    try:
+        check_registry_keys(exp)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     set_max_pixels(exp.data.max_pixels)  # every reader of a user's image in this process
     return exp
 

@@ -29,7 +29,8 @@ def _no_debug(monkeypatch) -> None:
     ("changes", "needles"),
     [
         ({"model": "resnet18"}, ["model: expected a mapping", "'resnet18'"]),
-        ({"model__encoder": "resnet43"}, ["model.encoder: unknown value 'resnet43'", "resnet18"]),
+        ({"model__encoder": "resnet43"}, ["model.encoder: unknown encoder 'resnet43'", "resnet18"]),
+        ({"train__phases__1__loss": "bce+dise"}, ["train.phases[1].loss: unknown loss 'bce+dise'", "soft_dice"]),
         ({"train__optimizer": "sgd"}, ["train.optimizer: unknown value 'sgd'", "adam"]),
         ({"train__folds": "bogus"}, ["train.folds: unknown value 'bogus'", "main, all, both"]),
         ({"train__phases__2__epochs": -2}, ["train.phases[2].epochs: expected a positive integer, got -2"]),
@@ -41,6 +42,7 @@ def _no_debug(monkeypatch) -> None:
     ids=[
         "model-not-mapping",
         "encoder",
+        "loss",
         "optimizer",
         "folds",
         "epochs-negative",
