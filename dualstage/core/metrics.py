@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from scipy.stats import rankdata
 from sklearn import metrics as skm
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "mask_counts",
     "presence_report",
     "roc_auc",
+    "roc_auc_resampled",
     "summarize",
     "summarize_counts",
 ]
@@ -222,6 +224,24 @@ def roc_auc(scores, labels) -> float:
     if np.unique(y).size < 2:
         return float("nan")
     return float(skm.roc_auc_score(y, s))
+
+
+def roc_auc_resampled(scores, labels, idx: np.ndarray) -> np.ndarray:
+    """(R,) ROC AUC of each resample ``idx[r]`` ((R, M) row indices) of (N,) scores and 0/1 labels,
+    all at once: the Mann-Whitney statistic with tied scores given their mean rank, which is the
+    area under the trapezoid ROC curve ``roc_auc`` computes. NaN where a resample has one class."""
+    y = _binary(labels, "labels").astype(np.int64)
+    s = np.asarray(scores, dtype=np.float64)
+    if s.shape != y.shape:
+        raise ValueError(f"scores and labels shapes differ: {s.shape} vs {y.shape}")
+    ranks = rankdata(s[idx], axis=1)  # (R, M), ties -> mean rank
+    yi = y[idx]
+    n_pos = yi.sum(axis=1)
+    n_neg = yi.shape[1] - n_pos
+    u = (ranks * yi).sum(axis=1) - n_pos * (n_pos + 1) / 2.0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc = u / (n_pos * n_neg)
+    return np.where((n_pos > 0) & (n_neg > 0), auc, np.nan)
 
 
 POS_DICE_MAX = 0.05  # positive-case Dice below this ...

@@ -24,7 +24,7 @@ from xgboost import XGBClassifier
 from dualstage.classify.xgb import make_classifier
 from dualstage.config import Experiment
 from dualstage.core.io import write_csv_atomic, write_json_atomic
-from dualstage.core.metrics import presence_report, roc_auc
+from dualstage.core.metrics import presence_report, roc_auc, roc_auc_resampled
 from dualstage.crossfit.search import base_settings, search_rows
 
 __all__ = ["fold_table2_models", "shared_settings", "table2_rows", "MODELS"]
@@ -94,7 +94,7 @@ def table2_rows(frame: pd.DataFrame, resamples: int = 2000, seed: int = 0) -> pd
     for model in MODELS:
         p = frame[model].to_numpy(np.float64)
         report = presence_report(p >= frame[f"{model}_threshold"].to_numpy(), y)
-        boot = np.array([roc_auc(p[i], y[i]) if 0 < y[i].sum() < y.size else np.nan for i in idx])
+        boot = roc_auc_resampled(p, y, idx)
         lo, hi = np.nanpercentile(boot, [2.5, 97.5])
         for cls in ("absent", "present"):
             rows.append(

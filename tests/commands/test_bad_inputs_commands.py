@@ -76,11 +76,11 @@ def test_option_out_of_range(tmp_path: Path, extra: list[str], pattern: str) -> 
 
 def test_debug_flag_shows_the_traceback(tmp_path: Path) -> None:
     data = good_siim(tmp_path / "data")
-    for argv in (
-        ["--debug", *prepare_args(data, tmp_path / "out", "--sizes", "0")],
-        prepare_args(data, tmp_path / "out", "--sizes", "0", "--debug"),
+    for argv, process in (
+        (["--debug", *prepare_args(data, tmp_path / "out", "--sizes", "0")], True),  # the real entry point
+        (prepare_args(data, tmp_path / "out", "--sizes", "0", "--debug"), False),
     ):
-        proc = run("dualstage.segment", *argv)
+        proc = run("dualstage.segment", *argv, process=process)
         last = proc.stderr.strip().splitlines()[-1]
         assert proc.returncode == 1 and "Traceback" in proc.stderr and "sizes" in last, proc.stderr
 

@@ -30,7 +30,10 @@ def _no_debug(monkeypatch) -> None:
     [
         ({"model": "resnet18"}, ["model: expected a mapping", "'resnet18'"]),
         ({"model__encoder": "resnet43"}, ["model.encoder: unknown encoder 'resnet43'", "resnet18"]),
-        ({"train__phases__1__loss": "bce+dise"}, ["train.phases[1].loss: unknown loss 'bce+dise'", "soft_dice"]),
+        (
+            {"train__phases__1__loss": "bce+dise"},
+            ["train.phases[1].loss: unknown loss 'bce+dise'", "soft_dice"],
+        ),
         ({"train__optimizer": "sgd"}, ["train.optimizer: unknown value 'sgd'", "adam"]),
         ({"train__folds": "bogus"}, ["train.folds: unknown value 'bogus'", "main, all, both"]),
         ({"train__phases__2__epochs": -2}, ["train.phases[2].epochs: expected a positive integer, got -2"]),
@@ -62,7 +65,7 @@ def test_bad_experiment_value(tmp_path: Path, changes: dict, needles: list[str])
 
 def test_bad_experiment_value_in_a_real_process(tmp_path: Path) -> None:
     path = write_yaml(tmp_path, config(tmp_path / "models", train__phases__2__epochs=-2))
-    line = assert_error(run("dualstage", "run", path, "--steps", "data"))
+    line = assert_error(run("dualstage", "run", path, "--steps", "data", process=True))
     assert line == f"error: {path}: train.phases[2].epochs: expected a positive integer, got -2"
 
 

@@ -74,7 +74,9 @@ def test_operating_point_truncated_in_a_real_process(gated: Path, tmp_path: Path
     exp = copy_exp(gated, tmp_path)
     _truncate(exp / "operating_point.json")
     assert_error(
-        run("dualstage.classify", *APPLY, "--exp", exp), str(exp / "operating_point.json"), "not valid JSON"
+        run("dualstage.classify", *APPLY, "--exp", exp, process=True),
+        str(exp / "operating_point.json"),
+        "not valid JSON",
     )
 
 

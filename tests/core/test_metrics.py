@@ -16,6 +16,7 @@ from dualstage.core.metrics import (
     mask_counts,
     presence_report,
     roc_auc,
+    roc_auc_resampled,
     summarize,
     summarize_counts,
 )
@@ -207,6 +208,21 @@ def test_roc_auc_hand_cases():
     assert roc_auc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == pytest.approx(0.75)
     # a tie counts one half: 0.5 vs 0.5 -> (3 + 0.5) / 4
     assert roc_auc([0.2, 0.5, 0.5, 0.9], [False, False, True, True]) == pytest.approx(0.875)
+
+
+def test_roc_auc_resampled_hand_cases_and_equals_roc_auc_per_resample():
+    s, y = [0.2, 0.5, 0.5, 0.9], [0, 0, 1, 1]
+    idx = np.array([[0, 1, 2, 3], [0, 0, 2, 2], [0, 1, 0, 1], [1, 2, 2, 3]])
+    # 0.875 (a tie counts one half); 1.0; one class -> NaN; 0.5 vs {0.5, 0.5, 0.9}: (0.5 + 0.5 + 1) / 3
+    got = roc_auc_resampled(s, y, idx)
+    assert got[:2].tolist() == pytest.approx([0.875, 1.0]) and math.isnan(got[2])
+    assert got[3] == pytest.approx(2 / 3)
+    rng = np.random.default_rng(3)
+    s = rng.integers(0, 20, 300) / 20  # many ties
+    y = (rng.random(300) < s).astype(int)
+    idx = rng.integers(0, 300, size=(200, 300))
+    want = [roc_auc(s[i], y[i]) for i in idx]
+    assert roc_auc_resampled(s, y, idx) == pytest.approx(want, abs=1e-12, nan_ok=True)
 
 
 def test_roc_auc_single_class_is_nan_without_warning():

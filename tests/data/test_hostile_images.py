@@ -80,7 +80,7 @@ def test_predict_input_over_the_issues_hostile_folder(own_tiny_model: Path, tmp_
         "--device",
         "cpu",
     )
-    proc = run("dualstage.segment", *args, timeout=180)
+    proc = run("dualstage.segment", *args)
     assert_ok(proc)
     out = own_tiny_model / "predictions" / "hostile"
     assert sorted(pd.read_csv(out / "index.csv")["image_id"]) == sorted(GOOD)
@@ -121,7 +121,7 @@ def test_predict_input_with_a_small_limit(tiny_model: Path, tmp_path: Path, thro
         )
         proc = run_code(code, *args)
     else:
-        proc = run("dualstage.segment", *args, timeout=180)
+        proc = run("dualstage.segment", *args)
     assert_ok(proc)
     rows = rejected_rows(tmp_path / "out")
     assert set(rows["stage"]) == {through}
@@ -153,7 +153,7 @@ def _siim_folder(root: Path, scale: float) -> dict[str, tuple[int, int]]:
 def test_prepare_over_the_hostile_folder(tmp_path: Path, scale: float, limit: int | None) -> None:
     sizes = _siim_folder(tmp_path / "data", scale)
     extra = ["--max-pixels", limit] if limit else []
-    proc = prepare(tmp_path / "data", tmp_path / "out", *extra, timeout=120)
+    proc = prepare(tmp_path / "data", tmp_path / "out", *extra)
     assert_ok(proc)
     manifest = pd.read_csv(tmp_path / "out" / "manifest.csv", dtype={"image_id": str})
     assert sorted(manifest["image_id"]) == sorted(GOOD)
@@ -166,7 +166,7 @@ def test_limit_in_the_experiment_config(tmp_path: Path) -> None:
     values["data"]["source"] = str(tmp_path / "data")
     sizes = _siim_folder(tmp_path / "data", 1 / 100)
     path = write_yaml(tmp_path, values)
-    proc = run("dualstage.segment", "prepare", "--exp", path, "--no-progress", timeout=120)
+    proc = run("dualstage.segment", "prepare", "--exp", path, "--no-progress")
     assert_ok(proc)  # 64 x 64 = 4096 > 3500: the good PNG is over this limit too; the 48 x 64 DICOM is not
     rows = rejected_rows(tmp_path / "models" / "tiny" / "prepared")
     assert sorted(Path(p).name for p in rows["item"]) == sorted([*sizes, "good_png.png"])

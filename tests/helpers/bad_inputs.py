@@ -21,6 +21,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from dualstage.data.limits import max_pixels, set_max_pixels
+from helpers.commands import call
+
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {
     **{k: v for k, v in os.environ.items() if k != "DUALSTAGE_DEBUG"},
@@ -32,10 +35,22 @@ SIZE = 64
 
 
 # ----------------------------------------------------------------------------- running
-def run(module: str, *args: object, timeout: float = 60) -> subprocess.CompletedProcess:
-    """``python -m module args...`` with this checkout importable; output captured as text."""
-    cmd = [sys.executable, "-m", module, *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=ENV)
+def run(
+    module: str, *args: object, timeout: float = 60, process: bool = False
+) -> subprocess.CompletedProcess:
+    """``python -m module args...``, output captured as text: in this process through the command's
+    ``main(argv)`` (no interpreter start, the image-size limit restored after it, no
+    ``DUALSTAGE_DEBUG``), or with ``process=True`` as a real process (``timeout`` seconds)."""
+    if process:
+        cmd = [sys.executable, "-m", module, *map(str, args)]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=ENV)
+    limit, debug = max_pixels(), os.environ.pop("DUALSTAGE_DEBUG", None)
+    try:
+        return call(module, *args)
+    finally:
+        set_max_pixels(limit)
+        if debug is not None:
+            os.environ["DUALSTAGE_DEBUG"] = debug
 
 
 def prepare_args(data: Path, out: Path, *extra: object) -> list[object]:
@@ -44,9 +59,9 @@ def prepare_args(data: Path, out: Path, *extra: object) -> list[object]:
     return ["prepare", "--data", data, "--out", out, *tiny, *extra]
 
 
-def prepare(data: Path, out: Path, *extra: object, timeout: float = 60) -> subprocess.CompletedProcess:
-    """``python -m dualstage.segment prepare`` on a tiny run."""
-    return run("dualstage.segment", *prepare_args(data, out, *extra), timeout=timeout)
+def prepare(data: Path, out: Path, *extra: object, process: bool = False) -> subprocess.CompletedProcess:
+    """``python -m dualstage.segment prepare`` on a tiny run (in this process unless ``process``)."""
+    return run("dualstage.segment", *prepare_args(data, out, *extra), process=process)
 
 
 def assert_error(proc: subprocess.CompletedProcess, *needles: str, code: int = 2) -> str:
