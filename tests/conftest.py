@@ -98,12 +98,12 @@ def gated(tmp_path_factory) -> Path:
 def e2e_prepared(tmp_path_factory) -> tuple[Path, Path]:
     """(YAML, folder) of the tiny end-to-end experiment (helpers/e2e.py) after ``dualstage run
     --steps data`` (phantoms -> prepare), no model trained. Read-only: link ``prepared`` to train."""
-    from helpers.commands import run
+    from helpers.commands import cli
     from helpers.e2e import e2e_yaml
 
     tmp = tmp_path_factory.mktemp("e2e")
     cfg = e2e_yaml(tmp, tmp / "models")
-    run("-m", "dualstage", "run", cfg, "--steps", "data")
+    cli("dualstage", "run", cfg, "--steps", "data")
     return cfg, tmp / "models" / "tiny"
 
 

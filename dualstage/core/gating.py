@@ -291,10 +291,11 @@ def sweep_triplet(hist: np.ndarray, height, width, tops, min_areas, bottoms) -> 
     areas = np.atleast_1d(np.asarray(min_areas, dtype=np.float64))
     if np.any(areas < 0):
         raise ValueError("min_areas must be >= 0")
-    grid = [(t, a, b) for t in tops for a in areas for b in bottoms if round(b, 9) <= round(t, 9)]
-    if not grid:
+    t, a, b = (g.ravel() for g in np.meshgrid(tops, areas, bottoms, indexing="ij"))  # top-major order
+    ok = np.round(b, 9) <= np.round(t, 9)
+    if not ok.any():
         raise ValueError("triplet grid is empty: no bottom <= top")
-    top, area, bottom = (np.array(c) for c in zip(*grid, strict=True))
+    top, area, bottom = t[ok], a[ok], b[ok]
     res = _summarize_rows(hist, _n_pixels(hist, height, width), levels(bottom), levels(top), area)
     return pd.DataFrame({"top": top, "min_area": area, "bottom": bottom, **res})
 

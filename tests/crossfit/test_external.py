@@ -5,8 +5,6 @@ over physically, and the command's errors are one line."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +36,7 @@ from dualstage.data.prepare import prepare
 from dualstage.report.document import render_markdown
 from dualstage.report.external import external_comparison, external_section, external_summary
 from dualstage.report.readme import EXTERNAL_BLOCK, EXTERNAL_REFERENCE, render_external_block, replace_block
+from helpers.commands import call
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = [
@@ -266,10 +265,9 @@ def test_the_shifted_site_stores_portrait_monochrome1_dicoms(tmp_path):
         ),
     ],
 )
-def test_command_errors_are_one_line(args, message, tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "dualstage", "external", *args], capture_output=True, text=True, cwd=ROOT
-    )
+def test_command_errors_are_one_line(args, message, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    proc = call("dualstage", "external", *args)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -15,6 +13,7 @@ from PIL import Image
 from dualstage.core import rle
 from dualstage.data.layouts import Item, detect_layout
 from dualstage.data.prepare import PrepareError, load_cached, prepare, process_item
+from helpers.commands import call, cli
 
 REAL = "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819"
 
@@ -69,22 +68,16 @@ def test_siim_dicom_tree(siim_tree, tmp_path):
 def test_strict_stops_with_a_clear_message(siim_tree, tmp_path):
     with pytest.raises(PrepareError, match="annotation without image|cannot decode"):
         prepare(siim_tree, tmp_path / "p", sizes=(64,), strict=True, progress=False, workers=1)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dualstage.segment",
-            "prepare",
-            "--data",
-            str(siim_tree),
-            "--out",
-            str(tmp_path / "q"),
-            "--sizes",
-            "64",
-            "--strict",
-        ],
-        capture_output=True,
-        text=True,
+    proc = call(
+        "dualstage.segment",
+        "prepare",
+        "--data",
+        siim_tree,
+        "--out",
+        tmp_path / "q",
+        "--sizes",
+        64,
+        "--strict",
     )
     assert proc.returncode == 2 and proc.stderr.startswith("error:") and "Traceback" not in proc.stderr
 
@@ -151,39 +144,21 @@ def test_unknown_layout_lists_what_it_looked_for(tmp_path):
 @pytest.mark.parametrize("layout", ["siim", "png"])
 def test_phantom_to_prepare_through_the_commands(tmp_path, layout):
     data, out = tmp_path / "data", tmp_path / "prep"
-    gen = [
-        sys.executable,
-        "-m",
+    cli(
         "dualstage.data.phantom",
         "--out",
-        str(data),
+        data,
         "--n",
-        "24",
+        24,
         "--size",
-        "128",
+        128,
         "--layout",
         layout,
         "--seed",
-        "1",
+        1,
         "--quiet",
-    ]
-    subprocess.run(gen, check=True, capture_output=True)
-    prep = [
-        sys.executable,
-        "-m",
-        "dualstage.segment",
-        "prepare",
-        "--data",
-        str(data),
-        "--out",
-        str(out),
-        "--sizes",
-        "64",
-        "--folds",
-        "3",
-    ]
-    proc = subprocess.run(prep, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
+    )
+    proc = cli("dualstage.segment", "prepare", "--data", data, "--out", out, "--sizes", 64, "--folds", 3)
     summary = json.loads(proc.stdout)
     assert summary["layout"] == layout and summary["images"] == 24 and summary["rejected"] == 0
     index = pd.read_csv(data / "phantom_index.csv", dtype={"image_id": str}).set_index("image_id")

@@ -149,7 +149,7 @@ def test_evaluate_and_the_lcc_rule(e2e_trained, tmp_path):
     # score it from the sweep's map-based test table (histograms cannot express it)
     points = OperatingPoints.read(exp / "operating_point.json")
     replace(points, best_rule="lcc").write(exp / "operating_point.json")
-    run("-m", "dualstage", "run", exp, "--steps", "evaluate")
+    cli("dualstage", "run", exp, "--steps", "evaluate")
     row = pd.read_csv(exp / "evaluation" / "progressive_table2.csv").iloc[0]
     lcc = pd.read_csv(exp / "sweep" / "test" / "chosen.csv").set_index("name").loc["lcc"]
     assert json.loads(row["chosen_rule"]).get("lcc") is True
