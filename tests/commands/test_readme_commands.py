@@ -72,9 +72,8 @@ def substitute(cmd: str, ctx: dict) -> list[str]:
 def run_line(argv: list[str], where: str) -> str:
     """One README command line (argv), in this process (torchrun: a subprocess); its stdout."""
     if argv[0] == "torchrun":
-        nproc = argv[argv.index("--nproc_per_node") + 1]
-        rest = argv[argv.index("--nproc_per_node") + 2 :]
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", nproc, *rest]
+        rest = argv[argv.index("--nproc_per_node") + 2 :]  # the README's N GPUs -> 2 CPU processes
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", *rest]
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
         tail = f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"

@@ -36,10 +36,11 @@ def _weights(path) -> dict:
 
 
 def test_kill_and_resume_is_exact(e2e_prepared, e2e_trained, tmp_path):
-    """Stopped after 2 epochs and resumed (real processes) = the uninterrupted run of e2e_trained."""
+    """Stopped after 2 epochs (in this process), resumed in a fresh process from the files alone =
+    the uninterrupted run of e2e_trained."""
     cfg, exp = linked_copy(e2e_prepared[1], tmp_path)
     train = ("-m", "dualstage.segment", "train", "--exp", cfg, "--fold", "main", "--no-progress")
-    run(*train, "--stop-after", "2")
+    _segment(*train[2:], "--stop-after", "2")
     log = pd.read_csv(exp / "segmenter" / "main" / "log.csv")
     assert len(log) == 2 and not (exp / "segmenter" / "main" / "done.json").exists()
     again = _segment("train", "--exp", cfg, "--fold", "main", "--no-progress", expect=2)
