@@ -150,6 +150,23 @@ def test_engine_matches_brute_force_triplet():
         _assert_same({k: getattr(row, k) for k in brute}, brute)
 
 
+def test_triplet_rows_are_top_then_area_then_bottom():
+    """The grid's order is the tie-break of the rule choice (the first best row wins): by hand."""
+    _, _, hist, H, W = random_set(1)
+    frame = gating.sweep_triplet(hist, H, W, [0.5, 0.7], [0, 10], [0.3, 0.6, 0.1 * 7])
+    rows = list(frame[["top", "min_area", "bottom"]].itertuples(index=False, name=None))
+    assert rows == [
+        (0.5, 0, 0.3),
+        (0.5, 10, 0.3),
+        (0.7, 0, 0.3),
+        (0.7, 0, 0.6),
+        (0.7, 0, 0.1 * 7),  # 0.7000000000000001: equal to the top at 9 decimals, kept
+        (0.7, 10, 0.3),
+        (0.7, 10, 0.6),
+        (0.7, 10, 0.1 * 7),
+    ]
+
+
 def test_engine_chunks_give_same_result(monkeypatch):
     maps, truths, hist, H, W = random_set(2)
     whole = gating.sweep_threshold_area(hist, H, W, THRESHOLDS, AREAS)
