@@ -7,13 +7,23 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+# after the offline settings above: these import smp / albumentations (benchmarks/ is on pythonpath)
+import numpy as np  # noqa: E402
+from _setup import save_model  # noqa: E402
+
+from dualstage.config import Experiment, TrainConfig, load_experiment, to_dict  # noqa: E402
+from helpers.commands import call, cli, config, copy_exp, write_yaml  # noqa: E402
+from helpers.crossfit import N, run_crossfit  # noqa: E402
+from helpers.deploy import deployable  # noqa: E402
+from helpers.e2e import e2e_yaml, linked_copy  # noqa: E402
+from helpers.stage_two import make_experiment  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SIIM = Path(os.environ.get("DUALSTAGE_SIIM_DIR", ROOT.parent / "shared" / "data" / "siim"))
@@ -30,8 +40,6 @@ def siim() -> Path:
 @pytest.fixture(scope="session")
 def deployable_exp(tmp_path_factory) -> Path:
     """A tiny deployable cross-fitted experiment (helpers/deploy.py), built once per test run."""
-    from helpers.deploy import deployable
-
     return deployable(tmp_path_factory.mktemp("deployable"))
 
 
@@ -39,8 +47,6 @@ def deployable_exp(tmp_path_factory) -> Path:
 def tiny_prepared(tmp_path_factory) -> Path:
     """The YAML of a prepared tiny phantom experiment (``helpers.commands.CONFIG``: 12 phantoms at
     64 px, 2 folds; ``dualstage run --steps data``), no model trained. Read-only: copy to write."""
-    from helpers.commands import call, config, write_yaml
-
     tmp = tmp_path_factory.mktemp("prepared")
     path = write_yaml(tmp, config(tmp / "models"))
     proc = call("dualstage", "run", path, "--steps", "data")
@@ -52,14 +58,9 @@ def tiny_prepared(tmp_path_factory) -> Path:
 def tiny_model(tmp_path_factory, tiny_prepared) -> Path:
     """A copy of ``tiny_prepared`` with an untrained ``main`` U-Net: ``segment predict`` runs without
     training (benchmarks/_setup.save_model). Returns the experiment folder."""
-    from dualstage.config import load_experiment
-    from helpers.commands import config, write_yaml
-
     tmp = tmp_path_factory.mktemp("tiny_model")
     shutil.copytree(load_experiment(tiny_prepared).folder, tmp / "models" / "tiny", symlinks=True)
     path = write_yaml(tmp, config(tmp / "models"))
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from _setup import save_model
 
     exp = load_experiment(path)
     save_model(exp, "main")
@@ -69,8 +70,6 @@ def tiny_model(tmp_path_factory, tiny_prepared) -> Path:
 @pytest.fixture
 def own_tiny_model(tiny_model, tmp_path) -> Path:
     """A private copy of ``tiny_model`` (its prepared data and model linked) for a test that writes."""
-    from helpers.commands import copy_exp
-
     return copy_exp(tiny_model, tmp_path / "models", tiny_model.name, link=("prepared", "segmenter"))
 
 
@@ -78,10 +77,6 @@ def own_tiny_model(tiny_model, tmp_path) -> Path:
 def gated(tmp_path_factory) -> Path:
     """A tuned and gated synthetic experiment folder (features, maps, classifier, gate.json), holdout
     view (stage two learns from val). Read-only: copy to write."""
-    from dualstage.config import Experiment, TrainConfig, to_dict
-    from helpers.commands import call
-    from helpers.stage_two import make_experiment
-
     exp = make_experiment(tmp_path_factory.mktemp("stage2"), n_oof=60, n_test=20, n_new=4)
     for kind in ("features", "predictions"):
         (exp / kind / "oof").rename(exp / kind / "val")
@@ -98,9 +93,6 @@ def gated(tmp_path_factory) -> Path:
 def e2e_prepared(tmp_path_factory) -> tuple[Path, Path]:
     """(YAML, folder) of the tiny end-to-end experiment (helpers/e2e.py) after ``dualstage run
     --steps data`` (phantoms -> prepare), no model trained. Read-only: link ``prepared`` to train."""
-    from helpers.commands import cli
-    from helpers.e2e import e2e_yaml
-
     tmp = tmp_path_factory.mktemp("e2e")
     cfg = e2e_yaml(tmp, tmp / "models")
     cli("dualstage", "run", cfg, "--steps", "data")
@@ -112,9 +104,6 @@ def e2e_trained(tmp_path_factory, e2e_prepared) -> tuple[Path, Path]:
     """(YAML, folder): ``e2e_prepared`` (its ``prepared`` linked) with the main model trained
     uninterrupted, then the three fold models; oof / val / test predicted; swept with ``--lcc``.
     Read-only: ``helpers.e2e.linked_copy`` for a test that writes."""
-    from helpers.commands import cli
-    from helpers.e2e import linked_copy
-
     cfg, exp = linked_copy(e2e_prepared[1], tmp_path_factory.mktemp("e2e_trained"))
     for fold in ("main", "all"):
         cli("dualstage.segment", "train", "--exp", cfg, "--fold", fold, "--no-progress")
@@ -129,9 +118,5 @@ def crossfit_base(tmp_path_factory):
     """(labels, Experiment): the synthetic cross-fitted experiment of helpers/crossfit.py (labels of
     seed 7, maps carrying the labels) after the per-fold sweep, classifier and final decisions.
     Read-only: ``helpers.crossfit.copy_crossfit`` for a test that writes."""
-    import numpy as np
-
-    from helpers.crossfit import N, run_crossfit
-
     labels = (np.random.default_rng(7).random(N) < 0.35).astype(int)
     return labels, run_crossfit(tmp_path_factory.mktemp("cf"), labels)

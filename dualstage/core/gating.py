@@ -58,6 +58,7 @@ __all__ = [
     "sweep_threshold",
     "sweep_threshold_area",
     "sweep_triplet",
+    "triplet_grid",
     "write_histograms",
 ]
 
@@ -284,6 +285,14 @@ def sweep_threshold_area(hist: np.ndarray, height, width, thresholds, min_areas)
     return {k: v.reshape(lv.size, areas.size) for k, v in res.items()}
 
 
+def triplet_grid(tops, areas, bottoms) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(top, min_area, bottom), each (G,): every cell with bottom <= top (at 9 decimals), ordered by
+    top, then area, then bottom (the order is the rule choice's tie-break)."""
+    t, a, b = (g.ravel() for g in np.meshgrid(tops, areas, bottoms, indexing="ij"))
+    ok = np.round(b, 9) <= np.round(t, 9)
+    return t[ok], a[ok], b[ok]
+
+
 def sweep_triplet(hist: np.ndarray, height, width, tops, min_areas, bottoms) -> pd.DataFrame:
     """Triplet metrics, one row per (top, min_area, bottom) with bottom <= top, sorted in that order."""
     tops = np.atleast_1d(np.asarray(tops, dtype=np.float64))
@@ -291,11 +300,9 @@ def sweep_triplet(hist: np.ndarray, height, width, tops, min_areas, bottoms) -> 
     areas = np.atleast_1d(np.asarray(min_areas, dtype=np.float64))
     if np.any(areas < 0):
         raise ValueError("min_areas must be >= 0")
-    t, a, b = (g.ravel() for g in np.meshgrid(tops, areas, bottoms, indexing="ij"))  # top-major order
-    ok = np.round(b, 9) <= np.round(t, 9)
-    if not ok.any():
+    top, area, bottom = triplet_grid(tops, areas, bottoms)
+    if not top.size:
         raise ValueError("triplet grid is empty: no bottom <= top")
-    top, area, bottom = t[ok], a[ok], b[ok]
     res = _summarize_rows(hist, _n_pixels(hist, height, width), levels(bottom), levels(top), area)
     return pd.DataFrame({"top": top, "min_area": area, "bottom": bottom, **res})
 

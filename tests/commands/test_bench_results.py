@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
+import _results  # benchmarks/ is on pytest's pythonpath (setup.cfg)
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-
-import _results  # noqa: E402
-import results_md  # noqa: E402
+import results_md
 
 
 def test_record_merges_and_replaces(tmp_path, monkeypatch):

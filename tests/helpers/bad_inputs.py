@@ -21,7 +21,6 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from dualstage.data.limits import max_pixels, set_max_pixels
 from helpers.commands import call
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,16 +38,15 @@ def run(
     module: str, *args: object, timeout: float = 60, process: bool = False
 ) -> subprocess.CompletedProcess:
     """``python -m module args...``, output captured as text: in this process through the command's
-    ``main(argv)`` (no interpreter start, the image-size limit restored after it, no
-    ``DUALSTAGE_DEBUG``), or with ``process=True`` as a real process (``timeout`` seconds)."""
+    ``main(argv)`` (:func:`helpers.commands.call`; no interpreter start), or with ``process=True``
+    as a real process (``timeout`` seconds). Either way without ``DUALSTAGE_DEBUG`` (as ``ENV``)."""
     if process:
         cmd = [sys.executable, "-m", module, *map(str, args)]
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=ENV)
-    limit, debug = max_pixels(), os.environ.pop("DUALSTAGE_DEBUG", None)
+    debug = os.environ.pop("DUALSTAGE_DEBUG", None)
     try:
         return call(module, *args)
     finally:
-        set_max_pixels(limit)
         if debug is not None:
             os.environ["DUALSTAGE_DEBUG"] = debug
 

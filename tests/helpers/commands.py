@@ -16,6 +16,8 @@ from pathlib import Path
 
 import yaml
 
+from dualstage.data.limits import max_pixels, set_max_pixels
+
 PHASES = [
     {"name": "decoder", "resolution": 64, "unfreeze": "decoder", "loss": "soft_dice", "epochs": 1},
     {"name": "block4", "resolution": 64, "unfreeze": "block4", "loss": "soft_dice", "epochs": 1},
@@ -38,13 +40,14 @@ CONFIG = {
 
 def call(module: str, *args: object) -> subprocess.CompletedProcess:
     """``python -m module args...`` through its ``main(argv)`` in this process; an exception that
-    escapes the command's error handling becomes a traceback on stderr and exit 1."""
+    escapes the command's error handling becomes a traceback on stderr and exit 1. The image-size
+    limit (process-wide; an experiment's ``data.max_pixels`` sets it) is restored afterwards."""
     try:
         main = importlib.import_module(f"{module}.__main__").main
     except ModuleNotFoundError:  # a module, not a package: its own main (``dualstage.data.phantom``)
         main = importlib.import_module(module).main
     argv = [str(a) for a in args]
-    out, err = io.StringIO(), io.StringIO()
+    out, err, limit = io.StringIO(), io.StringIO(), max_pixels()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
             code = main(argv)
@@ -53,6 +56,8 @@ def call(module: str, *args: object) -> subprocess.CompletedProcess:
         except Exception:
             traceback.print_exc()
             code = 1
+        finally:
+            set_max_pixels(limit)
     return subprocess.CompletedProcess([module, *argv], code, out.getvalue(), err.getvalue())
 
 

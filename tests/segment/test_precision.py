@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import copy
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from _setup import phantom_experiment, save_model
 from torch import nn
 
+from dualstage.artifacts.prediction_set import PredictionSet
 from dualstage.config import ConfigError, PredictConfig, from_dict
 from dualstage.runtime import precision
 from dualstage.runtime.precision import inference_dtype, precision_name
 from dualstage.segment import models
 from dualstage.segment.inference import fold_batchnorm
+from dualstage.segment.predict import predict
 
 CPU = torch.device("cpu")
 
@@ -85,12 +86,6 @@ def test_fold_batchnorm_undoes_a_wrong_fold():
 
 
 def test_predict_bf16_maps_close_to_fp32(tmp_path):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-    from _setup import phantom_experiment, save_model
-
-    from dualstage.artifacts.prediction_set import PredictionSet
-    from dualstage.segment.predict import predict
-
     exp = phantom_experiment(tmp_path, 6, 96, 64, "resnet18", decoder_channels=[32, 16, 8, 8, 8])
     save_model(exp, bias=None)
     sets = {}
