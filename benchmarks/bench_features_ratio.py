@@ -24,8 +24,7 @@ from _setup import phantom_experiment, save_model
 
 from dualstage.artifacts.prediction_set import PredictionSet
 from dualstage.classify.features import extract_features, load_densenet
-from dualstage.data.cache import pick_cache_size
-from dualstage.data.prepare import cache_paths
+from dualstage.data.cache import cache_paths, pick_cache_size
 from dualstage.runtime.precision import autocast, inference_dtype, precision_name
 from dualstage.runtime.weights import IMAGENET_MEAN, IMAGENET_STD
 from dualstage.segment.predict import predict

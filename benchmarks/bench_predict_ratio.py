@@ -31,8 +31,8 @@ from _setup import phantom_experiment, save_model
 from torch.utils.flop_counter import FlopCounterMode
 
 from dualstage.artifacts.layout import ExperimentDir
+from dualstage.data.cache import load_cached
 from dualstage.data.dataset import load_split_table
-from dualstage.data.prepare import load_cached
 from dualstage.runtime.precision import autocast, inference_dtype, precision_name
 from dualstage.segment import models
 from dualstage.segment.inference import load_models, select_models

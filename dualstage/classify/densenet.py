@@ -9,15 +9,18 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-import torchvision
 
 from dualstage.core.io import sha256_file
 from dualstage.runtime.weights import DENSENET_LEGACY, IMAGENET_MEAN, IMAGENET_STD, read_state_dict
 
-__all__ = ["load_densenet", "describe_weights", "embed", "N_DENSENET"]
+if TYPE_CHECKING:
+    import torchvision
+
+__all__ = ["load_densenet", "describe_weights", "embed", "torchvision_version", "N_DENSENET"]
 
 N_DENSENET = 1024
 
@@ -63,12 +66,21 @@ def describe_weights(weights: str | Path) -> dict:
     return {"weights": str(path), "pretrained": True, "weights_sha256": sha256_file(path)}
 
 
+def torchvision_version() -> str:
+    """``torchvision.__version__`` (the build, e.g. ``0.29.1+cu130``), as features.json records it."""
+    import torchvision  # heavy (torch._dynamo through torchvision.ops): ~1.5 s, loaded when needed
+
+    return torchvision.__version__
+
+
 def load_densenet(weights: str | Path = "imagenet") -> tuple[torchvision.models.DenseNet, dict]:
     """(torchvision DenseNet121 in eval mode, :func:`describe_weights`).
 
     ``"imagenet"``: torchvision IMAGENET1K_V1 (local cache $TORCH_HOME/hub/checkpoints, else a download;
     RuntimeError when neither works). ``"none"``: random init, seed 0. A path: see :func:`_load_file`.
     """
+    import torchvision  # heavy (torch._dynamo through torchvision.ops): ~1.5 s, loaded with the trunk
+
     info = describe_weights(weights)
     if info["weights"] == "imagenet":
         try:

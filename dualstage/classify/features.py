@@ -28,13 +28,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import torchvision
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from dualstage.artifacts.prediction_set import PredictionSet
 from dualstage.artifacts.shard_records import Shard, shard_rows
-from dualstage.classify.densenet import N_DENSENET, describe_weights, embed, load_densenet
+from dualstage.classify.densenet import (
+    N_DENSENET,
+    describe_weights,
+    embed,
+    load_densenet,
+    torchvision_version,
+)
 from dualstage.classify.map_stats import STAT_NAMES, feature_names, map_statistics
 from dualstage.core.io import (
     atomic_write,
@@ -46,9 +51,8 @@ from dualstage.core.io import (
 from dualstage.core.locks import holding
 from dualstage.core.progress import progress as progress_iter
 from dualstage.data import limits
-from dualstage.data.cache import pick_cache_size
+from dualstage.data.cache import CACHE_PIXELS, cache_paths, pick_cache_size
 from dualstage.data.images import read_image_file
-from dualstage.data.prepare import CACHE_PIXELS, cache_paths
 from dualstage.runtime.distributed import pick_device
 from dualstage.runtime.precision import inference_dtype, precision_name
 
@@ -330,7 +334,7 @@ def _extract_features(
         "seconds": round(time.perf_counter() - t0, 2),
         "images_per_second": round(n_done / run_seconds, 2) if n_done and run_seconds > 0 else None,
         "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
+        "torchvision": torchvision_version(),
     }
     write_json_atomic(record, summary)
     return summary

@@ -30,8 +30,8 @@ from sklearn.covariance import LedoitWolf
 from dualstage.artifacts.feature_set import load_feature_table, read_settings
 from dualstage.artifacts.layout import ExperimentDir
 from dualstage.core.io import write_json_atomic
+from dualstage.data.cache import cache_paths
 from dualstage.data.images import read_image_file
-from dualstage.data.prepare import cache_paths
 from dualstage.data.splits import read_folds
 
 __all__ = [

@@ -25,6 +25,7 @@ from sklearn import metrics as skm
 
 __all__ = [
     "dice_from_counts",
+    "f1_by_threshold",
     "image_dice",
     "image_iou",
     "iou_from_counts",
@@ -242,6 +243,21 @@ def roc_auc_resampled(scores, labels, idx: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         auc = u / (n_pos * n_neg)
     return np.where((n_pos > 0) & (n_neg > 0), auc, np.nan)
+
+
+def f1_by_threshold(scores, labels, thresholds) -> np.ndarray:
+    """(T,) presence F1 of ``scores >= t`` against (N,) 0/1 labels for each of (T,) thresholds, all
+    at once: ``2 tp / (n_true + n_predicted)``, 0 where both are 0. The float sklearn's
+    ``f1_score(labels, scores >= t, zero_division=0)`` gives, bit for bit (it computes the same
+    ratio from the same counts), without its per-call checks."""
+    y = _binary(labels, "labels").astype(bool)
+    s = np.asarray(scores, dtype=np.float64)
+    if s.shape != y.shape:
+        raise ValueError(f"scores and labels shapes differ: {s.shape} vs {y.shape}")
+    pred = s[None, :] >= np.asarray(thresholds, dtype=np.float64)[:, None]  # (T, N)
+    tp = (pred & y).sum(axis=1).astype(np.float64)
+    denom = float(y.sum()) + pred.sum(axis=1).astype(np.float64)
+    return np.divide(2.0 * tp, denom, out=np.zeros(denom.shape), where=denom > 0)
 
 
 POS_DICE_MAX = 0.05  # positive-case Dice below this ...

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import f1_score
 from sklearn.model_selection import PredefinedSplit, cross_val_predict
 from xgboost import XGBClassifier
 
 from dualstage.classify.xgb import make_classifier
 from dualstage.config import Experiment
 from dualstage.core.io import write_csv_atomic, write_json_atomic
-from dualstage.core.metrics import presence_report, roc_auc, roc_auc_resampled
+from dualstage.core.metrics import f1_by_threshold, presence_report, roc_auc, roc_auc_resampled
 from dualstage.crossfit.search import base_settings, search_rows
 
 __all__ = ["fold_table2_models", "shared_settings", "table2_rows", "MODELS"]
@@ -35,8 +34,7 @@ MODELS = ("paper_default", "paper_tuned", "ours_default", "ours_tuned")
 def _f1_threshold(probs: np.ndarray, y: np.ndarray) -> float:
     """Threshold in 0.01 steps maximising presence F1 (ties: the lowest)."""
     grid = np.round(np.arange(1, 100) / 100, 2)
-    scores = [f1_score(y, probs >= t, zero_division=0) for t in grid]
-    return float(grid[int(np.argmax(scores))])
+    return float(grid[int(np.argmax(f1_by_threshold(probs, y, grid)))])
 
 
 def shared_settings(base: dict) -> dict:

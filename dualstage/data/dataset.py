@@ -13,8 +13,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from dualstage.config import AugmentConfig
-from dualstage.data.cache import cached_sizes
-from dualstage.data.prepare import cache_paths, load_cached
+from dualstage.data.cache import cache_paths, cached_sizes, load_cached
 
 if TYPE_CHECKING:  # imported where augmentations are built: predict and features run without it
     import albumentations as A

@@ -22,8 +22,10 @@ from PIL import Image  # noqa: E402
 from dualstage.artifacts.gates import COLORS  # noqa: E402
 from dualstage.core import gating  # noqa: E402
 from dualstage.data import limits  # noqa: E402
-from dualstage.data.cache import pick_cache_size  # noqa: E402
-from dualstage.data.prepare import load_cached  # noqa: E402
+from dualstage.data.cache import (
+    load_cached,  # noqa: E402
+    pick_cache_size,  # noqa: E402
+)
 from dualstage.report.document import Figure  # noqa: E402
 from dualstage.report.figures import save  # noqa: E402
 

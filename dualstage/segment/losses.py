@@ -39,7 +39,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
-from segmentation_models_pytorch.losses import DiceLoss, FocalLoss, LovaszLoss
 from torch import nn
 
 __all__ = [
@@ -127,7 +126,7 @@ class _SymmetricLovasz(SegmentationLoss):
 
     def __init__(self) -> None:
         super().__init__("symmetric_lovasz")
-        self.inner = LovaszLoss(mode="binary", per_image=True, from_logits=True)
+        self.inner = _smp().LovaszLoss(mode="binary", per_image=True, from_logits=True)
 
     def _loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return 0.5 * (self.inner(logits, target) + self.inner(-logits, 1.0 - target))
@@ -155,6 +154,13 @@ class WeightedSum(SegmentationLoss):
 
 
 # --------------------------------------------------------------------------- factories
+
+
+def _smp():
+    """``segmentation_models_pytorch.losses``, imported when a loss that uses it is built."""
+    import segmentation_models_pytorch.losses as smp_losses  # heavy (timm, torchvision): ~2 s at start
+
+    return smp_losses
 
 
 def bce() -> SegmentationLoss:
@@ -204,7 +210,7 @@ def soft_dice_batch(smooth: float = 0.0) -> SegmentationLoss:
     ``smooth`` is smp's: score ``(2 I + 2 smooth) / (sum p + sum t + 2 smooth)``.
     """
     smooth = _number("soft_dice_batch smooth", smooth, low=0.0)
-    inner = DiceLoss(mode="binary", from_logits=True, smooth=smooth)
+    inner = _smp().DiceLoss(mode="binary", from_logits=True, smooth=smooth)
     return _Wrapped("soft_dice_batch", inner, smooth=smooth)
 
 
@@ -213,7 +219,7 @@ def lovasz() -> SegmentationLoss:
 
     On an image with an empty target its gradient reaches only the single highest logit.
     """
-    inner = LovaszLoss(mode="binary", per_image=True, from_logits=True)
+    inner = _smp().LovaszLoss(mode="binary", per_image=True, from_logits=True)
     return _Wrapped("lovasz", inner, float32_only=True)
 
 
@@ -234,7 +240,8 @@ def focal(gamma: float = 2.0, alpha: float | None = None) -> SegmentationLoss:
     gamma = _number("focal gamma", gamma, low=0.0)
     if alpha is not None:
         alpha = _number("focal alpha", alpha, low=0.0, high=1.0)
-    return _Wrapped("focal", FocalLoss(mode="binary", gamma=gamma, alpha=alpha), gamma=gamma, alpha=alpha)
+    inner = _smp().FocalLoss(mode="binary", gamma=gamma, alpha=alpha)
+    return _Wrapped("focal", inner, gamma=gamma, alpha=alpha)
 
 
 def weighted_sum(terms: Sequence[tuple[float, nn.Module]]) -> WeightedSum:

@@ -35,10 +35,10 @@ from dualstage.core.locks import holding
 from dualstage.core.progress import progress as progress_iter
 from dualstage.data import limits
 from dualstage.data.annotations import read_rle_csv
+from dualstage.data.cache import load_cached_image
 from dualstage.data.dataset import load_split_table
 from dualstage.data.ids import check_image_id
 from dualstage.data.images import find_images, image_id_of, image_shape, read_image_file
-from dualstage.data.prepare import load_cached_image
 from dualstage.runtime.distributed import pick_device
 from dualstage.runtime.precision import inference_dtype, precision_name
 from dualstage.segment.inference import (

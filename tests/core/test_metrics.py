@@ -7,9 +7,11 @@ import warnings
 
 import numpy as np
 import pytest
+from sklearn import metrics as skm
 
 from dualstage.core.metrics import (
     dice_from_counts,
+    f1_by_threshold,
     image_dice,
     image_iou,
     iou_from_counts,
@@ -231,3 +233,18 @@ def test_roc_auc_single_class_is_nan_without_warning():
         assert math.isnan(roc_auc([0.1, 0.9, 0.5], [1, 1, 1]))
         assert math.isnan(roc_auc([0.1, 0.9], [0, 0]))
         assert math.isnan(roc_auc([], []))
+
+
+def test_f1_by_threshold_by_hand_and_bit_for_bit_sklearn():
+    # y = [0, 0, 1, 1], p = [.1, .6, .55, .9]: t = .1 -> tp 2, 4 predicted: 4 / 6; t = .55 -> tp 2,
+    # 3 predicted: 4 / 5; t = .6 -> tp 1, 2 predicted: 2 / 4; t = .95 -> nothing predicted: 0
+    got = f1_by_threshold([0.1, 0.6, 0.55, 0.9], [0, 0, 1, 1], [0.1, 0.55, 0.6, 0.95])
+    assert got.tolist() == [4 / 6, 4 / 5, 2 / 4, 0.0]
+    assert f1_by_threshold([0.3, 0.7], [0, 0], [0.5, 0.9]).tolist() == [0.0, 0.0]  # no positive: 0
+    rng = np.random.default_rng(5)
+    grid = np.round(np.arange(1, 100) / 100, 2)
+    for n in (7, 60, 301):
+        p = np.round(rng.random(n), 2)  # scores on the grid itself: ties at every threshold
+        y = (rng.random(n) < p).astype(int)
+        want = [skm.f1_score(y, p >= t, zero_division=0) for t in grid]
+        assert f1_by_threshold(p, y, grid).tolist() == want  # equal floats: the same argmax, ties too

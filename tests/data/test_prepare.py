@@ -11,8 +11,9 @@ import pytest
 from PIL import Image
 
 from dualstage.core import rle
+from dualstage.data.cache import load_cached, process_item
 from dualstage.data.layouts import Item, detect_layout
-from dualstage.data.prepare import PrepareError, load_cached, prepare, process_item
+from dualstage.data.prepare import PrepareError, prepare
 from helpers.commands import call, cli
 
 REAL = "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819"
