@@ -4,10 +4,12 @@ equals the render of the committed reference summary.
 
 Placeholders are substituted (``experiments/<name>.yaml`` -> the tiny YAML, ``models/<name>`` ->
 its folder, ``/data/siim-acr`` -> its phantoms, ``/path/to/dicoms`` -> two new radiographs); an
-optional ``[...]`` group is left out; ``torchrun --nproc_per_node N`` runs 2 CPU processes (gloo).
-A block is skipped only behind a ``<!-- readme-test: skip (reason) -->`` line naming why.
-Commands run in this process through their ``__main__`` (same entry points, no interpreter start);
-torchrun lines run as a subprocess.
+optional ``[...]`` group is left out. A block is skipped only behind a
+``<!-- readme-test: skip (reason) -->`` line naming why.
+Commands run in this process through their ``__main__`` (same entry points, no interpreter start).
+A ``torchrun`` line is parsed by torchrun's own parser and its command runs here as one process;
+its multi-process launch is the test named for that command in ``TORCHRUN_LAUNCHED`` (2 CPU
+processes over gloo), so a README torchrun line for any other command fails until it has one.
 """
 
 from __future__ import annotations
@@ -15,11 +17,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import re
 import runpy
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
@@ -27,12 +27,20 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
+from torch.distributed.run import get_args_parser as torchrun_parser
 
 from dualstage.report.readme import BLOCK, REFERENCE, render_block, replace_block
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 SKIP = re.compile(r"<!-- readme-test: skip \((.+)\) -->")
+# (module, subcommand) -> the test that launches it under torchrun as 2 processes
+_SHARDS = "tests/commands/test_shards.py::test_torchrun_two_processes_predict_and_features"
+TORCHRUN_LAUNCHED = {
+    ("dualstage.segment", "train"): "tests/segment/test_segment_e2e.py::test_two_process_gloo_training",
+    ("dualstage.segment", "predict"): _SHARDS,
+    ("dualstage.classify", "features"): _SHARDS,
+}
 
 
 def readme_blocks(text: str) -> list[tuple[int, list[str], str | None]]:
@@ -69,16 +77,21 @@ def substitute(cmd: str, ctx: dict) -> list[str]:
     return out
 
 
+def torchrun_command(argv: list[str], where: str) -> list[str]:
+    """A README ``torchrun`` line (argv), checked by torchrun's own parser -> the ``python -m`` line
+    each rank runs; its launch as 2 processes must be a test's (``TORCHRUN_LAUNCHED``)."""
+    launch = torchrun_parser().parse_args(argv[1:])
+    assert launch.module, f"{where}: torchrun without -m: {argv}"
+    key = (launch.training_script, (launch.training_script_args or [""])[0])
+    assert key in TORCHRUN_LAUNCHED, f"{where}: no test launches {key} under torchrun: {argv}"
+    return ["python", "-m", launch.training_script, *launch.training_script_args]
+
+
 def run_line(argv: list[str], where: str) -> str:
-    """One README command line (argv), in this process (torchrun: a subprocess); its stdout."""
+    """One README command line (argv), in this process (torchrun: its command as one process); its
+    stdout."""
     if argv[0] == "torchrun":
-        rest = argv[argv.index("--nproc_per_node") + 2 :]  # the README's N GPUs -> 2 CPU processes
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", *rest]
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
-        tail = f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
-        assert proc.returncode == 0, f"{where}: {' '.join(argv)}\n{tail}"
-        return proc.stdout
+        argv = torchrun_command(argv, where)
     assert argv[0] == "python" and argv[1] == "-m", f"{where}: not a python -m command: {argv}"
     out, err, code = io.StringIO(), io.StringIO(), 0
     saved = sys.argv
@@ -190,3 +203,15 @@ def test_a_broken_block_fails(tmp_path):
     argv = substitute("python -m dualstage.segment predict --exp models/<exp> --split tset", ctx)
     with pytest.raises(AssertionError, match="exited 2"):
         run_line(argv, "README.md line 0")
+
+
+def test_torchrun_lines_are_launched_by_a_named_test(tmp_path):
+    for name in set(TORCHRUN_LAUNCHED.values()):
+        path, func = name.split("::")
+        assert f"def {func}(" in (ROOT / path).read_text(), f"{name}: no such test"
+    ctx = _tiny(tmp_path)
+    argv = substitute("torchrun --nproc_per_node 4 -m dualstage.segment sweep --exp models/<exp>", ctx)
+    with pytest.raises(AssertionError, match="no test launches"):
+        torchrun_command(argv, "README.md line 0")
+    with pytest.raises(SystemExit):  # torchrun's own parser: an unknown option
+        torchrun_command(["torchrun", "--nproc-per-gpu", "4", "-m", "dualstage.segment", "train"], "line 0")
