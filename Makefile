@@ -48,11 +48,12 @@ demo-external: $(BIN)/.installed
 demo-external-reference: $(BIN)/.installed
 	$(BIN)/python -m dualstage.report.readme accept --block demo-external models/demo/report/summary.json
 
+# a worker per core; a test file stays on one worker (its module fixtures are built once)
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 test-all: $(BIN)/.installed
-	$(BIN)/python -m pytest -q -m "slow or not slow"
+	$(BIN)/python -m pytest -q -n auto --dist loadfile -m "slow or not slow"
 
 # every benchmarks/bench_*.py (claims merged into benchmarks/results.json), then RESULTS.md from it
 # every claim's script at a size that fits ~10 minutes on 2 cores (scale.py: bench-full)

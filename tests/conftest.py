@@ -25,6 +25,11 @@ from helpers.deploy import deployable  # noqa: E402
 from helpers.e2e import e2e_yaml, linked_copy  # noqa: E402
 from helpers.stage_two import make_experiment  # noqa: E402
 
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # make test: a pytest-xdist worker per core
+    import torch  # noqa: E402
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
 ROOT = Path(__file__).resolve().parents[1]
 SIIM = Path(os.environ.get("DUALSTAGE_SIIM_DIR", ROOT.parent / "shared" / "data" / "siim"))
 

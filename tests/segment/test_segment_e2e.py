@@ -45,7 +45,7 @@ def test_kill_and_resume_is_exact(e2e_prepared, e2e_trained, tmp_path):
     assert len(log) == 2 and not (exp / "segmenter" / "main" / "done.json").exists()
     again = _segment("train", "--exp", cfg, "--fold", "main", "--no-progress", expect=2)
     assert "--resume" in again.stderr
-    run(*train, "--resume")
+    run(*train, "--resume", env={"OMP_NUM_THREADS": str(torch.get_num_threads())})  # CPU floats: same threads
     resumed = pd.read_csv(exp / "segmenter" / "main" / "log.csv")
     assert resumed["phase"].tolist() == [0, 1, 2, 2]
     straight_dir = e2e_trained[1] / "segmenter" / "main"  # the same experiment, never interrupted
