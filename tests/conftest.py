@@ -16,6 +16,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 # after the offline settings above: these import smp / albumentations (benchmarks/ is on pythonpath)
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 from _setup import save_model  # noqa: E402
 
 from dualstage.config import Experiment, TrainConfig, load_experiment, to_dict  # noqa: E402
@@ -26,8 +27,6 @@ from helpers.e2e import e2e_yaml, linked_copy  # noqa: E402
 from helpers.stage_two import make_experiment  # noqa: E402
 
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # make test: a pytest-xdist worker per core
-    import torch  # noqa: E402
-
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -66,11 +66,16 @@ def describe_weights(weights: str | Path) -> dict:
     return {"weights": str(path), "pretrained": True, "weights_sha256": sha256_file(path)}
 
 
+def _torchvision():
+    """torchvision, imported when the trunk is built or its version recorded."""
+    import torchvision  # heavy (torch._dynamo through torchvision.ops): ~1.5 s at start-up
+
+    return torchvision
+
+
 def torchvision_version() -> str:
     """``torchvision.__version__`` (the build, e.g. ``0.29.1+cu130``), as features.json records it."""
-    import torchvision  # heavy (torch._dynamo through torchvision.ops): ~1.5 s, loaded when needed
-
-    return torchvision.__version__
+    return _torchvision().__version__
 
 
 def load_densenet(weights: str | Path = "imagenet") -> tuple[torchvision.models.DenseNet, dict]:
@@ -79,12 +84,11 @@ def load_densenet(weights: str | Path = "imagenet") -> tuple[torchvision.models.
     ``"imagenet"``: torchvision IMAGENET1K_V1 (local cache $TORCH_HOME/hub/checkpoints, else a download;
     RuntimeError when neither works). ``"none"``: random init, seed 0. A path: see :func:`_load_file`.
     """
-    import torchvision  # heavy (torch._dynamo through torchvision.ops): ~1.5 s, loaded with the trunk
-
+    models = _torchvision().models
     info = describe_weights(weights)
     if info["weights"] == "imagenet":
         try:
-            net = torchvision.models.densenet121(weights="IMAGENET1K_V1", progress=False)
+            net = models.densenet121(weights="IMAGENET1K_V1", progress=False)
         except Exception as exc:  # offline, HTTP, hash mismatch: all mean "not available"
             raise RuntimeError(
                 f"could not get torchvision's ImageNet DenseNet121 weights ({type(exc).__name__}: {exc}). "
@@ -95,9 +99,9 @@ def load_densenet(weights: str | Path = "imagenet") -> tuple[torchvision.models.
     elif info["weights"] == "none":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            net = torchvision.models.densenet121(weights=None)
+            net = models.densenet121(weights=None)
     else:
-        net = torchvision.models.densenet121(weights=None)
+        net = models.densenet121(weights=None)
         _load_file(net, Path(info["weights"]))
     return net.eval(), info
 

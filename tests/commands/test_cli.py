@@ -6,6 +6,8 @@ import argparse
 import errno
 import gzip
 import pickle
+import subprocess
+import sys
 import zipfile
 
 import pytest
@@ -90,3 +92,25 @@ def test_debug_flag_and_env_reraise(monkeypatch):
     monkeypatch.setenv("DUALSTAGE_DEBUG", "1")
     with pytest.raises(PermissionError):
         run_cli(parser, [])
+
+
+_LOADED = "print(sorted(m for m in {} if m in sys.modules), flush=True)"
+_START = "; ".join(
+    [
+        "import sys",
+        "import dualstage.data.cache, dualstage.data.workers",  # what a spawned prepare worker runs
+        _LOADED.format(("sklearn", "torch")),
+        "import dualstage.commands.main, dualstage.commands.segment_cli",
+        "import dualstage.commands.classify_cli, dualstage.commands.report_cli",
+        _LOADED.format(("segmentation_models_pytorch", "timm", "torchvision")),
+    ]
+)
+
+
+def test_commands_start_without_the_model_libraries():
+    """A prepare worker's module leaves scikit-learn and torch to its parent; the command modules
+    leave smp / timm / torchvision to the code that builds a loss, a model or the DenseNet (~2.4 s of
+    every start: benchmarks/bench_startup.py)."""
+    proc = subprocess.run([sys.executable, "-c", _START], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["[]", "[]"], proc.stdout
