@@ -6,14 +6,13 @@ import argparse
 import errno
 import gzip
 import pickle
-import subprocess
-import sys
 import zipfile
 
 import pytest
 import yaml
 
 from dualstage.core.cli import run_cli
+from helpers.commands import run
 
 
 def _raiser(exc: BaseException) -> argparse.ArgumentParser:
@@ -111,6 +110,5 @@ def test_commands_start_without_the_model_libraries():
     """A prepare worker's module leaves scikit-learn and torch to its parent; the command modules
     leave smp / timm / torchvision to the code that builds a loss, a model or the DenseNet (~2.4 s of
     every start: benchmarks/bench_startup.py)."""
-    proc = subprocess.run([sys.executable, "-c", _START], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
+    proc = run("-c", _START, timeout=120)
     assert proc.stdout.splitlines() == ["[]", "[]"], proc.stdout

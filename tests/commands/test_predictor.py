@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from dualstage.api import Predictor  # the front door, as the README imports it
 from dualstage.artifacts.layout import ExperimentDir
 from dualstage.classify.features import extract_features
-from dualstage.commands.predictor import Predictor
 from dualstage.crossfit.deploy import crossfit_apply
 from dualstage.segment.predict import predict
 from helpers.deploy import K, phantoms

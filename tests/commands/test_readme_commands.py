@@ -15,6 +15,7 @@ processes over gloo), so a README torchrun line for any other command fails unti
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import json
 import re
@@ -215,3 +216,20 @@ def test_torchrun_lines_are_launched_by_a_named_test(tmp_path):
         torchrun_command(argv, "README.md line 0")
     with pytest.raises(SystemExit):  # torchrun's own parser: an unknown option
         torchrun_command(["torchrun", "--nproc-per-gpu", "4", "-m", "dualstage.segment", "train"], "line 0")
+
+
+def test_the_readme_python_imports_import():
+    """Every ``from dualstage... import ...`` line of the README's ```python blocks names a module
+    and attributes that exist (the front door)."""
+    text = README.read_text()
+    found = re.findall(
+        r"^from (dualstage[\w.]*) import ([\w, ]+)",
+        "".join(re.findall(r"```python\n(.*?)```", text, flags=re.S)),
+        flags=re.M,
+    )
+    assert found, "the README shows no Python import of dualstage"
+    for module, names in found:
+        for name in names.split(","):
+            assert hasattr(importlib.import_module(module), name.strip()), (
+                f"README: from {module} import {name}"
+            )
