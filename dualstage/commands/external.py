@@ -24,7 +24,7 @@ from dualstage.artifacts.operating_points import configured_threshold
 from dualstage.artifacts.prediction_set import check_input_set_name
 from dualstage.classify.features import extract_features
 from dualstage.commands.experiment import open_experiment
-from dualstage.commands.steps import predict_options, prepare_data
+from dualstage.commands.steps import features_options, predict_options, prepare_data
 from dualstage.config import Experiment
 from dualstage.crossfit.compare import crossfit_gates
 from dualstage.crossfit.external import AREA_MODES, Pipeline, deployed_pipelines
@@ -63,20 +63,17 @@ def _predict(exp: Experiment, name: str, pipes: list[Pipeline], progress: bool) 
 
 
 def _features(exp: Experiment, name: str, pipes: list[Pipeline], progress: bool) -> str:
-    f, parts = exp.features, []
+    parts = []
     if not all((pipe.classifier / "model.ubj").is_file() for pipe in pipes):
         return "no classifier: classifier gates not scored"
     for pipe in pipes:
+        set_name = pipe.set_name(name)
         s = extract_features(
-            exp.dir.prediction_set(pipe.set_name(name)),
-            exp.dir.feature_set(pipe.set_name(name)),
+            exp.dir.prediction_set(set_name),
+            exp.dir.feature_set(set_name),
             prepared=exp.dir.external_prepared(name),
-            weights=f.weights,
-            image_size=f.image_size,
-            batch_size=f.batch_size,
-            workers=f.workers,
             progress=progress,
-            precision=f.precision,
+            **features_options(exp),
         )
         parts.append(f"{pipe.name} {s['extracted_now']} new")
     return ", ".join(parts)

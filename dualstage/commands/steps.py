@@ -195,26 +195,18 @@ def features_experiment(
 ) -> dict:
     """``classify features`` of ``predictions/<set>`` into ``features/<set>`` with ``features.*``;
     ``shard`` (``"I/N"``) / ``merge`` / ``torchrun``: see :mod:`dualstage.commands.shards`."""
-    d, f = exp.dir, exp.features
+    d = exp.dir
     pset = d.require(d.prediction_set(pred_set), f"segment predict (set {pred_set})")
-    return dispatch(
-        "features",
-        dict(
-            pred_dir=pset,
-            out_dir=d.feature_set(pred_set),
-            prepared=d.prepared if d.prepared.is_dir() else None,
-            weights=f.weights,
-            image_size=f.image_size,
-            batch_size=f.batch_size,
-            workers=f.workers,
-            progress=progress,
-            device=device,
-            precision=f.precision,
-            max_pixels=exp.data.max_pixels,
-        ),
-        shard=shard,
-        merge=merge,
-    )
+    prepared = d.prepared if d.prepared.is_dir() else None
+    kwargs = dict(pred_dir=pset, out_dir=d.feature_set(pred_set), prepared=prepared, device=device)
+    return dispatch("features", {**kwargs, **features_options(exp), "progress": progress}, shard, merge)
+
+
+def features_options(exp: Experiment) -> dict:
+    """``classify features``'s settings from the experiment (one spelling of them)."""
+    f = exp.features
+    options = {"weights": f.weights, "image_size": f.image_size, "batch_size": f.batch_size}
+    return {**options, "workers": f.workers, "precision": f.precision, "max_pixels": exp.data.max_pixels}
 
 
 def tune_done(exp: Experiment) -> bool:
