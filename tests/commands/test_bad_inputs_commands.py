@@ -119,6 +119,19 @@ def _children(pid: int) -> set[int]:
     return found
 
 
+def _pool_processes(pid: int) -> set[int]:
+    """The children of ``pid`` that multiprocessing started (workers, resource tracker): not, say, the
+    ``ldconfig -p`` that torch's CUDA library finder runs for a moment at import."""
+    found = set()
+    for child in _children(pid):
+        try:
+            if b"multiprocessing" in Path(f"/proc/{child}/cmdline").read_bytes():
+                found.add(child)
+        except OSError:
+            continue
+    return found
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -158,10 +171,10 @@ def test_interrupted_prepare_stops_its_workers(tmp_path: Path, sig: signal.Signa
     )
     cache = out / "cache" / str(64) / "masks"
     if when == "starting":  # while the pool starts its workers
-        _wait_for(lambda: bool(_children(proc.pid)), proc)
+        _wait_for(lambda: bool(_pool_processes(proc.pid)), proc)
     else:  # while the workers write the cache
         _wait_for(lambda: cache.is_dir() and any(cache.iterdir()), proc)
-    workers = _children(proc.pid)
+    workers = _pool_processes(proc.pid)
     assert proc.poll() is None and workers, "prepare ended before it could be interrupted"
     proc.send_signal(sig)
     while proc.poll() is None:
